@@ -1,0 +1,292 @@
+"""Pod networking for the process kubelet: one network namespace per pod, or host loopback.
+
+Design (see also ``kubelet_process``):
+
+- Each :class:`ProcessKubelet` instance owns one *node network*: a Linux bridge
+  ``k8semu<N>`` with address ``10.244.<N>.1/24`` in the root namespace, where ``N``
+  (0..254) is taken under an ``flock`` on ``/run/k8semu/net-<N>.lock`` so that several
+  kubelets (parallel test sessions, other engineers) never share a bridge or a subnet.
+  A lock file whose holder died is taken over and the leftovers of that holder
+  (netns ``k8semu-<N>-*``, processes inside them, the bridge) are removed first.
+- Each pod gets a netns ``k8semu-<N>-<i>``, a veth pair (``k8v<N>p<i>`` on the bridge,
+  ``eth0`` inside) with ``10.244.<N>.<i>/24``, ``lo`` up and a default route via the
+  bridge. ``net.ipv4.ip_forward`` is 0 in the root namespace here, so nothing from a
+  pod is ever routed off the machine; pods reach each other over the bridge and the
+  root namespace (the API server, the hub) reaches them through the bridge's route.
+- Capability is detected once per process (:func:`netns_available`): create a probe
+  netns with a veth pair, delete it. Without it, :class:`LoopbackNetwork` gives every
+  pod ``127.0.0.1``: ports collide, so only one pod per port works in that mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR = Path("/run/k8semu")
+NETNS_DIR = Path("/run/netns")
+MAX_NETS = 255
+
+_capability: dict[str, bool] = {}
+
+
+def _run(argv: list[str], check: bool = True, input_: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, input=input_, timeout=30)
+
+
+def netns_available() -> bool:
+    """True if this process can create a netns with a veth pair (tested once, cached)."""
+    if "netns" in _capability:
+        return _capability["netns"]
+    ok = False
+    name = f"k8semu-probe-{os.getpid()}"
+    veth = f"k8vprobe{os.getpid() % 100000}"
+    if os.geteuid() == 0 and shutil.which("ip") and shutil.which("nsenter") and shutil.which("unshare"):
+        try:
+            _run(["ip", "netns", "add", name])
+            try:
+                _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name])
+                _run(["ip", "link", "del", veth], check=False)
+                r = _run(["unshare", "--mount", "--uts", "--propagation", "private", "true"], check=False)
+                ok = r.returncode == 0
+            finally:
+                _run(["ip", "netns", "del", name], check=False)
+        except (subprocess.SubprocessError, OSError) as e:
+            log.info("netns capability probe failed: %s", e)
+    _capability["netns"] = ok
+    log.info("network namespaces %s", "available" if ok else "NOT available: loopback fallback")
+    return ok
+
+
+def mountns_available() -> bool:
+    """True if ``unshare --mount --uts`` works (private /tmp, hosts file, hostname)."""
+    if "mountns" not in _capability:
+        ok = False
+        if os.geteuid() == 0 and shutil.which("unshare"):
+            try:
+                ok = _run(["unshare", "--mount", "--uts", "--propagation", "private", "true"], check=False).returncode == 0
+            except (subprocess.SubprocessError, OSError):
+                ok = False
+        _capability["mountns"] = ok
+    return _capability["mountns"]
+
+
+def netns_pids(netns: str) -> list[int]:
+    """Pids of every process whose network namespace is ``netns``."""
+    r = _run(["ip", "netns", "pids", netns], check=False)
+    return [int(p) for p in r.stdout.split() if p.strip().isdigit()]
+
+
+def kill_netns_processes(netns: str) -> int:
+    """SIGKILL every process still living in ``netns``; returns how many were signalled."""
+    n = 0
+    for pid in netns_pids(netns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            n += 1
+        except ProcessLookupError:
+            pass
+    return n
+
+
+@dataclass
+class PodNet:
+    """The network of one pod."""
+
+    ip: str
+    host_ip: str
+    netns: str | None = None  # None in loopback mode
+    veth: str | None = None
+    index: int = 0
+
+    def enter_argv(self) -> list[str]:
+        """argv prefix that runs a command inside this pod's network namespace."""
+        return ["nsenter", f"--net={NETNS_DIR / self.netns}"] if self.netns else []
+
+
+class LoopbackNetwork:
+    """Fallback: every pod is 127.0.0.1 on the host (one pod per port)."""
+
+    mode = "loopback"
+
+    def __init__(self) -> None:
+        self.host_ip = "127.0.0.1"
+
+    async def setup(self) -> None:
+        log.warning("process kubelet: loopback mode, pods share the host network (one pod per port)")
+
+    async def add_pod(self) -> PodNet:
+        return PodNet(ip="127.0.0.1", host_ip="127.0.0.1")
+
+    async def remove_pod(self, net: PodNet) -> None:
+        return None
+
+    async def teardown(self) -> None:
+        return None
+
+
+class BridgeNetwork:
+    """A bridge per kubelet, a netns + veth per pod (see the module docstring)."""
+
+    mode = "netns"
+
+    def __init__(self) -> None:
+        self.n: int | None = None
+        self.bridge = ""
+        self.host_ip = ""
+        self._lock_fd: int | None = None
+        self._free = list(range(2, 255))
+        self._pods: dict[str, PodNet] = {}
+
+    # -- node network -------------------------------------------------------------
+    async def setup(self) -> None:
+        await asyncio.to_thread(self._setup_sync)
+
+    def _setup_sync(self) -> None:
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        existing = set(os.listdir("/sys/class/net"))
+        for n in range(MAX_NETS):
+            fd = os.open(LOCK_DIR / f"net-{n}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            bridge = f"k8semu{n}"
+            if bridge in existing:
+                log.warning("removing leftovers of a dead kubelet on %s", bridge)
+                self._cleanup_index(n)
+                if bridge in set(os.listdir("/sys/class/net")):
+                    # Someone else's interface with this name: skip the index.
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                    continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._lock_fd, self.n, self.bridge = fd, n, bridge
+            self.host_ip = f"10.244.{n}.1"
+            self._ip_batch(
+                [
+                    f"link add {bridge} type bridge",
+                    f"addr add {self.host_ip}/24 dev {bridge}",
+                    f"link set {bridge} up",
+                ]
+            )
+            log.info("process kubelet network: bridge %s %s/24", bridge, self.host_ip)
+            return
+        raise RuntimeError("no free k8semu network index (0..254)")
+
+    @staticmethod
+    def _ip_batch(lines: list[str], check: bool = True, netns: str | None = None) -> None:
+        ns = ["-n", netns] if netns else []
+        r = _run(["ip", *ns, "-force", "-batch", "-"], check=False, input_="\n".join(lines) + "\n")
+        if check and r.returncode != 0:
+            raise RuntimeError(f"ip -batch failed ({r.returncode}): {r.stderr.strip()} for {lines}")
+
+    @staticmethod
+    def _cleanup_index(n: int) -> None:
+        prefix = f"k8semu-{n}-"
+        names = sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else []
+        for ns in names:
+            if ns.startswith(prefix):
+                kill_netns_processes(ns)
+                _run(["ip", "netns", "del", ns], check=False)
+        for ifname in os.listdir("/sys/class/net"):
+            if ifname.startswith(f"k8v{n}p"):
+                _run(["ip", "link", "del", ifname], check=False)
+        _run(["ip", "link", "del", f"k8semu{n}"], check=False)
+
+    async def teardown(self) -> None:
+        if self.n is None:
+            return
+        for net in list(self._pods.values()):
+            await self.remove_pod(net)
+        await asyncio.to_thread(self._cleanup_index, self.n)
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("process kubelet network %s removed", self.bridge)
+        self.n = None
+
+    # -- pods ------------------------------------------------------------------------
+    async def add_pod(self) -> PodNet:
+        if self.n is None:
+            raise RuntimeError("network not set up")
+        if not self._free:
+            raise RuntimeError(f"no free pod address on {self.bridge}")
+        i = self._free.pop(0)
+        n = self.n
+        net = PodNet(
+            ip=f"10.244.{n}.{i}", host_ip=self.host_ip, netns=f"k8semu-{n}-{i}", veth=f"k8v{n}p{i}", index=i
+        )
+        try:
+            await asyncio.to_thread(self._add_sync, net)
+        except Exception:
+            self._free.append(i)
+            raise
+        self._pods[net.netns or ""] = net
+        return net
+
+    def _add_sync(self, net: PodNet) -> None:
+        ns = net.netns
+        if ns and (NETNS_DIR / ns).exists():  # left by a crash: start clean
+            kill_netns_processes(ns)
+            _run(["ip", "netns", "del", ns], check=False)
+        _run(["ip", "link", "del", str(net.veth)], check=False)
+        _run(["ip", "netns", "add", str(ns)])
+        try:
+            self._ip_batch(
+                [
+                    f"link add {net.veth} type veth peer name eth0 netns {ns}",
+                    f"link set {net.veth} master {self.bridge} up",
+                ]
+            )
+            self._ip_batch(
+                [
+                    f"addr add {net.ip}/24 dev eth0",
+                    "link set lo up",
+                    "link set eth0 up",
+                    f"route add default via {self.host_ip}",
+                ],
+                netns=ns,
+            )
+        except Exception:
+            _run(["ip", "netns", "del", str(ns)], check=False)
+            _run(["ip", "link", "del", str(net.veth)], check=False)
+            raise
+
+    async def remove_pod(self, net: PodNet) -> None:
+        if not net.netns:
+            return
+        await asyncio.to_thread(self._remove_sync, net)
+        self._pods.pop(net.netns, None)
+        if net.index not in self._free:
+            self._free.append(net.index)
+
+    @staticmethod
+    def _remove_sync(net: PodNet) -> None:
+        kill_netns_processes(str(net.netns))
+        _run(["ip", "netns", "del", str(net.netns)], check=False)
+        if net.veth and Path(f"/sys/class/net/{net.veth}").exists():
+            _run(["ip", "link", "del", net.veth], check=False)
+
+
+def make_network(mode: str = "auto") -> BridgeNetwork | LoopbackNetwork:
+    """``auto`` picks ``netns`` when :func:`netns_available`, else ``loopback``."""
+    if mode == "auto":
+        mode = "netns" if netns_available() else "loopback"
+    if mode == "netns":
+        return BridgeNetwork()
+    if mode == "loopback":
+        return LoopbackNetwork()
+    raise ValueError(f"unknown network mode {mode!r}")
