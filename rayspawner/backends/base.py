@@ -1,0 +1,104 @@
+"""The backend interface: how a Ray cluster comes into being and goes away.
+
+A backend does I/O only; what to create comes from the pure manifest builders
+(or, for the local backend, from the spec directly).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ClusterStartError
+from ..spec import RayClusterSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterStatus:
+    """What a backend knows about one cluster right now."""
+
+    exists: bool = False
+    head_ready: bool = False
+    #: a reason the head cannot come up without an admin's help (unschedulable, image pull, ...)
+    head_failed: str | None = None
+    workers_ready: int = 0
+    workers_desired: int = 0
+    #: head host name for RAY_ADDRESS, when the backend learns it from the cluster (KubeRay)
+    head_host: str | None = None
+    #: Ray/Python versions of the cluster image, once known ({"ray": ..., "python": ...})
+    versions: dict | None = None
+    #: short human description of the current step ("head: pulling image", ...)
+    phase: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def message(self, spec: RayClusterSpec) -> str:
+        if self.head_failed:
+            return f"Ray cluster {spec.name}: {self.head_failed}"
+        head = "ready" if self.head_ready else (self.phase or "starting")
+        return f"Ray cluster {spec.name}: head {head}, workers ready {self.workers_ready}/{self.workers_desired}"
+
+
+class ClusterBackend(abc.ABC):
+    """Create, watch and delete one user-server's Ray cluster."""
+
+    #: "pods", "kuberay" or "local" (kept in the spawner's state)
+    kind: str = ""
+
+    async def prepare(self, spec: RayClusterSpec) -> None:
+        """Create what must exist before the notebook starts (e.g. the token Secret)."""
+
+    @abc.abstractmethod
+    async def create(self, spec: RayClusterSpec, owner: dict | None) -> None:
+        """Create the cluster; ``owner`` is the notebook pod's ownerReference (Kubernetes)."""
+
+    @abc.abstractmethod
+    async def status(self, spec: RayClusterSpec) -> ClusterStatus:
+        """The cluster's current status; cheap (from a cache/reflector where possible)."""
+
+    @abc.abstractmethod
+    async def delete(self, spec: RayClusterSpec, timeout: float) -> None:
+        """Delete every object/process of the cluster (missing is fine) and wait,
+        up to ``timeout`` seconds, until they are gone."""
+
+    async def wait_ready(
+        self,
+        spec: RayClusterSpec,
+        timeout: float,
+        on_status: Callable[[ClusterStatus], None] | None = None,
+        interval: float = 0.5,
+    ) -> ClusterStatus:
+        """Wait until the head accepts clients; raise ClusterStartError with the reason if it cannot."""
+        deadline = time.monotonic() + timeout
+        status = ClusterStatus()
+        while True:
+            status = await self.status(spec)
+            if on_status:
+                on_status(status)
+            if status.head_failed:
+                raise ClusterStartError(
+                    f"The Ray head of cluster {spec.name} cannot start: {status.head_failed}",
+                    reason=_reason_label(status.head_failed),
+                )
+            if status.head_ready:
+                return status
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"The Ray head of cluster {spec.name} was not ready within {int(timeout)} s "
+                    f"(last state: {status.phase or 'unknown'}).",
+                    reason="timeout",
+                )
+            await asyncio.sleep(interval)
+
+
+def _reason_label(text: str) -> str:
+    lowered = text.lower()
+    for key in ("unschedulable", "image", "quota", "forbidden", "crash"):
+        if key in lowered:
+            return key
+    return "head_failed"

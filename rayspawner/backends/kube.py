@@ -1,0 +1,233 @@
+"""Kubernetes API calls for both Kubernetes backends: retries with bounded
+backoff, and API errors turned into messages an admin can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubespawner.clients import shared_client
+
+from .. import naming
+from ..errors import ClusterStartError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    group: str  # "" for core
+    version: str
+    plural: str
+    api: str  # kubernetes_asyncio API class
+    snake: str  # method suffix, e.g. "pod" -> create_namespaced_pod
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+KINDS = {
+    k.kind: k
+    for k in (
+        Kind("Secret", "", "v1", "secrets", "CoreV1Api", "secret"),
+        Kind("Service", "", "v1", "services", "CoreV1Api", "service"),
+        Kind("Pod", "", "v1", "pods", "CoreV1Api", "pod"),
+        Kind("Deployment", "apps", "v1", "deployments", "AppsV1Api", "deployment"),
+        Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", "NetworkingV1Api", "network_policy"),
+        Kind("RayCluster", "ray.io", "v1", "rayclusters", "CustomObjectsApi", ""),
+    )
+}
+
+
+def _status_body(e: ApiException) -> dict[str, Any]:
+    try:
+        return json.loads(e.body) if e.body else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def api_error(e: ApiException, verb: str, kind: Kind, namespace: str, name: str = "") -> ClusterStartError:
+    """A readable error for a failed API call (never includes request bodies)."""
+    message = _status_body(e).get("message") or e.reason or "no message"
+    target = f"{kind.plural}{'/' + name if name else ''} in namespace {namespace}"
+    if e.status == 403:
+        if "exceeded quota" in message:
+            return ClusterStartError(f"Quota exceeded creating {target}: {message}", reason="quota")
+        rule = f"apiGroups: [\"{kind.group}\"], resources: [\"{kind.plural}\"], verbs: [\"{verb}\"]"
+        return ClusterStartError(
+            f"The hub is not allowed to {verb} {kind.plural} (API group \"{kind.group}\") in namespace "
+            f"{namespace}: {message}. Add this rule to the hub's Role ({rule}); "
+            "see jupyterhub_config/rbac/ for the complete Role.",
+            reason="forbidden",
+        )
+    if e.status == 404 and kind.kind == "RayCluster":
+        return ClusterStartError(
+            "KubeRay is not installed: the API server does not serve rayclusters.ray.io/v1. Install the "
+            "KubeRay operator (helm install kuberay-operator kuberay/kuberay-operator) or set "
+            "c.RaySpawner.ray_backend = 'pods'.",
+            reason="kuberay_missing",
+        )
+    return ClusterStartError(f"Kubernetes API error {e.status} on {verb} {target}: {message}", reason=f"api_{e.status}")
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[Any]],
+    *,
+    what: str,
+    timeout: float = 30.0,
+    request_timeout: float = 10.0,
+) -> Any:
+    """Run one API call, retrying transient failures (429 honouring Retry-After,
+    5xx, timeouts, connection errors) with jittered exponential backoff, up to
+    ``timeout`` seconds in all. Other errors are raised at once."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            return await asyncio.wait_for(call(), request_timeout)
+        except ApiException as e:
+            if e.status not in RETRY_STATUSES:
+                raise
+            wait = delay
+            if e.status == 429 and e.headers and e.headers.get("Retry-After"):
+                try:
+                    wait = max(wait, float(e.headers["Retry-After"]))
+                except ValueError:
+                    pass
+            problem = f"HTTP {e.status}"
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            wait, problem = delay, type(e).__name__
+        if time.monotonic() + wait > deadline:
+            raise ClusterStartError(
+                f"Kubernetes API kept failing while trying to {what} ({problem}); gave up after {int(timeout)} s.",
+                reason="api_unavailable",
+            )
+        log.warning("%s: %s, retrying in %.1fs", what, problem, wait)
+        await asyncio.sleep(wait * (0.8 + 0.4 * random.random()))
+        delay = min(delay * 2, 5.0)
+
+
+class KubeClient:
+    """Typed helpers over kubernetes_asyncio for the kinds rayspawner manages."""
+
+    def __init__(self, retry_timeout: float = 30.0, request_timeout: float = 10.0):
+        self.retry_timeout = retry_timeout
+        self.request_timeout = request_timeout
+
+    def _api(self, kind: Kind) -> Any:
+        return shared_client(kind.api)
+
+    def _method(self, kind: Kind, verb: str) -> Callable[..., Awaitable[Any]]:
+        api = self._api(kind)
+        if kind.api == "CustomObjectsApi":
+            fn = getattr(api, f"{verb}_namespaced_custom_object")
+            return lambda namespace, *a, **kw: fn(kind.group, kind.version, namespace, kind.plural, *a, **kw)
+        return getattr(api, f"{verb}_namespaced_{kind.snake}")
+
+    async def _call(self, verb: str, kind: Kind, namespace: str, name: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await with_retries(
+                call, what=f"{verb} {kind.kind} {namespace}/{name}", timeout=self.retry_timeout, request_timeout=self.request_timeout
+            )
+        except ApiException as e:
+            raise api_error(e, verb, kind, namespace, name) from None
+
+    async def get(self, kind_name: str, namespace: str, name: str) -> dict[str, Any] | None:
+        kind = KINDS[kind_name]
+        fn = self._method(kind, "get" if kind.api == "CustomObjectsApi" else "read")
+
+        async def call() -> Any:
+            try:
+                if kind.api == "CustomObjectsApi":
+                    return await fn(namespace, name)
+                obj = await fn(name, namespace)
+                return self._api(kind).api_client.sanitize_for_serialization(obj)
+            except ApiException as e:
+                if e.status == 404 and kind.kind != "RayCluster":
+                    return None
+                if e.status == 404 and _status_body(e).get("details", {}).get("name") == name:
+                    return None
+                raise
+
+        return await self._call("get", kind, namespace, name, call)
+
+    async def create(self, manifest: dict[str, Any], *, replace_stale: bool = True) -> None:
+        """Create; on 409 adopt our own identical object, or remove a stale one of ours and retry."""
+        kind = KINDS[manifest["kind"]]
+        meta = manifest["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        fn = self._method(kind, "create")
+        deadline = time.monotonic() + self.retry_timeout
+        while True:
+            try:
+                await with_retries(
+                    lambda: fn(namespace, manifest),
+                    what=f"create {kind.kind} {namespace}/{name}",
+                    timeout=self.retry_timeout,
+                    request_timeout=self.request_timeout,
+                )
+                return
+            except ApiException as e:
+                if e.status != 409:
+                    raise api_error(e, "create", kind, namespace, name) from None
+            existing = await self.get(kind.kind, namespace, name)
+            if existing is None:
+                continue  # gone meanwhile: try again
+            labels = existing.get("metadata", {}).get("labels") or {}
+            if labels.get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY:
+                raise ClusterStartError(
+                    f"A {kind.kind} named {name} already exists in namespace {namespace} and is not "
+                    "managed by rayspawner; rename it or change ray_cluster_name_template.",
+                    reason="conflict",
+                )
+            owners = {o.get("uid") for o in existing["metadata"].get("ownerReferences") or []}
+            mine = {o.get("uid") for o in meta.get("ownerReferences") or []}
+            if owners == mine and not existing["metadata"].get("deletionTimestamp"):
+                return  # our own earlier attempt (e.g. a retried request) succeeded
+            if not replace_stale or time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"{kind.kind} {namespace}/{name} from an earlier server is still being removed; try again shortly.",
+                    reason="conflict",
+                )
+            log.info("Replacing stale %s %s/%s left by an earlier server", kind.kind, namespace, name)
+            await self.delete(kind.kind, namespace, name)
+            await asyncio.sleep(0.2)
+
+    async def patch(self, kind_name: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        kind = KINDS[kind_name]
+        fn = self._method(kind, "patch")
+        await self._call("patch", kind, namespace, name, lambda: fn(name, namespace, body) if kind.api != "CustomObjectsApi" else fn(namespace, name, body))
+
+    async def delete(self, kind_name: str, namespace: str, name: str, *, grace: int | None = None) -> bool:
+        """Delete (background propagation); True if it existed. 404 is success."""
+        kind = KINDS[kind_name]
+        fn = self._method(kind, "delete")
+        body = {"propagationPolicy": "Background"}
+        if grace is not None:
+            body["gracePeriodSeconds"] = grace
+
+        async def call() -> bool:
+            try:
+                if kind.api == "CustomObjectsApi":
+                    await fn(namespace, name, body=body)
+                else:
+                    await fn(name, namespace, body=body)
+                return True
+            except ApiException as e:
+                if e.status == 404:
+                    return False
+                raise
+
+        return await self._call("delete", kind, namespace, name, call)

@@ -1,0 +1,160 @@
+"""The plain-pods backend: no operator, just a head Pod, a Service and worker
+Deployments (manifests from :mod:`rayspawner.manifests.pods`).
+
+Status comes from a shared pod reflector (one watch per namespace for all Ray
+pods), so waiting for a cluster costs no API requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .. import naming
+from ..manifests import common, pods
+from ..spec import ClusterRef, RayClusterSpec
+from .base import ClusterBackend, ClusterStatus
+from .kube import KubeClient
+
+log = logging.getLogger(__name__)
+
+#: container waiting reasons after which the head will not start without help
+FATAL_WAITING = {
+    "ErrImagePull": "the image cannot be pulled",
+    "ImagePullBackOff": "the image cannot be pulled",
+    "InvalidImageName": "the image name is invalid",
+    "CrashLoopBackOff": "Ray keeps crashing on start",
+    "CreateContainerError": "the container cannot be created",
+}
+WORKER_GROUPS = ("workers", "gpu-workers")
+
+
+def pod_problem(pod: Mapping[str, Any]) -> str | None:
+    """A readable reason why a pod cannot run, or None."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return f"unschedulable: {cond.get('message') or 'no node has enough resources'}"
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in FATAL_WAITING:
+            detail = waiting.get("message") or ""
+            return f"{FATAL_WAITING[reason]} ({reason}{': ' + detail if detail else ''})"
+    if status.get("phase") == "Failed":
+        return f"the pod failed ({status.get('reason') or 'unknown reason'})"
+    return None
+
+
+def pod_phase(pod: Mapping[str, Any]) -> str:
+    status = pod.get("status") or {}
+    conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    if conds.get("PodScheduled") != "True":
+        return "waiting for a node"
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") == "ContainerCreating":
+            return "pulling image / creating container"
+    if status.get("phase") == "Pending":
+        return "pulling image / initializing"
+    return "starting Ray"
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def reported_versions(pod: Mapping[str, Any]) -> dict | None:
+    """The Ray/Python versions the image reported through the version init container."""
+    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if cs.get("name") != common.VERSION_CONTAINER:
+            continue
+        message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+        if message:
+            try:
+                return json.loads(message)
+            except ValueError:
+                return None
+    return None
+
+
+class PodsBackend(ClusterBackend):
+    kind = "pods"
+
+    def __init__(self, kube: KubeClient, ray_pods: Callable[[], Mapping[str, dict]]):
+        self.kube = kube
+        #: current Ray pods keyed "namespace/name" (a shared reflector's cache)
+        self.ray_pods = ray_pods
+
+    async def prepare(self, spec: RayClusterSpec) -> None:
+        if spec.auth_enabled:
+            token = secrets.token_urlsafe(32)
+            await self.kube.create(common.token_secret(spec, token))
+
+    async def create(self, spec: RayClusterSpec, owner: dict | None) -> None:
+        if spec.auth_enabled and owner:
+            await self.kube.patch("Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}})
+        for manifest in pods.cluster_objects(spec, owner):
+            await self.kube.create(manifest)
+
+    async def recreate_head(self, spec: RayClusterSpec, owner: dict | None) -> None:
+        await self.kube.create(pods.head_pod(spec, owner))
+
+    def _pods(self, ref: ClusterRef) -> list[dict]:
+        prefix = f"{ref.namespace}/"
+        return [
+            p for key, p in list(self.ray_pods().items())
+            if key.startswith(prefix) and (p["metadata"].get("labels") or {}).get(naming.LABEL_CLUSTER) == ref.name
+        ]
+
+    async def status(self, spec: RayClusterSpec | ClusterRef) -> ClusterStatus:
+        ref = spec.ref() if isinstance(spec, RayClusterSpec) else spec
+        found = self._pods(ref)
+        head = next((p for p in found if p["metadata"]["name"] == naming.head_pod(ref.name)), None)
+        workers = [p for p in found if (p["metadata"].get("labels") or {}).get(naming.LABEL_COMPONENT) == naming.COMPONENT_WORKER]
+        st = ClusterStatus(exists=head is not None or bool(workers))
+        st.workers_ready = sum(1 for p in workers if pod_ready(p))
+        if isinstance(spec, RayClusterSpec):
+            st.workers_desired = spec.desired_workers
+        if head is None:
+            st.phase = "creating"
+            return st
+        if head["metadata"].get("deletionTimestamp"):
+            st.phase = "terminating"
+            return st
+        st.versions = reported_versions(head)
+        st.head_failed = pod_problem(head)
+        st.head_ready = pod_ready(head)
+        st.phase = "ready" if st.head_ready else pod_phase(head)
+        for w in workers:
+            problem = pod_problem(w)
+            if problem:
+                st.warnings.append(f"worker {w['metadata']['name']}: {problem}")
+        return st
+
+    async def delete(self, ref: RayClusterSpec | ClusterRef, timeout: float) -> None:
+        ref = ref.ref() if isinstance(ref, RayClusterSpec) else ref
+        ns, name = ref.namespace, ref.name
+        deletions = [self.kube.delete("Deployment", ns, naming.worker_deployment(name, g)) for g in WORKER_GROUPS]
+        deletions += [
+            self.kube.delete("Pod", ns, naming.head_pod(name), grace=5),
+            self.kube.delete("Service", ns, naming.head_service(name)),
+            self.kube.delete("NetworkPolicy", ns, naming.network_policy(name)),
+            self.kube.delete("Secret", ns, naming.token_secret(name)),
+        ]
+        await asyncio.gather(*deletions)
+        deadline = time.monotonic() + timeout
+        while self._pods(ref):
+            if time.monotonic() > deadline:
+                left = sorted(p["metadata"]["name"] for p in self._pods(ref))
+                log.warning("Ray pods of %s still terminating after %ss: %s", name, int(timeout), left)
+                return
+            await asyncio.sleep(0.2)

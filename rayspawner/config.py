@@ -1,0 +1,184 @@
+"""Configuration shared by every rayspawner spawner (Kubernetes and local).
+
+Each ``ray_*`` trait can be set in ``jupyterhub_config.py`` (``c.RaySpawner.x``
+or ``c.LocalRaySpawner.x``) and per profile through ``kubespawner_override``.
+Values a user can choose (worker count, sizes, image) accept strings as well
+as numbers, because profile options and the REST API deliver strings; they are
+parsed and checked against the ``ray_max_*`` limits in
+:mod:`rayspawner.options`, which raises a user-facing error before anything is
+created.
+"""
+
+from __future__ import annotations
+
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode, Union
+from traitlets.config import Configurable
+
+from .versions import RAY_VERSION
+
+_Number = lambda default, help: Union([Int(), Float(), Unicode()], default_value=default, help=help, config=True)  # noqa: E731
+
+
+class RayConfig(Configurable):
+    """The ``ray_*`` settings (a mixin for the spawners)."""
+
+    ray_enabled = Bool(
+        False,
+        config=True,
+        help="""Start a Ray cluster (a head and a worker pool) next to this server.
+
+        Usually left False globally and set True by a profile's
+        ``kubespawner_override`` (e.g. the profile with slug ``ray``).
+        """,
+    )
+    ray_backend = CaselessStrEnum(
+        ["auto", "pods", "kuberay"],
+        default_value="auto",
+        config=True,
+        help="""How the Ray cluster is created on Kubernetes.
+
+        ``pods``: plain Pods/Deployment/Service, no operator needed.
+        ``kuberay``: a ``ray.io/v1`` RayCluster (needs the KubeRay operator; supports autoscaling).
+        ``auto``: KubeRay when the API server serves ``rayclusters.ray.io``, else ``pods``.
+        Ignored by LocalRaySpawner.
+        """,
+    )
+    ray_cluster_name_template = Unicode(
+        "ray-{user_server}",
+        config=True,
+        help="""Name of each user-server's Ray cluster; may use {username}, {servername}
+        and {user_server}. Shortened (with a hash) to 40 characters, DNS-safe.
+        Must distinguish named servers ({user_server} does).""",
+    )
+    ray_image = Unicode(
+        "",
+        config=True,
+        help="""Container image of the Ray head and workers. Empty (the default): the
+        notebook's own image, so Ray and Python versions match by construction. If set,
+        versions are compared at start (see ``ray_version_check``).""",
+    )
+    ray_image_pull_policy = Unicode(
+        "",
+        config=True,
+        help="imagePullPolicy of the Ray pods (Always, IfNotPresent, Never); empty: the notebook's.",
+    )
+    ray_version = Unicode(
+        RAY_VERSION,
+        config=True,
+        help="Ray version of the cluster image, written to the RayCluster's rayVersion (KubeRay).",
+    )
+    ray_version_check = CaselessStrEnum(
+        ["error", "warn", "off"],
+        default_value="error",
+        config=True,
+        help="""When ``ray_image`` differs from the notebook image, compare the Ray and
+        Python versions of both images at start: ``error`` fails the spawn with a message
+        naming both versions, ``warn`` shows a warning in the spawn progress, ``off`` skips.""",
+    )
+    ray_cluster_domain = Unicode(
+        "cluster.local",
+        config=True,
+        help="The Kubernetes cluster DNS domain used in RAY_ADDRESS.",
+    )
+
+    # --- sizes (user-choosable through profile options) ---
+    ray_head_cpu = _Number("1", "CPU of the Ray head (limit = request), e.g. 1 or 500m. The head also runs tasks.")
+    ray_head_memory = _Number("2Gi", "Memory of the Ray head, e.g. 2Gi. ``ray_object_store_fraction`` of it is the object store (/dev/shm).")
+    ray_head_gpu = _Number(0, "GPUs of the Ray head (usually 0).")
+    ray_worker_replicas = _Number(1, "Number of Ray workers (fixed size, or the initial size when autoscaling).")
+    ray_worker_min_replicas = _Number(
+        "", "Autoscaling lower bound (KubeRay backend only); empty = ray_worker_replicas."
+    )
+    ray_worker_max_replicas = _Number(
+        "", "Autoscaling upper bound (KubeRay backend only); empty = ray_worker_replicas. Autoscaling is on when min < max."
+    )
+    ray_worker_cpu = _Number("1", "CPU of each Ray worker, e.g. 2 or 1500m.")
+    ray_worker_memory = _Number("2Gi", "Memory of each Ray worker, e.g. 4Gi.")
+    ray_gpu_worker_replicas = _Number(0, "Number of GPU workers, a separate worker group (``gpu-workers``); 0 = none.")
+    ray_gpu_worker_gpus = _Number(1, "GPUs per GPU worker.")
+    ray_gpu_resource_name = Unicode(
+        "nvidia.com/gpu", config=True, help="Extended resource name requested for GPUs."
+    )
+    ray_object_store_fraction = Float(
+        0.3, config=True, help="Fraction of each Ray node's memory used as object store (a memory-backed /dev/shm)."
+    )
+
+    # --- autoscaling (KubeRay) ---
+    ray_autoscaler_idle_timeout_seconds = Int(
+        60, config=True, help="Seconds an idle worker is kept before the autoscaler removes it (KubeRay)."
+    )
+    ray_autoscaler_upscaling_mode = CaselessStrEnum(
+        ["Default", "Aggressive", "Conservative"],
+        default_value="Default",
+        config=True,
+        help="KubeRay autoscalerOptions.upscalingMode.",
+    )
+
+    # --- scheduling and extras ---
+    ray_node_selector = Dict(config=True, help="nodeSelector of the Ray pods.")
+    ray_tolerations = List(config=True, help="Tolerations of the Ray pods (list of Kubernetes Toleration dicts).")
+    ray_extra_env = Dict(
+        config=True, help="Extra environment variables (name → string) for Ray head and workers."
+    )
+    ray_volumes = List(config=True, help="Extra volumes (Kubernetes Volume dicts) for Ray pods.")
+    ray_volume_mounts = List(config=True, help="Extra volumeMounts for the Ray containers.")
+    ray_extra_labels = Dict(config=True, help="Extra labels on every Ray object.")
+
+    # --- lifecycle ---
+    ray_wait_for_head = Bool(
+        True,
+        config=True,
+        help="""Return from start only when the Ray head accepts clients (as well as the
+        notebook being ready). Workers never block the start.""",
+    )
+    ray_stop_timeout = Int(
+        60, config=True, help="Seconds stop waits for every Ray object of the server to be gone."
+    )
+    ray_head_restart_limit = Int(
+        3,
+        config=True,
+        help="""How many times poll() recreates a Ray head that vanished behind the hub's
+        back before reporting the server as failed (which stops it).""",
+    )
+
+    # --- security ---
+    ray_auth_enabled = Bool(
+        True,
+        config=True,
+        help="""Ray token authentication (Ray >= 2.52): a random token per cluster in a
+        Secret, delivered to head, workers and notebook via secretKeyRef. Disable only
+        for older Ray images; without it anyone reaching the Ray ports can run code.""",
+    )
+    ray_network_policy_enabled = Bool(
+        True,
+        config=True,
+        help="Create a NetworkPolicy per cluster admitting only that cluster's pods and its notebook.",
+    )
+    ray_network_policy_extra_ingress = List(
+        config=True,
+        help="""Extra NetworkPolicy ingress rules (Kubernetes NetworkPolicyIngressRule dicts)
+        for the Ray pods, e.g. a Prometheus namespace on port 8080.""",
+    )
+    ray_network_policy_extra_egress = List(
+        config=True,
+        help="""Extra NetworkPolicy egress rules for the Ray pods (DNS and traffic within the
+        cluster are always allowed), e.g. a package index for runtime_env.""",
+    )
+
+    # --- admin limits: no profile, option or API request can exceed these ---
+    ray_max_workers = Int(8, config=True, help="Limit: Ray workers per cluster (all groups, at their maximum).")
+    ray_max_worker_cpu = Unicode("8", config=True, help="Limit: CPU per Ray worker or head.")
+    ray_max_worker_memory = Unicode("32Gi", config=True, help="Limit: memory per Ray worker or head.")
+    ray_max_worker_gpu = Int(1, config=True, help="Limit: GPUs per Ray node.")
+    ray_max_total_cpu = Unicode("32", config=True, help="Limit: CPU of one user's cluster, head + workers at maximum.")
+    ray_max_total_memory = Unicode("128Gi", config=True, help="Limit: memory of one user's cluster, head + workers at maximum.")
+    ray_max_total_gpu = Int(4, config=True, help="Limit: GPUs of one user's cluster.")
+    ray_allowed_images = List(
+        Unicode(),
+        config=True,
+        help="""Limit: images the Ray cluster may use (exact names or fnmatch patterns such as
+        ``quay.io/myorg/ray:*``). Empty: any well-formed image (the notebook image is always allowed).""",
+    )
+    ray_allowed_images_regex = Unicode(
+        "", config=True, help="Limit: a regular expression Ray images must fully match (in addition to ray_allowed_images)."
+    )

@@ -1,0 +1,1 @@
+"""Pure functions from a RayClusterSpec to Kubernetes manifests (plain dicts)."""

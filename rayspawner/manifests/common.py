@@ -1,0 +1,178 @@
+"""Pieces shared by both Kubernetes backends: metadata, security, the token
+Secret, the NetworkPolicy, resources and the version probe."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from .. import naming
+from ..spec import DASHBOARD_AGENT_PORT, RAY_PORTS, RayClusterSpec, Resources
+
+Manifest = dict[str, Any]
+Owner = dict[str, Any]
+
+
+def owner_reference(pod_name: str, uid: str) -> Owner:
+    """An ownerReference to the notebook pod: Kubernetes' garbage collector removes
+    the Ray objects when that pod goes, even if the hub is dead.
+
+    ``blockOwnerDeletion`` is left unset: it needs ``pods/finalizers`` update
+    rights under OpenShift's OwnerReferencesPermissionEnforcement.
+    """
+    return {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": uid}
+
+
+def metadata(spec: RayClusterSpec, name: str, owner: Owner | None, component: str | None = None) -> Manifest:
+    labels = spec.labels
+    if component:
+        labels[naming.LABEL_COMPONENT] = component
+    meta: Manifest = {"name": name, "namespace": spec.namespace, "labels": labels}
+    if owner:
+        meta["ownerReferences"] = [dict(owner)]
+    return meta
+
+
+POD_SECURITY_CONTEXT: Manifest = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT: Manifest = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def resources(spec: RayClusterSpec, res: Resources) -> Manifest:
+    values: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpu:
+        values[spec.gpu_resource_name] = str(res.gpu)
+    return {"requests": dict(values), "limits": dict(values)}
+
+
+def object_store_bytes(spec: RayClusterSpec, res: Resources) -> int:
+    return int(res.memory_bytes * spec.object_store_fraction)
+
+
+def shm_volume(spec: RayClusterSpec, res: Resources) -> Manifest:
+    """/dev/shm as memory-backed emptyDir sized for the object store."""
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(object_store_bytes(spec, res))}}
+
+
+SHM_MOUNT: Manifest = {"name": "dshm", "mountPath": "/dev/shm"}
+
+
+def pod_spec_extras(spec: RayClusterSpec) -> Manifest:
+    """Scheduling and hardening fields common to every Ray pod."""
+    extras: Manifest = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+    }
+    if spec.node_selector:
+        extras["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        extras["tolerations"] = [dict(t) for t in spec.tolerations]
+    return extras
+
+
+def token_secret(spec: RayClusterSpec, token: str, owner: Owner | None = None) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(spec, spec.secret_name, owner),
+        "type": "Opaque",
+        "data": {naming.TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+# A tiny, dependency-free HTTP probe (images need not have curl or wget).
+HTTP_PROBE = (
+    "import os,sys,urllib.request as u\n"
+    "for url in sys.argv[1:]:\n"
+    "    r = u.Request(url)\n"
+    "    t = os.environ.get('RAY_AUTH_TOKEN')\n"
+    "    if t: r.add_header('Authorization', 'Bearer ' + t)\n"
+    "    u.urlopen(r, timeout=5).read()\n"
+)
+
+
+def http_probe(urls: list[str], *, period: int, failures: int, delay: int = 5) -> Manifest:
+    return {
+        "exec": {"command": ["python", "-c", HTTP_PROBE, *urls]},
+        "initialDelaySeconds": delay,
+        "periodSeconds": period,
+        "timeoutSeconds": 10,
+        "failureThreshold": failures,
+    }
+
+
+RAYLET_HEALTH = f"http://127.0.0.1:{DASHBOARD_AGENT_PORT}/api/local_raylet_healthz"
+GCS_HEALTH = f"http://127.0.0.1:{RAY_PORTS['dashboard']}/api/gcs_healthz"
+
+# Reports the image's Ray and Python versions as the container's termination
+# message, which the hub reads from the pod status (no extra RBAC, no network).
+VERSION_PROBE = (
+    "import json,sys\n"
+    "v={'python': '%d.%d' % sys.version_info[:2]}\n"
+    "try:\n    import ray; v['ray'] = ray.__version__\n"
+    "except Exception:\n    v['ray'] = None\n"
+    "open('/dev/termination-log','w').write(json.dumps(v))\n"
+)
+VERSION_CONTAINER = "ray-version"
+
+
+def version_init_container(image: str, pull_policy: str | None) -> Manifest:
+    c: Manifest = {
+        "name": VERSION_CONTAINER,
+        "image": image,
+        "command": ["python", "-c", VERSION_PROBE],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        "terminationMessagePolicy": "File",
+    }
+    if pull_policy:
+        c["imagePullPolicy"] = pull_policy
+    return c
+
+
+def wants_version_check(spec: RayClusterSpec) -> bool:
+    return spec.version_check != "off" and spec.image != spec.notebook_image
+
+
+def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
+    """Ingress to the Ray pods only from the same cluster and from its notebook.
+
+    Egress only to the same cluster's pods and DNS (plus admin extras).
+    """
+    same_cluster = {"podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name}}}
+    ports = [{"protocol": "TCP", "port": p} for p in sorted(RAY_PORTS.values()) if p != RAY_PORTS["metrics"]]
+    ingress: list[Manifest] = [{"from": [same_cluster]}]
+    if spec.notebook_selector:
+        ingress.append({"from": [{"podSelector": {"matchLabels": dict(spec.notebook_selector)}}], "ports": ports})
+    ingress.extend(dict(r) for r in spec.extra_ingress)
+    egress: list[Manifest] = [
+        {"to": [same_cluster]},
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+    ]
+    egress.extend(dict(r) for r in spec.extra_egress)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(spec, spec.network_policy_name, owner),
+        "spec": {
+            "podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name, naming.LABEL_MANAGED_BY: naming.MANAGED_BY}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
+
+
+def redact(manifest: Manifest) -> Manifest:
+    """A copy safe to print: Secret values replaced."""
+    if manifest.get("kind") != "Secret":
+        return manifest
+    out = dict(manifest)
+    out["data"] = {k: "<redacted>" for k in manifest.get("data", {})}
+    out.pop("stringData", None)
+    return out

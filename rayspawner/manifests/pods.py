@@ -1,0 +1,174 @@
+"""The plain-pods backend's manifests: a head Pod, its Service, a worker
+Deployment per group, the token Secret and the NetworkPolicy.
+
+No operator is needed: the head is a Pod (``restartPolicy: Always``; poll
+recreates it if it is deleted), workers are a Deployment (replaced if one dies).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from .. import naming
+from ..env import ray_node_env
+from ..spec import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RAY_PORTS, RayClusterSpec, Resources, WorkerGroup
+from . import common
+from .common import Manifest, Owner
+
+READY_FILE = '"${TMPDIR:-/tmp}/rayspawner-head-ready"'
+
+# Run once on the head after it starts: a first Ray Client connection (with
+# retries), because the first connect to a fresh head is flaky. Only then is
+# the head marked ready, so the user's own ray.init() is never the first.
+WARMUP = (
+    "import os, sys, time, ray\n"
+    "deadline = time.time() + 600\n"
+    "while True:\n"
+    "    try:\n"
+    "        ray.init('ray://127.0.0.1:%d', logging_level='ERROR')\n"
+    "        ray.get(ray.remote(lambda: 1).options(num_cpus=0).remote())\n"
+    "        ray.shutdown()\n"
+    "        break\n"
+    "    except Exception as e:\n"
+    "        ray.shutdown()\n"
+    "        if time.time() > deadline: raise\n"
+    "        print('rayspawner: client warm-up retry:', type(e).__name__, flush=True)\n"
+    "        time.sleep(1)\n"
+) % CLIENT_PORT
+
+
+def _ray_resources_args(spec: RayClusterSpec, res: Resources) -> list[str]:
+    store = common.object_store_bytes(spec, res)
+    return [
+        f"--num-cpus={res.ray_num_cpus}",
+        f"--num-gpus={res.gpu}",
+        f"--memory={res.memory_bytes - store}",
+        f"--object-store-memory={store}",
+        "--disable-usage-stats",
+    ]
+
+
+def head_command(spec: RayClusterSpec) -> list[str]:
+    start = [
+        "ray", "start", "--head", "--block",
+        f"--port={GCS_PORT}",
+        f"--ray-client-server-port={CLIENT_PORT}",
+        "--dashboard-host=0.0.0.0",
+        f"--dashboard-port={DASHBOARD_PORT}",
+        f"--metrics-export-port={METRICS_PORT}",
+        *_ray_resources_args(spec, spec.head),
+    ]
+    script = (
+        f"{shlex.join(start)} &\n"
+        "pid=$!\n"
+        "trap 'kill -TERM $pid 2>/dev/null; wait $pid; exit 0' TERM INT\n"
+        f'python -c "$1" && touch {READY_FILE}\n'
+        "wait $pid\n"
+    )
+    return ["/bin/sh", "-c", script, "ray-head", WARMUP]
+
+
+def worker_command(spec: RayClusterSpec, group: WorkerGroup) -> list[str]:
+    head = spec.head_host
+    wait = (
+        f"until python -c 'import socket; socket.create_connection((\"{head}\", {GCS_PORT}), 2)' 2>/dev/null; do\n"
+        "  echo 'rayspawner: waiting for the Ray head (GCS)'; sleep 1\n"
+        "done\n"
+    )
+    start = ["ray", "start", f"--address={head}:{GCS_PORT}", "--block", *_ray_resources_args(spec, group.resources)]
+    return ["/bin/sh", "-c", wait + "exec " + shlex.join(start)]
+
+
+def _container(spec: RayClusterSpec, name: str, command: list[str], res: Resources) -> Manifest:
+    c: Manifest = {
+        "name": name,
+        "image": spec.image,
+        "command": command,
+        "env": ray_node_env(spec),
+        "resources": common.resources(spec, res),
+        "securityContext": dict(common.CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [dict(common.SHM_MOUNT), *(dict(m) for m in spec.volume_mounts)],
+    }
+    if spec.image_pull_policy:
+        c["imagePullPolicy"] = spec.image_pull_policy
+    return c
+
+
+def _pod_spec(spec: RayClusterSpec, container: Manifest, res: Resources, *, version_probe: bool) -> Manifest:
+    pod: Manifest = {
+        **common.pod_spec_extras(spec),
+        "containers": [container],
+        "volumes": [common.shm_volume(spec, res), *(dict(v) for v in spec.volumes)],
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": 30,
+    }
+    if version_probe and common.wants_version_check(spec):
+        pod["initContainers"] = [common.version_init_container(spec.image, spec.image_pull_policy)]
+    return pod
+
+
+def head_pod(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
+    container = _container(spec, "ray-head", head_command(spec), spec.head)
+    container["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in RAY_PORTS.items()]
+    ready_check = f"test -f {READY_FILE} && python -c \"$1\" {common.GCS_HEALTH}"
+    container["readinessProbe"] = {
+        "exec": {"command": ["/bin/sh", "-c", ready_check, "probe", common.HTTP_PROBE]},
+        "initialDelaySeconds": 2,
+        "periodSeconds": 2,
+        "timeoutSeconds": 10,
+        "failureThreshold": 3,
+    }
+    container["livenessProbe"] = common.http_probe([common.GCS_HEALTH], period=10, failures=6, delay=30)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": common.metadata(spec, spec.head_pod, owner, naming.COMPONENT_HEAD),
+        "spec": {**_pod_spec(spec, container, spec.head, version_probe=True), "hostname": spec.head_pod},
+    }
+
+
+def head_service(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": common.metadata(spec, spec.head_service, owner, naming.COMPONENT_HEAD),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {naming.LABEL_CLUSTER: spec.name, naming.LABEL_COMPONENT: naming.COMPONENT_HEAD},
+            "ports": [{"name": n, "port": p, "targetPort": p, "protocol": "TCP"} for n, p in RAY_PORTS.items()],
+        },
+    }
+
+
+def worker_deployment(spec: RayClusterSpec, group: WorkerGroup, owner: Owner | None) -> Manifest:
+    name = naming.worker_deployment(spec.name, group.name)
+    container = _container(spec, "ray-worker", worker_command(spec, group), group.resources)
+    container["livenessProbe"] = common.http_probe([common.RAYLET_HEALTH], period=10, failures=6, delay=60)
+    meta = common.metadata(spec, name, owner, naming.COMPONENT_WORKER)
+    selector = {naming.LABEL_CLUSTER: spec.name, naming.LABEL_COMPONENT: naming.COMPONENT_WORKER, naming.LABEL_GROUP: group.name}
+    pod_labels = {**meta["labels"], naming.LABEL_GROUP: group.name}
+    meta["labels"] = pod_labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": group.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": dict(pod_labels)},
+                "spec": _pod_spec(spec, container, group.resources, version_probe=False),
+            },
+        },
+    }
+
+
+def cluster_objects(spec: RayClusterSpec, owner: Owner | None) -> list[Manifest]:
+    """Every object of the cluster except the Secret, in creation order."""
+    objs: list[Manifest] = []
+    if spec.network_policy:
+        objs.append(common.network_policy(spec, owner))
+    objs.append(head_service(spec, owner))
+    objs.append(head_pod(spec, owner))
+    objs.extend(worker_deployment(spec, g, owner) for g in spec.worker_groups)
+    return objs

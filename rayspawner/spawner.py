@@ -1,0 +1,326 @@
+"""RaySpawner: KubeSpawner plus a per-server Ray cluster. Lifecycle glue only.
+
+- ``load_user_options``: the profile is applied, then everything is validated
+  into a :class:`~rayspawner.spec.RayClusterSpec` (bad input fails here, before
+  anything exists);
+- ``_start``: the token Secret is created just before the notebook pod; right
+  after the pod exists the cluster is created (owned by the pod) while the
+  notebook starts, so a spawn costs max(notebook, head), not their sum;
+- ``stop``: notebook and cluster are removed concurrently; 404 is success;
+- ``poll``: a Ray head deleted behind the hub's back is recreated
+  (``ray_head_restart_limit`` times), then the server is reported failed;
+- ``progress``: notebook events merged with the cluster's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator
+
+from kubernetes_asyncio.client import V1Container
+from kubespawner import KubeSpawner
+from kubespawner.objects import get_k8s_model
+from kubespawner.reflector import ResourceReflector
+from traitlets import TraitError
+
+from . import metrics, naming
+from .backends.base import ClusterBackend, ClusterStatus
+from .backends.detect import select_backend
+from .backends.kube import KubeClient
+from .config import RayConfig
+from .env import notebook_env
+from .errors import ClusterStartError, InvalidOptions, RaySpawnerError
+from .manifests.common import owner_reference, version_init_container, wants_version_check
+from .options import check_user_options, resolve_spec
+from .spec import ClusterRef, RayClusterSpec
+from .versions_check import compare_versions
+
+
+class RayPodReflector(ResourceReflector):
+    """One shared watch per namespace over every rayspawner-managed pod."""
+
+    kind = "pods"
+
+    @property
+    def pods(self) -> dict[str, dict]:
+        return self.resources
+
+
+class RaySpawner(RayConfig, KubeSpawner):
+    """KubeSpawner that also starts the user's own Ray cluster when ``ray_enabled``."""
+
+    _ray_spec: RayClusterSpec | None = None
+    _ray_ref: ClusterRef | None = None
+    _ray_backend: ClusterBackend | None = None
+    _ray_create_task: asyncio.Task | None = None
+    _ray_prepared: bool = False
+    _ray_status: ClusterStatus | None = None
+    _ray_head_restarts: int = 0
+    _ray_running: bool = False
+    _ray_version_warning: str | None = None
+
+    # ---------------------------------------------------------------- options
+    def _notebook_selector(self) -> dict[str, str]:
+        return {
+            "component": self.component_label,
+            naming.LABEL_USERNAME: naming.label_value(self.user.name),
+            naming.LABEL_SERVERNAME: naming.label_value(self.name or ""),
+        }
+
+    async def load_user_options(self) -> None:
+        profile_list = self._sorted_dict_values(self.profile_list)
+        if callable(profile_list):
+            profile_list = await profile_list(self) if asyncio.iscoroutinefunction(profile_list) else profile_list(self)
+        check_user_options(self.user_options or {}, self._get_initialized_profile_list(profile_list or []))
+        try:
+            await super().load_user_options()
+        except (ValueError, KeyError, TraitError) as e:
+            raise InvalidOptions(f"Invalid server options: {e}") from None
+        self._ray_spec = None
+        if self.ray_enabled:
+            self._ray_spec = resolve_spec(
+                self,
+                username=self.user.name,
+                servername=self.name or "",
+                namespace=self.namespace,
+                notebook_image=self.image,
+                notebook_selector=self._notebook_selector(),
+                image_pull_policy=self.image_pull_policy,
+            )
+            self._ray_backend = await self._backend_for(self.ray_backend)
+            self._ray_ref = self._ray_spec.ref(self._ray_backend.kind)
+            self.log.info("Ray cluster %s for %s (%s backend)", self._ray_spec.name, self._log_name, self._ray_backend.kind)
+
+    # --------------------------------------------------------------- backends
+    def _kube(self) -> KubeClient:
+        return KubeClient(retry_timeout=self.k8s_api_request_retry_timeout, request_timeout=self.k8s_api_request_timeout)
+
+    async def _start_watching_ray_pods(self) -> RayPodReflector:
+        return await self._start_reflector(
+            kind="ray-pods",
+            reflector_class=RayPodReflector,
+            labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY},
+            omit_namespace=self.enable_user_namespaces,
+        )
+
+    def _ray_pods(self) -> dict[str, dict]:
+        reflector = self.__class__.reflectors.get(self._get_reflector_key("ray-pods"))
+        return reflector.pods if reflector else {}
+
+    async def _backend_for(self, wanted: str) -> ClusterBackend:
+        kind = await select_backend(wanted, self.log)
+        if kind == "kuberay":
+            from .backends.kuberay import KubeRayBackend
+
+            return KubeRayBackend(self._kube(), self)
+        await self._start_watching_ray_pods()
+        from .backends.pods import PodsBackend
+
+        return PodsBackend(self._kube(), self._ray_pods)
+
+    # ------------------------------------------------------------------ start
+    def get_env(self) -> dict[str, Any]:
+        env = super().get_env()
+        if self._ray_spec:
+            env.update(notebook_env(self._ray_spec))
+        return env
+
+    async def get_pod_manifest(self):
+        pod = await super().get_pod_manifest()
+        spec = self._ray_spec
+        if spec and wants_version_check(spec):
+            probe = get_k8s_model(V1Container, version_init_container(self.image, self.image_pull_policy))
+            pod.spec.init_containers = [*(pod.spec.init_containers or []), probe]
+        return pod
+
+    async def _make_create_pod_request(self, pod, request_timeout):
+        spec, backend = self._ray_spec, self._ray_backend
+        if spec and backend and not self._ray_prepared:
+            await backend.prepare(spec)
+            self._ray_prepared = True
+        created = await super()._make_create_pod_request(pod, request_timeout)
+        if created and spec and backend and self._ray_create_task is None:
+            self._ray_create_task = asyncio.ensure_future(self._create_cluster(spec, backend))
+        return created
+
+    async def _create_cluster(self, spec: RayClusterSpec, backend: ClusterBackend) -> None:
+        ref_key = f"{self.namespace}/{self.pod_name}"
+        deadline = time.monotonic() + self.k8s_api_request_retry_timeout
+        while not self.pod_has_uid(self.pod_reflector.pods.get(ref_key)):
+            if time.monotonic() > deadline:
+                raise ClusterStartError(f"The notebook pod {ref_key} never appeared; cannot create its Ray cluster.")
+            await asyncio.sleep(0.05)
+        owner = owner_reference(self.pod_name, self.pod_reflector.pods[ref_key]["metadata"]["uid"])
+        self._ray_owner = owner
+        await backend.create(spec, owner)
+
+    async def _start(self):
+        started = time.monotonic()
+        self._ray_create_task = None
+        self._ray_prepared = False
+        self._ray_head_restarts = 0
+        try:
+            url = await super()._start()
+            if self._ray_spec and self._ray_backend:
+                await self._ray_create_task
+                remaining = max(5.0, self.start_timeout - (time.monotonic() - started))
+                status = await self._ray_backend.wait_ready(self._ray_spec, remaining, self._remember_status) \
+                    if self.ray_wait_for_head else await self._ray_backend.status(self._ray_spec)
+                await self._check_versions(status, started + remaining)
+                metrics.spawn_succeeded(self._ray_backend.kind, time.monotonic() - started)
+                self._ray_running = True
+            return url
+        except BaseException as e:
+            if self._ray_spec and self._ray_backend:
+                metrics.spawn_failed(self._ray_backend.kind, getattr(e, "reason_label", type(e).__name__))
+                await self._teardown_cluster()
+            raise
+
+    def _remember_status(self, status: ClusterStatus) -> None:
+        self._ray_status = status
+
+    async def _check_versions(self, status: ClusterStatus, deadline: float) -> None:
+        spec = self._ray_spec
+        if not spec or not wants_version_check(spec):
+            return
+        from .backends.pods import reported_versions
+
+        while True:
+            notebook = reported_versions(self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") or {})
+            cluster = status.versions
+            if notebook and cluster:
+                break
+            if time.monotonic() > deadline:
+                self.log.warning("Could not learn Ray/Python versions of %s; skipping the check", spec.name)
+                return
+            await asyncio.sleep(0.5)
+            status = await self._ray_backend.status(spec)
+        problem = compare_versions(notebook, cluster, spec.notebook_image, spec.image)
+        if problem and spec.version_check == "error":
+            raise ClusterStartError(problem, status=409, reason="version_mismatch")
+        if problem:
+            self.log.warning(problem)
+            self._ray_version_warning = problem
+
+    # ------------------------------------------------------------- stop/poll
+    async def _teardown_cluster(self) -> None:
+        task, self._ray_create_task = self._ray_create_task, None
+        if task and not task.done():
+            task.cancel()
+        ref = self._ray_ref
+        if not ref:
+            return
+        backend = self._ray_backend or await self._backend_for(ref.backend or self.ray_backend)
+        started = time.monotonic()
+        await backend.delete(ref, self.ray_stop_timeout)
+        self._ray_prepared = False
+        was_running, self._ray_running = self._ray_running, False
+        metrics.teardown_done(backend.kind, time.monotonic() - started, was_running)
+
+    async def stop(self, now: bool = False) -> None:
+        if not self._ray_ref:
+            return await super().stop(now)
+        results = await asyncio.gather(super().stop(now), self._teardown_cluster(), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None or not self._ray_ref:
+            if status is not None and self._ray_ref:
+                # the notebook is gone behind our back: make sure its cluster goes too
+                await self._teardown_cluster()
+            return status
+        backend = self._ray_backend or await self._backend_for(self._ray_ref.backend or self.ray_backend)
+        self._ray_backend = backend
+        st = await backend.status(self._ray_ref)
+        if st.exists and st.phase != "terminating":
+            return None
+        if self._ray_head_restarts >= self.ray_head_restart_limit or not self._ray_spec or not hasattr(backend, "recreate_head"):
+            self.log.error("Ray head of %s is gone; reporting the server as failed", self._ray_ref.name)
+            return 1
+        self._ray_head_restarts += 1
+        self.log.warning("Ray head of %s vanished; recreating it (%d/%d)", self._ray_ref.name, self._ray_head_restarts, self.ray_head_restart_limit)
+        try:
+            await backend.recreate_head(self._ray_spec, getattr(self, "_ray_owner", None))
+        except RaySpawnerError as e:
+            self.log.error("Could not recreate the Ray head of %s: %s", self._ray_ref.name, e)
+            return 1
+        return None
+
+    # --------------------------------------------------------------- progress
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        queue: asyncio.Queue = asyncio.Queue()
+        notebook_events = super().progress()
+
+        async def pump() -> None:
+            try:
+                async for event in notebook_events:
+                    await queue.put(event)
+            finally:
+                await queue.put(None)
+
+        pump_task = asyncio.ensure_future(pump())
+        last = ""
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), 0.5)
+                except asyncio.TimeoutError:
+                    event = ...
+                if event is None:
+                    break
+                if event is not ...:
+                    yield event
+                message = await self._cluster_message()
+                if message and message != last:
+                    last = message
+                    yield {"message": message}
+            message = await self._cluster_message(final=True)
+            if message and message != last:
+                yield {"message": message}
+        finally:
+            pump_task.cancel()
+
+    async def _cluster_message(self, final: bool = False) -> str:
+        spec, backend = self._ray_spec, self._ray_backend
+        if not spec or not backend:
+            return ""
+        try:
+            st = await backend.status(spec)
+        except RaySpawnerError:
+            return ""
+        message = st.message(spec)
+        if st.warnings:
+            message += " — " + "; ".join(st.warnings[:2])
+        if final and st.head_ready:
+            message = f"Ray cluster {spec.name} is ready ({st.workers_ready}/{st.workers_desired} workers so far); ray.init() connects to it."
+        warning = getattr(self, "_ray_version_warning", None)
+        if warning:
+            message += f" Warning: {warning}"
+        return message
+
+    # ------------------------------------------------------------------ state
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self._ray_ref:
+            state["ray_cluster"] = {"name": self._ray_ref.name, "namespace": self._ray_ref.namespace, "backend": self._ray_ref.backend}
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        cluster = (state or {}).get("ray_cluster")
+        if cluster:
+            self._ray_ref = ClusterRef(cluster["name"], cluster["namespace"], cluster.get("backend", ""))
+            if not self._ray_running:
+                self._ray_running = True
+                metrics.reattached(self._ray_ref.backend or "unknown")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._ray_ref = None
+        self._ray_spec = None
+        self._ray_backend = None
+        self._ray_version_warning = None
