@@ -41,6 +41,15 @@ DEFAULT_SIM_DELAYS = {"schedule": 0.01, "pull": 0.02, "create": 0.0, "start": 0.
                       "init": 0.02, "restart": 0.05}
 
 
+def _log_reader(kubelet: Any) -> Callable[[dict[str, Any], str | None], Any] | None:
+    """pods/log support: SimKubelet.pod_logs(pod, container) or ProcessKubelet.logs(ns, name, container)."""
+    if hasattr(kubelet, "pod_logs"):
+        return kubelet.pod_logs
+    if hasattr(kubelet, "logs"):
+        return lambda pod, c: kubelet.logs(pod["metadata"]["namespace"], pod["metadata"]["name"], c)
+    return None
+
+
 class K8sEmu:
     """A loopback Kubernetes API server running on its own thread and event loop.
 
@@ -150,7 +159,7 @@ class K8sEmu:
             for doc in load_rbac_documents(self.rbac_files):
                 self._create_sync(doc)
         self.api = ApiServer(self.store, self.registry, self.faults, authorizer)
-        self.api.pod_logs = getattr(self.kubelet, "pod_logs", None)
+        self.api.pod_logs = _log_reader(self.kubelet)
         Scheduler(self.store, self.kubelet, self.sim_delays, self.jitter)
         self._controllers = start_controllers(self.store, kuberay=self.kuberay)
         self._runner = web.AppRunner(self.api.app(), handle_signals=False, access_log=None,

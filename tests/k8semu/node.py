@@ -152,6 +152,8 @@ class Scheduler:
         self.jitter = jitter
         self.pods_t = store.registry.by_name("pods")
         self._bound: set[str] = set()
+        # The process kubelet reports the Scheduled event itself.
+        self.emit_scheduled = not getattr(kubelet, "emits_scheduled_event", type(kubelet).__name__ == "ProcessKubelet")
         store.listeners.append(self._on_event)
         store.pod_killer = self._kill
 
@@ -184,8 +186,9 @@ class Scheduler:
             bound = self.store.mutate(self.pods_t, ns, name, _bind, uid=uid)
             if bound is None:
                 return
-            record_event(self.store, bound, "Scheduled", f"Successfully assigned {ns}/{name} to {NODE_NAME}",
-                         "Normal", "default-scheduler")
+            if self.emit_scheduled:
+                record_event(self.store, bound, "Scheduled", f"Successfully assigned {ns}/{name} to {NODE_NAME}",
+                             "Normal", "default-scheduler")
             pod = bound
         self._bound.add(uid)
         loop = asyncio.get_running_loop()

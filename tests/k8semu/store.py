@@ -86,6 +86,7 @@ class Store:
         # async (pod, grace) -> None: stops a bound pod's containers (set by the emulator)
         self.pod_killer: Callable[[dict[str, Any], int], Awaitable[None]] | None = None
         self._gc_scheduled = False
+        self._next_cluster_ip = 0
         self._terminating: set[str] = set()  # uids of pods whose kill is pending
         self._tasks: set[asyncio.Task] = set()
         ns_type = registry.by_name("namespaces")
@@ -270,6 +271,12 @@ class Store:
         if rtype.plural == "services":
             spec = obj.setdefault("spec", {})
             spec.setdefault("type", "ClusterIP")
+            if not spec.get("clusterIP"):
+                n = self._next_cluster_ip
+                self._next_cluster_ip += 1
+                spec["clusterIP"] = f"10.96.{(n // 250) % 250}.{n % 250 + 2}"
+            if spec["clusterIP"] != "None":
+                spec.setdefault("clusterIPs", [spec["clusterIP"]])
             for p in spec.get("ports") or []:
                 p.setdefault("protocol", "TCP")
                 p.setdefault("targetPort", p.get("port"))

@@ -1,0 +1,55 @@
+"""pytest fixtures for the loopback API server (registered from tests/conftest.py).
+
+- ``k8s_emu``: a started :class:`K8sEmu` (sim kubelet, no KubeRay), function-scoped.
+- ``k8s_emu_kuberay``: the same with ``kuberay=True``.
+- ``k8s_emu_factory``: ``k8s_emu_factory(**kwargs) -> K8sEmu`` (started; stopped at teardown).
+- ``k8s_emu_session`` / ``k8s_emu_kuberay_session``: session-scoped instances (for code that
+  caches its client configuration, such as kubespawner's ``load_config``). Call
+  ``emu.faults.clear()`` and ``emu.reset_request_log()`` yourself when you share them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from . import K8sEmu
+
+
+@pytest.fixture
+def k8s_emu_factory() -> Iterator[Callable[..., K8sEmu]]:
+    made: list[K8sEmu] = []
+
+    def make(**kwargs: Any) -> K8sEmu:
+        emu = K8sEmu(**kwargs).start()
+        made.append(emu)
+        return emu
+
+    yield make
+    for emu in reversed(made):
+        emu.stop()
+
+
+@pytest.fixture
+def k8s_emu() -> Iterator[K8sEmu]:
+    with K8sEmu() as emu:
+        yield emu
+
+
+@pytest.fixture
+def k8s_emu_kuberay() -> Iterator[K8sEmu]:
+    with K8sEmu(kuberay=True) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="session")
+def k8s_emu_session() -> Iterator[K8sEmu]:
+    with K8sEmu() as emu:
+        yield emu
+
+
+@pytest.fixture(scope="session")
+def k8s_emu_kuberay_session() -> Iterator[K8sEmu]:
+    with K8sEmu(kuberay=True) as emu:
+        yield emu
