@@ -72,7 +72,9 @@ from .netns import BridgeNetwork, LoopbackNetwork, PodNet, kill_netns_processes,
 
 log = logging.getLogger(__name__)
 
-WRAP = 'hostname "$1" && mount --bind "$2" /tmp && mount --bind "$3" /etc/hosts || exit 125; ' \
+# Binds the hosts file (and resolv.conf) first: the pod dir must stay reachable, so the
+# kubelet root never lies under /tmp (see ProcessKubelet.__init__).
+WRAP = 'hostname "$1" && mount --bind "$3" /etc/hosts && mount --bind "$2" /tmp || exit 125; ' \
     'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; shift 4; exec "$@"'
 _SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "m": 1e-3}
 
@@ -353,6 +355,7 @@ class PodRunner:
         if c.log_path.exists() and c.log_path.stat().st_size:
             c.log_path.replace(c.log_path.with_suffix(".previous.log"))
         c.term_path.write_text("")
+        self.write_hosts()
         cwd = c.spec.get("workingDir") or str(self.dir / "home")
         if not os.path.isdir(cwd):
             log.warning("workingDir %s does not exist on this machine; using the pod home", cwd)
@@ -535,10 +538,10 @@ class PodRunner:
             await self.event("Scheduled", f"Successfully assigned {self.namespace}/{self.name} to {self.k.node_name}")
             await self.push()
             self.net = await self.k.network.add_pod()
+            await self.push()  # podIP first: service_hosts() may map a Service to this pod
             self.write_hosts()
             self.resolv_path.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
             self.hosts_task = asyncio.create_task(self._refresh_hosts())
-            await self.push()
             for c in self.inits:
                 while True:
                     await self.start(c)
@@ -637,8 +640,13 @@ class ProcessKubelet:
                  max_grace_seconds: float = 10.0, min_probe_timeout: float = 5.0, backoff_base: float = 0.5,
                  backoff_max: float = 10.0, hosts_refresh_interval: float = 0.5, node_name: str = "k8semu-node",
                  keep_dirs: bool = False) -> None:
+        # Pods get a private /tmp, which hides everything under the host's /tmp: the pod
+        # dirs (HOME, termination-message files) must live elsewhere, e.g. /var/tmp.
+        if root_dir is not None and Path(root_dir).resolve().is_relative_to("/tmp"):
+            log.warning("process kubelet root %s is under /tmp, hidden from pods: using /var/tmp", root_dir)
+            root_dir = None
         self._own_root = root_dir is None
-        self.root = Path(root_dir) if root_dir else Path(tempfile.mkdtemp(prefix="k8semu-kubelet-"))
+        self.root = Path(root_dir) if root_dir else Path(tempfile.mkdtemp(prefix="k8semu-kubelet-", dir="/var/tmp"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.network_mode = network
         self.time_scale, self.max_grace_seconds, self.min_probe_timeout = time_scale, max_grace_seconds, min_probe_timeout
