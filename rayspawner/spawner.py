@@ -69,6 +69,17 @@ class RaySpawner(RayConfig, KubeSpawner):
         }
 
     async def load_user_options(self) -> None:
+        await self.load_ray_options()
+        if self._ray_spec:
+            self._ray_backend = await self._backend_for(self.ray_backend)
+            self._ray_ref = self._ray_spec.ref(self._ray_backend.kind)
+            self.log.info("Ray cluster %s for %s (%s backend)", self._ray_spec.name, self._log_name, self._ray_backend.kind)
+
+    async def load_ray_options(self) -> RayClusterSpec | None:
+        """Apply the chosen profile and validate everything; no I/O.
+
+        Raises InvalidOptions (HTTP 400) with a message for the user.
+        """
         profile_list = self._sorted_dict_values(self.profile_list)
         if callable(profile_list):
             profile_list = await profile_list(self) if asyncio.iscoroutinefunction(profile_list) else profile_list(self)
@@ -88,9 +99,7 @@ class RaySpawner(RayConfig, KubeSpawner):
                 notebook_selector=self._notebook_selector(),
                 image_pull_policy=self.image_pull_policy,
             )
-            self._ray_backend = await self._backend_for(self.ray_backend)
-            self._ray_ref = self._ray_spec.ref(self._ray_backend.kind)
-            self.log.info("Ray cluster %s for %s (%s backend)", self._ray_spec.name, self._log_name, self._ray_backend.kind)
+        return self._ray_spec
 
     # --------------------------------------------------------------- backends
     def _kube(self) -> KubeClient:
