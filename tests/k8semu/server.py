@@ -127,6 +127,8 @@ class ApiServer:
             return _json(K8S_VERSION)
         if parts in (["healthz"], ["livez"], ["readyz"]):
             return web.Response(text="ok")
+        if parts[:2] == ["openapi", "v3"]:
+            return self.openapi_v3(parts[2:])
         if parts == ["api"]:
             return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
                 {"clientCIDR": "0.0.0.0/0", "serverAddress": self.address}]})
@@ -144,6 +146,41 @@ class ApiServer:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
             return _json(self._resource_list(parts[1], parts[2]))
         return None
+
+    def openapi_v3(self, gv_parts: list[str]) -> web.Response:
+        """Just enough OpenAPI v3 for kubectl to see that PATCH takes ``fieldValidation``
+        (so it validates server-side instead of downloading schemas). No schemas are served."""
+        groups = self.registry.groups()
+        if not gv_parts:
+            paths = {}
+            for g, versions in groups.items():
+                for v in versions:
+                    gv = f"apis/{g}/{v}" if g else f"api/{v}"
+                    paths[gv] = {"serverRelativeURL": f"/openapi/v3/{gv}?hash=k8semu"}
+            return _json({"paths": paths})
+        if gv_parts[0] == "api" and len(gv_parts) == 2:
+            group, version = "", gv_parts[1]
+        elif gv_parts[0] == "apis" and len(gv_parts) == 3:
+            group, version = gv_parts[1], gv_parts[2]
+        else:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
+        if version not in groups.get(group, []):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
+        prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        params = [{"name": n, "in": "query", "schema": {"type": "string"}}
+                  for n in ("dryRun", "fieldManager", "fieldValidation", "force")]
+        paths: dict[str, Any] = {}
+        for t in self.registry.types:
+            if t.group != group or t.version != version:
+                continue
+            path = f"{prefix}/namespaces/{{namespace}}/{t.plural}/{{name}}" if t.namespaced \
+                else f"{prefix}/{t.plural}/{{name}}"
+            gvk = {"group": group, "version": version, "kind": t.kind}
+            paths[path] = {"patch": {"operationId": f"patch{t.kind}", "parameters": params,
+                                     "x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk,
+                                     "responses": {"200": {"description": "OK"}}}}
+        return _json({"openapi": "3.0.0", "info": {"title": "Kubernetes (k8semu)", "version": "v1.31.0"},
+                      "paths": paths, "components": {"schemas": {}}})
 
     # ---- request parsing ----------------------------------------------
     def parse(self, request: web.Request, parts: list[str]) -> tuple[ReqInfo, bool]:

@@ -217,7 +217,7 @@ class Store:
         md["uid"] = str(uuid.uuid4())
         md["creationTimestamp"] = now_iso()
         md["resourceVersion"] = str(self._next_rv())
-        if rtype.plural not in ("events", "secrets", "configmaps", "namespaces", "serviceaccounts",
+        if rtype.plural not in ("pods", "events", "secrets", "configmaps", "namespaces", "serviceaccounts",
                                 "roles", "rolebindings", "clusterroles", "clusterrolebindings"):
             md["generation"] = 1
         if rtype.plural == "namespaces":
