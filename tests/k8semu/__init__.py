@@ -66,13 +66,15 @@ class K8sEmu:
         port: 0 picks a free port.
         kubeconfig_path: where to write the kubeconfig (default: a temp dir).
         namespaces: namespaces that exist from the start (others are created on first write).
+        history_size: watch events kept for resuming; older resourceVersions get 410 Gone.
     """
 
     def __init__(self, kuberay: bool = False, kubelet: str | Kubelet = "sim",
                  rbac_files: list[str | Path] | None = None, tokens: dict[str, str] | None = None,
                  admin_token: str = "k8semu-admin-token", sim_delays: dict[str, float] | None = None,
                  jitter: float = 0.0, port: int = 0, kubeconfig_path: str | Path | None = None,
-                 namespaces: tuple[str, ...] = ("default", "kube-system", "kube-public")) -> None:
+                 namespaces: tuple[str, ...] = ("default", "kube-system", "kube-public"),
+                 history_size: int = 20000) -> None:
         self.kuberay = kuberay
         self._kubelet_spec = kubelet
         self.rbac = bool(rbac_files) or tokens is not None
@@ -88,6 +90,7 @@ class K8sEmu:
         self.registry = Registry(kuberay=kuberay)
         self.faults = Faults()
         self._namespaces = namespaces
+        self.history_size = history_size
         self.store: Store | None = None
         self.api: ApiServer | None = None
         self.kubelet: Kubelet | None = None
@@ -152,7 +155,7 @@ class K8sEmu:
     async def _astart(self) -> None:
         from .controllers import start_controllers
         self.kubelet = self._make_kubelet()
-        self.store = Store(self.registry, namespaces=self._namespaces)
+        self.store = Store(self.registry, history_size=self.history_size, namespaces=self._namespaces)
         authorizer = None
         if self.rbac:
             authorizer = Authorizer(self.store, self.registry, self.tokens, self.admin_token)
