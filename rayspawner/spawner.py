@@ -119,11 +119,11 @@ class RaySpawner(RayConfig, KubeSpawner):
 
     async def _backend_for(self, wanted: str) -> ClusterBackend:
         kind = await select_backend(wanted, self.log)
-        if kind == "kuberay":
-            from .backends.kuberay import KubeRayBackend
-
-            return KubeRayBackend(self._kube(), self)
         await self._start_watching_ray_pods()
+        if kind == "kuberay":
+            from .backends.kuberay import KubeRayBackend, watch_ray_clusters
+
+            return KubeRayBackend(self._kube(), self._ray_pods, await watch_ray_clusters(self))
         from .backends.pods import PodsBackend
 
         return PodsBackend(self._kube(), self._ray_pods)

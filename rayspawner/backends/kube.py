@@ -58,14 +58,20 @@ def _status_body(e: ApiException) -> dict[str, Any]:
         return {}
 
 
-def api_error(e: ApiException, verb: str, kind: Kind, namespace: str, name: str = "") -> ClusterStartError:
-    """A readable error for a failed API call (never includes request bodies)."""
+def api_error(
+    e: ApiException, verb: str, kind: Kind, namespace: str, name: str = "", *, rule_verbs: list[str] | None = None
+) -> ClusterStartError:
+    """A readable error for a failed API call (never includes request bodies).
+
+    ``rule_verbs``: the verbs to name in the missing RBAC rule (default: ``[verb]``).
+    """
     message = _status_body(e).get("message") or e.reason or "no message"
     target = f"{kind.plural}{'/' + name if name else ''} in namespace {namespace}"
     if e.status == 403:
         if "exceeded quota" in message:
             return ClusterStartError(f"Quota exceeded creating {target}: {message}", reason="quota")
-        rule = f"apiGroups: [\"{kind.group}\"], resources: [\"{kind.plural}\"], verbs: [\"{verb}\"]"
+        verbs = ", ".join(f'"{v}"' for v in (rule_verbs or [verb]))
+        rule = f"apiGroups: [\"{kind.group}\"], resources: [\"{kind.plural}\"], verbs: [{verbs}]"
         return ClusterStartError(
             f"The hub is not allowed to {verb} {kind.plural} (API group \"{kind.group}\") in namespace "
             f"{namespace}: {message}. Add this rule to the hub's Role ({rule}); "

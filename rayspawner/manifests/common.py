@@ -7,6 +7,7 @@ import base64
 from typing import Any
 
 from .. import naming
+from ..env import ray_node_env
 from ..spec import DASHBOARD_AGENT_PORT, RAY_PORTS, RayClusterSpec, Resources
 
 Manifest = dict[str, Any]
@@ -73,6 +74,50 @@ def pod_spec_extras(spec: RayClusterSpec) -> Manifest:
     if spec.tolerations:
         extras["tolerations"] = [dict(t) for t in spec.tolerations]
     return extras
+
+
+def ray_start_resources(spec: RayClusterSpec, res: Resources) -> dict[str, str]:
+    """What ``ray start`` is told about a node's size (``--num-cpus`` etc., without dashes).
+
+    Both backends size Ray from the same numbers: whole CPUs, GPUs, memory minus the
+    object store, and the object store (which lives in the /dev/shm volume).
+    """
+    store = object_store_bytes(spec, res)
+    return {
+        "num-cpus": str(res.ray_num_cpus),
+        "num-gpus": str(res.gpu),
+        "memory": str(res.memory_bytes - store),
+        "object-store-memory": str(store),
+    }
+
+
+def ray_container(spec: RayClusterSpec, name: str, res: Resources) -> Manifest:
+    """A Ray container without command or probes: image, env, resources, security, mounts."""
+    c: Manifest = {
+        "name": name,
+        "image": spec.image,
+        "env": ray_node_env(spec),
+        "resources": resources(spec, res),
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [dict(SHM_MOUNT), *(dict(m) for m in spec.volume_mounts)],
+    }
+    if spec.image_pull_policy:
+        c["imagePullPolicy"] = spec.image_pull_policy
+    return c
+
+
+def ray_pod_spec(spec: RayClusterSpec, container: Manifest, res: Resources, *, version_probe: bool) -> Manifest:
+    """A Ray pod's spec around ``container``: hardening, scheduling, shm and extra volumes,
+    and (``version_probe``) the version-reporting init container."""
+    pod: Manifest = {
+        **pod_spec_extras(spec),
+        "containers": [container],
+        "volumes": [shm_volume(spec, res), *(dict(v) for v in spec.volumes)],
+        "terminationGracePeriodSeconds": 30,
+    }
+    if version_probe and wants_version_check(spec):
+        pod["initContainers"] = [version_init_container(spec.image, spec.image_pull_policy)]
+    return pod
 
 
 def token_secret(spec: RayClusterSpec, token: str, owner: Owner | None = None) -> Manifest:
