@@ -21,11 +21,22 @@ READY_FILE = '"${TMPDIR:-/tmp}/rayspawner-head-ready"'
 # retries), because the first connect to a fresh head is flaky. Only then is
 # the head marked ready, so the user's own ray.init() is never the first.
 WARMUP = (
-    "import os, sys, time, ray\n"
+    "import socket, sys, time, urllib.request as u\n"
     "deadline = time.time() + 600\n"
+    "def up():\n"
+    "    try:\n"
+    "        socket.create_connection(('127.0.0.1', %(client)d), 1).close()\n"
+    "        u.urlopen('http://127.0.0.1:%(dashboard)d/api/gcs_healthz', timeout=2).read()\n"
+    "        return True\n"
+    "    except Exception:\n"
+    "        return False\n"
+    "while not up():\n"
+    "    if time.time() > deadline: sys.exit('rayspawner: the Ray head did not come up')\n"
+    "    time.sleep(0.5)\n"
+    "import ray\n"
     "while True:\n"
     "    try:\n"
-    "        ray.init('ray://127.0.0.1:%d', logging_level='ERROR')\n"
+    "        ray.init('ray://127.0.0.1:%(client)d', logging_level='ERROR')\n"
     "        ray.get(ray.remote(lambda: 1).options(num_cpus=0).remote())\n"
     "        ray.shutdown()\n"
     "        break\n"
@@ -34,7 +45,7 @@ WARMUP = (
     "        if time.time() > deadline: raise\n"
     "        print('rayspawner: client warm-up retry:', type(e).__name__, flush=True)\n"
     "        time.sleep(1)\n"
-) % CLIENT_PORT
+) % {"client": CLIENT_PORT, "dashboard": DASHBOARD_PORT}
 
 
 def _ray_resources_args(spec: RayClusterSpec, res: Resources) -> list[str]:
