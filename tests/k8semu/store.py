@@ -332,7 +332,8 @@ class Store:
         new["metadata"]["resourceVersion"] = str(self._next_rv())
         self._bucket(rtype)[self._key(rtype, cur["metadata"].get("namespace"), cur["metadata"]["name"])] = new
         self._emit("MODIFIED", rtype, new, cur)
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers") \
+                and rtype.plural != "namespaces":  # namespaces go once empty (GC sweep)
             if new["metadata"]["uid"] not in self._terminating:
                 self._remove(rtype, new)
         if new["metadata"].get("ownerReferences") != cur["metadata"].get("ownerReferences"):
