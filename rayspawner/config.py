@@ -123,6 +123,9 @@ class RayConfig(Configurable):
     ray_volumes = List(config=True, help="Extra volumes (Kubernetes Volume dicts) for Ray pods.")
     ray_volume_mounts = List(config=True, help="Extra volumeMounts for the Ray containers.")
     ray_extra_labels = Dict(config=True, help="Extra labels on every Ray object.")
+    ray_extra_annotations = Dict(
+        config=True, help="Extra annotations on the Ray pods (e.g. for Prometheus scraping of port 8080)."
+    )
 
     # --- lifecycle ---
     ray_wait_for_head = Bool(

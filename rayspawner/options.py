@@ -198,6 +198,7 @@ def resolve_spec(
         volumes=tuple(cfg.ray_volumes),
         volume_mounts=tuple(cfg.ray_volume_mounts),
         extra_labels=dict(cfg.ray_extra_labels),
+        pod_annotations={str(k): str(v) for k, v in cfg.ray_extra_annotations.items()},
         version_check=cfg.ray_version_check,
     )
     total = spec.total

@@ -96,6 +96,7 @@ class RayClusterSpec:
     volumes: tuple[dict[str, Any], ...] = ()
     volume_mounts: tuple[dict[str, Any], ...] = ()
     extra_labels: dict[str, str] = field(default_factory=dict)
+    pod_annotations: dict[str, str] = field(default_factory=dict)
     version_check: str = "error"
 
     def ref(self, backend: str = "") -> ClusterRef:

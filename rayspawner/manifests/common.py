@@ -43,6 +43,14 @@ CONTAINER_SECURITY_CONTEXT: Manifest = {
 }
 
 
+def template_metadata(spec: RayClusterSpec, labels: dict[str, str]) -> Manifest:
+    """Metadata of a Ray pod (or pod template): its labels plus ``ray_extra_annotations``."""
+    meta: Manifest = {"labels": dict(labels)}
+    if spec.pod_annotations:
+        meta["annotations"] = dict(spec.pod_annotations)
+    return meta
+
+
 def resources(spec: RayClusterSpec, res: Resources) -> Manifest:
     values: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     if res.gpu:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shlex
 
 from .. import naming
-from ..env import ray_node_env
 from ..spec import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RAY_PORTS, RayClusterSpec, Resources, WorkerGroup
 from . import common
 from .common import Manifest, Owner
@@ -49,14 +48,8 @@ WARMUP = (
 
 
 def _ray_resources_args(spec: RayClusterSpec, res: Resources) -> list[str]:
-    store = common.object_store_bytes(spec, res)
-    return [
-        f"--num-cpus={res.ray_num_cpus}",
-        f"--num-gpus={res.gpu}",
-        f"--memory={res.memory_bytes - store}",
-        f"--object-store-memory={store}",
-        "--disable-usage-stats",
-    ]
+    args = [f"--{k}={v}" for k, v in common.ray_start_resources(spec, res).items()]
+    return [*args, "--disable-usage-stats"]
 
 
 def head_command(spec: RayClusterSpec) -> list[str]:
@@ -91,31 +84,11 @@ def worker_command(spec: RayClusterSpec, group: WorkerGroup) -> list[str]:
 
 
 def _container(spec: RayClusterSpec, name: str, command: list[str], res: Resources) -> Manifest:
-    c: Manifest = {
-        "name": name,
-        "image": spec.image,
-        "command": command,
-        "env": ray_node_env(spec),
-        "resources": common.resources(spec, res),
-        "securityContext": dict(common.CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [dict(common.SHM_MOUNT), *(dict(m) for m in spec.volume_mounts)],
-    }
-    if spec.image_pull_policy:
-        c["imagePullPolicy"] = spec.image_pull_policy
-    return c
+    return {**common.ray_container(spec, name, res), "command": command}
 
 
 def _pod_spec(spec: RayClusterSpec, container: Manifest, res: Resources, *, version_probe: bool) -> Manifest:
-    pod: Manifest = {
-        **common.pod_spec_extras(spec),
-        "containers": [container],
-        "volumes": [common.shm_volume(spec, res), *(dict(v) for v in spec.volumes)],
-        "restartPolicy": "Always",
-        "terminationGracePeriodSeconds": 30,
-    }
-    if version_probe and common.wants_version_check(spec):
-        pod["initContainers"] = [common.version_init_container(spec.image, spec.image_pull_policy)]
-    return pod
+    return {**common.ray_pod_spec(spec, container, res, version_probe=version_probe), "restartPolicy": "Always"}
 
 
 def head_pod(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
@@ -130,10 +103,12 @@ def head_pod(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
         "failureThreshold": 3,
     }
     container["livenessProbe"] = common.http_probe([common.GCS_HEALTH], period=10, failures=6, delay=30)
+    meta = common.metadata(spec, spec.head_pod, owner, naming.COMPONENT_HEAD)
+    meta.update(common.template_metadata(spec, meta["labels"]))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": common.metadata(spec, spec.head_pod, owner, naming.COMPONENT_HEAD),
+        "metadata": meta,
         "spec": {**_pod_spec(spec, container, spec.head, version_probe=True), "hostname": spec.head_pod},
     }
 
@@ -167,7 +142,7 @@ def worker_deployment(spec: RayClusterSpec, group: WorkerGroup, owner: Owner | N
             "replicas": group.replicas,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": dict(pod_labels)},
+                "metadata": common.template_metadata(spec, pod_labels),
                 "spec": _pod_spec(spec, container, group.resources, version_probe=False),
             },
         },
