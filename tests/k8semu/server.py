@@ -21,6 +21,7 @@ from .rbac import Authorizer
 from .resources import ALL_VERBS, Registry, ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import Store
+from .tables import table, wants_table
 
 log = logging.getLogger("k8semu.server")
 
@@ -299,10 +300,14 @@ class ApiServer:
                     res = self.pod_logs(obj, q.get("container"))
                     text = (await res) if asyncio.iscoroutine(res) else (res or "")
                 return web.Response(text=text, content_type="text/plain")
+            if wants_table(request.headers.get("Accept", "")):
+                return _json(table(t, [obj], st.rv))
             return _json(obj)
         if info.verb == "list":
             items, rv = st.list(t, ns, parse_label_selector(q.get("labelSelector")),
                                 parse_field_selector(q.get("fieldSelector")))
+            if wants_table(request.headers.get("Accept", "")):
+                return _json(table(t, items, rv))
             if t.builtin:
                 for i in items:
                     i.pop("apiVersion", None)
