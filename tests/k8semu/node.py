@@ -6,7 +6,7 @@ import asyncio
 import copy
 import logging
 import random
-import secrets as pysecrets
+import time
 from typing import Any
 
 from .kubelet_api import Kubelet
@@ -20,6 +20,16 @@ HOST_IP = "10.0.0.10"
 UNSCHEDULABLE = "k8semu/unschedulable"
 
 
+_last_ns = 0
+
+
+def _event_suffix() -> str:
+    """Hex nanoseconds like the real recorder, strictly increasing (names sort chronologically)."""
+    global _last_ns
+    _last_ns = max(time.time_ns(), _last_ns + 1)
+    return f"{_last_ns:x}"
+
+
 def record_event(store: Store, obj: dict[str, Any], reason: str, message: str, type_: str = "Normal",
                  component: str = "kubelet", field_path: str | None = None) -> dict[str, Any]:
     """Create a core/v1 Event about ``obj`` (in its namespace) as a controller would."""
@@ -31,7 +41,7 @@ def record_event(store: Store, obj: dict[str, Any], reason: str, message: str, t
         involved["fieldPath"] = field_path
     ts = now_iso()
     ev = {
-        "metadata": {"name": f"{md['name']}.{pysecrets.token_hex(8)}", "namespace": ns},
+        "metadata": {"name": f"{md['name']}.{_event_suffix()}", "namespace": ns},
         "involvedObject": involved, "reason": reason, "message": message, "type": type_,
         "source": {"component": component, **({"host": NODE_NAME} if component == "kubelet" else {})},
         "firstTimestamp": ts, "lastTimestamp": ts, "count": 1, "eventTime": None,
