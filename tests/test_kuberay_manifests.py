@@ -175,7 +175,8 @@ MATRIX_AXES: dict[str, list[dict[str, Any]]] = {
                                                         "ports": [{"protocol": "TCP", "port": 8080}]}]}],
     "placement": [{}, {"ray_node_selector": {"node-pool": "ray"}, "ray_tolerations": [TOLERATION],
                        "ray_volumes": [VOLUME], "ray_volume_mounts": [MOUNT],
-                       "ray_extra_env": {"OMP_NUM_THREADS": "1"}, "ray_extra_labels": {"team": "ml"}}],
+                       "ray_extra_env": {"OMP_NUM_THREADS": "1"}, "ray_extra_labels": {"team": "ml"},
+                       "ray_extra_annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"}}],
     "image": [{}, {"ray_image": "quay.io/rayspawner/ray:2.60.0", "ray_image_pull_policy": "IfNotPresent"}],
 }
 
@@ -281,6 +282,7 @@ def test_raycluster_semantics(name: str) -> None:
         labels = template["metadata"]["labels"]
         assert labels[naming.LABEL_MANAGED_BY] == naming.MANAGED_BY and labels[naming.LABEL_CLUSTER] == spec.name
         assert labels[naming.LABEL_COMPONENT] == (naming.COMPONENT_HEAD if group == "head" else naming.COMPONENT_WORKER)
+        assert template["metadata"].get("annotations", {}) == spec.pod_annotations
         pod = template["spec"]
         assert pod["automountServiceAccountToken"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True and "runAsUser" not in pod["securityContext"]

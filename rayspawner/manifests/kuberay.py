@@ -109,7 +109,7 @@ def _template(spec: RayClusterSpec, container: Manifest, group: WorkerGroup | No
     if group:
         labels[naming.LABEL_GROUP] = group.name
     pod = common.ray_pod_spec(spec, container, res, version_probe=group is None)
-    return {"metadata": {"labels": labels}, "spec": pod}
+    return {"metadata": common.template_metadata(spec, labels), "spec": pod}
 
 
 def head_group(spec: RayClusterSpec) -> Manifest:
