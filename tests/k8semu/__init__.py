@@ -249,6 +249,8 @@ class K8sEmu:
         """Run ``fn(store)`` on the emulator's loop and return its result."""
         if not self._started or self.loop is None:
             raise RuntimeError("K8sEmu is not started")
+        if threading.current_thread() is self._thread:  # already on the emulator's loop
+            return fn(self.store)  # type: ignore[arg-type]
 
         async def run() -> Any:
             return fn(self.store)  # type: ignore[arg-type]

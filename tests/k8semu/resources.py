@@ -155,13 +155,13 @@ def label_errors(labels: dict[str, str]) -> list[tuple[str, str, str]]:
     for k, v in (labels or {}).items():
         prefix, _, nm = k.rpartition("/")
         if not nm or len(nm) > 63 or not QUALIFIED_NAME.match(nm) or (prefix and not DNS1123_SUBDOMAIN.match(prefix)):
-            errs.append((f"metadata.labels", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
+            errs.append(("metadata.labels", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
         if not isinstance(v, str):
-            errs.append((f"metadata.labels", str(v), "label values must be strings"))
+            errs.append(("metadata.labels", str(v), "label values must be strings"))
         elif len(v) > 63:
-            errs.append((f"metadata.labels", v, "must be no more than 63 characters"))
+            errs.append(("metadata.labels", v, "must be no more than 63 characters"))
         elif not LABEL_VALUE.match(v):
-            errs.append((f"metadata.labels", v, LABEL_VALUE_MSG))
+            errs.append(("metadata.labels", v, LABEL_VALUE_MSG))
     return errs
 
 

@@ -387,8 +387,8 @@ class ApiServer:
         elif ctype == "application/strategic-merge-patch+json":
             if not t.builtin:
                 raise errors.unsupported_media(
-                    f"the body of the request was in an unknown format - accepted media types include: "
-                    f"application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
+                    "the body of the request was in an unknown format - accepted media types include: "
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
             patched = strategic_merge_patch(cur, body)
         else:
             raise errors.unsupported_media(f"the body of the request was in an unknown format - {ctype}")
