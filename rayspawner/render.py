@@ -81,7 +81,8 @@ async def _render(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     config = _load_config(args.config)
     user = SimpleNamespace(name=args.user, id=1, url=f"/user/{args.user}/", escaped_name=args.user)
-    spawner = RaySpawner(_mock=True, user=user, config=config, name=args.server)
+    orm = SimpleNamespace(name=args.server, server=None, user_options={}, state=None)
+    spawner = RaySpawner(_mock=True, user=user, config=config, orm_spawner=orm)
     spawner.user_options = _user_options(args)
     spec = await spawner.load_ray_options()
     async with ApiClient() as api:

@@ -59,6 +59,7 @@ class RaySpawner(RayConfig, KubeSpawner):
     _ray_head_restarts: int = 0
     _ray_running: bool = False
     _ray_version_warning: str | None = None
+    _ray_failure: str | None = None
 
     # ---------------------------------------------------------------- options
     def _notebook_selector(self) -> dict[str, str]:
@@ -169,6 +170,7 @@ class RaySpawner(RayConfig, KubeSpawner):
         self._ray_create_task = None
         self._ray_prepared = False
         self._ray_head_restarts = 0
+        self._ray_failure = None
         try:
             url = await super()._start()
             if self._ray_spec and self._ray_backend:
@@ -181,6 +183,8 @@ class RaySpawner(RayConfig, KubeSpawner):
                 self._ray_running = True
             return url
         except BaseException as e:
+            if isinstance(e, RaySpawnerError):
+                self._ray_failure = e.message
             if self._ray_spec and self._ray_backend:
                 metrics.spawn_failed(self._ray_backend.kind, getattr(e, "reason_label", type(e).__name__))
                 await self._teardown_cluster()
@@ -287,7 +291,7 @@ class RaySpawner(RayConfig, KubeSpawner):
                 if message and message != last:
                     last = message
                     yield {"message": message}
-            message = await self._cluster_message(final=True)
+            message = self._ray_failure or await self._cluster_message(final=True)
             if message and message != last:
                 yield {"message": message}
         finally:

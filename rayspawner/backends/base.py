@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 class ClusterStatus:
     """What a backend knows about one cluster right now."""
 
+    #: the cluster's head (pods backend) or its RayCluster (KubeRay) exists
     exists: bool = False
     head_ready: bool = False
     #: a reason the head cannot come up without an admin's help (unschedulable, image pull, ...)

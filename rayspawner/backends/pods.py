@@ -120,7 +120,7 @@ class PodsBackend(ClusterBackend):
         found = self._pods(ref)
         head = next((p for p in found if p["metadata"]["name"] == naming.head_pod(ref.name)), None)
         workers = [p for p in found if (p["metadata"].get("labels") or {}).get(naming.LABEL_COMPONENT) == naming.COMPONENT_WORKER]
-        st = ClusterStatus(exists=head is not None or bool(workers))
+        st = ClusterStatus(exists=head is not None)
         st.workers_ready = sum(1 for p in workers if pod_ready(p))
         if isinstance(spec, RayClusterSpec):
             st.workers_desired = spec.desired_workers

@@ -1,0 +1,84 @@
+"""Fixtures that build real RaySpawner objects talking HTTP to the loopback API server.
+
+``ray_spawner(emu, user="alice", server="", **traits)`` returns a RaySpawner
+(KubeSpawner's ``_mock`` hub, a stand-in user) whose Kubernetes client points
+at ``emu``. Reflectors are class-wide and bound to the test's event loop, so
+they are stopped after each test.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+from kubernetes_asyncio.config import kube_config
+
+from rayspawner.backends import detect
+
+NOTEBOOK_IMAGE = "quay.io/rayspawner/notebook:2.60.0"
+
+RAY_PROFILE = {
+    "display_name": "Ray",
+    "slug": "ray",
+    "kubespawner_override": {"ray_enabled": True},
+    "profile_options": {
+        "workers": {
+            "display_name": "Workers",
+            "choices": {
+                "1": {"display_name": "1", "kubespawner_override": {"ray_worker_replicas": 1}},
+                "2": {"display_name": "2", "kubespawner_override": {"ray_worker_replicas": 2}},
+            },
+            "unlisted_choice": {"enabled": True, "kubespawner_override": {"ray_worker_replicas": "{value}"}},
+        }
+    },
+}
+PROFILES = [{"display_name": "Plain", "slug": "plain", "default": True}, RAY_PROFILE]
+
+
+def user(name: str, uid: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(name=name, id=uid, url=f"/user/{name}/", escaped_name=name)
+
+
+@pytest.fixture
+async def ray_spawner_factory(monkeypatch: pytest.MonkeyPatch):
+    from rayspawner import RaySpawner
+
+    detect.forget()
+    made: list[Any] = []
+
+    def make(emu: Any, username: str = "alice", server: str = "", **traits: Any) -> Any:
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(emu.kubeconfig_path))
+        opts: dict[str, Any] = dict(
+            k8s_api_host=emu.url, namespace="jhub", start_timeout=30, http_timeout=5,
+            image=NOTEBOOK_IMAGE, api_token="test-token", oauth_client_id="unused",
+            profile_list=PROFILES, ray_stop_timeout=10, k8s_api_request_retry_timeout=10,
+        )
+        opts.update(traits)
+        orm = SimpleNamespace(name=server, server=None, user_options={}, state=None)
+        sp = RaySpawner(_mock=True, user=user(username, len(made) + 1), orm_spawner=orm, **opts)
+        made.append(sp)
+        return sp
+
+    yield make
+    for key, refl in list(RaySpawner.reflectors.items()):
+        await refl.stop()
+        RaySpawner.reflectors.pop(key, None)
+    detect.forget()
+
+
+def ray_objects(emu: Any, cluster: str | None = None, namespace: str = "jhub") -> list[tuple[str, str]]:
+    """Every object in the emulator labelled as managed by rayspawner (optionally one cluster's)."""
+    selector = "app.kubernetes.io/managed-by=rayspawner"
+    if cluster:
+        selector += f",ray.io/cluster={cluster}"
+    found = []
+    for resource in ("pods", "services", "secrets", "deployments", "replicasets", "networkpolicies", "configmaps"):
+        for obj in emu.list_objects(resource, namespace, label_selector=selector):
+            found.append((resource, obj["metadata"]["name"]))
+    if getattr(emu, "kuberay", False):
+        for obj in emu.list_objects("rayclusters", namespace, label_selector=selector):
+            found.append(("rayclusters", obj["metadata"]["name"]))
+    return sorted(found)
+
+

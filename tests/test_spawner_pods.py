@@ -1,0 +1,212 @@
+"""RaySpawner with the plain-pods backend against the loopback API server (sim kubelet)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from rayspawner import naming
+from rayspawner.errors import ClusterStartError, InvalidOptions
+
+from .bad_inputs import BAD_INPUTS, LIMITS
+from .bad_inputs import PROFILES as BAD_PROFILES
+from .spawner_fixtures import ray_objects
+
+pytestmark = pytest.mark.asyncio
+
+RAY = {"profile": "ray", "workers": "2"}
+
+
+async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+async def start(sp, options=RAY, timeout=30):
+    sp.user_options = dict(options)
+    return await asyncio.wait_for(sp.start(), timeout)
+
+
+def env_of(pod: dict) -> dict:
+    return {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}
+
+
+async def test_spawn_creates_owned_cluster_and_stop_removes_it(k8s_emu, ray_spawner_factory):
+    sp = ray_spawner_factory(k8s_emu)
+    url = await start(sp)
+    notebook = k8s_emu.get_object("pods", "jhub", sp.pod_name)
+    assert url.endswith(":8888")
+    uid = notebook["metadata"]["uid"]
+
+    await wait_until(lambda: len(ray_objects(k8s_emu, "ray-alice")) >= 8)
+    objs = ray_objects(k8s_emu, "ray-alice")
+    kinds = {k for k, _ in objs}
+    assert {("secrets", "ray-alice-ray-token"), ("services", "ray-alice-head-svc"), ("pods", "ray-alice-head"),
+            ("deployments", "ray-alice-workers"), ("networkpolicies", "ray-alice-ray")} <= set(objs)
+    assert kinds == {"pods", "services", "secrets", "deployments", "replicasets", "networkpolicies"}
+    assert sum(1 for k, n in objs if k == "pods" and "workers" in n) == 2
+
+    # direct objects are owned by the notebook pod; worker pods through Deployment → ReplicaSet
+    for resource in ("secrets", "services", "deployments", "networkpolicies"):
+        for obj in k8s_emu.list_objects(resource, "jhub", label_selector="ray.io/cluster=ray-alice"):
+            assert [o["uid"] for o in obj["metadata"]["ownerReferences"]] == [uid], (resource, obj["metadata"])
+    head = k8s_emu.get_object("pods", "jhub", "ray-alice-head")
+    assert head["metadata"]["ownerReferences"][0]["uid"] == uid
+    for pod in k8s_emu.list_objects("pods", "jhub", label_selector="ray.io/cluster=ray-alice"):
+        labels = pod["metadata"]["labels"]
+        assert "component" not in labels  # never looks like a notebook pod
+        assert labels[naming.LABEL_MANAGED_BY] == "rayspawner"
+        assert labels[naming.LABEL_USERNAME] == "alice"
+        assert labels[naming.LABEL_COMPONENT] in ("ray-head", "ray-worker")
+
+    env = env_of(notebook)
+    assert env["RAY_ADDRESS"]["value"] == "ray://ray-alice-head-svc.jhub.svc.cluster.local:10001"
+    assert env["RAY_DASHBOARD_URL"]["value"] == "http://ray-alice-head-svc.jhub.svc.cluster.local:8265"
+    assert env["RAY_API_SERVER_ADDRESS"]["value"] == env["RAY_DASHBOARD_URL"]["value"]
+    assert env["RAY_CLUSTER_NAME"]["value"] == "ray-alice"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "ray-alice-ray-token", "key": "auth_token"}
+    assert "value" not in env["RAY_AUTH_TOKEN"]
+
+    state = sp.get_state()
+    assert state["ray_cluster"] == {"name": "ray-alice", "namespace": "jhub", "backend": "pods"}
+    token = k8s_emu.get_object("secrets", "jhub", "ray-alice-ray-token")["data"]["auth_token"]
+    assert token not in json.dumps(state)
+    assert await sp.poll() is None
+
+    await asyncio.wait_for(sp.stop(), 20)
+    assert ray_objects(k8s_emu) == []
+    assert k8s_emu.get_object("pods", "jhub", sp.pod_name) is None
+
+
+async def test_cluster_is_created_while_notebook_starts(k8s_emu_factory, ray_spawner_factory):
+    """The cluster's objects exist before the notebook pod is running (parallel, not after)."""
+    emu = k8s_emu_factory(sim_delays={"pull": 1.0})
+    sp = ray_spawner_factory(emu)
+    sp.user_options = dict(RAY)
+    fut = sp.start()
+    await wait_until(lambda: emu.get_object("pods", "jhub", "ray-alice-head"), timeout=10)
+    notebook = emu.get_object("pods", "jhub", sp.pod_name)
+    assert notebook["status"].get("phase") != "Running"
+    await asyncio.wait_for(fut, 30)
+    await sp.stop()
+
+
+async def test_gc_removes_cluster_when_notebook_pod_is_deleted(k8s_emu, ray_spawner_factory):
+    sp = ray_spawner_factory(k8s_emu)
+    await start(sp)
+    k8s_emu.delete_object("pods", "jhub", sp.pod_name, grace_period_seconds=0)
+    await wait_until(lambda: ray_objects(k8s_emu) == [], timeout=15)
+
+
+async def test_named_servers_and_users_are_independent(k8s_emu, ray_spawner_factory):
+    a = ray_spawner_factory(k8s_emu, "alice")
+    a2 = ray_spawner_factory(k8s_emu, "alice", server="big")
+    b = ray_spawner_factory(k8s_emu, "bob")
+    await asyncio.gather(start(a), start(a2), start(b))
+    names = {n for k, n in ray_objects(k8s_emu) if k == "services"}
+    assert names == {"ray-alice-head-svc", "ray-alice--big-head-svc", "ray-bob-head-svc"}
+    assert env_of(k8s_emu.get_object("pods", "jhub", b.pod_name))["RAY_ADDRESS"]["value"].startswith("ray://ray-bob-head-svc.")
+    await a.stop()
+    assert ray_objects(k8s_emu, "ray-alice") == []
+    assert ray_objects(k8s_emu, "ray-alice--big") and ray_objects(k8s_emu, "ray-bob")
+    await asyncio.gather(a2.stop(), b.stop())
+    assert ray_objects(k8s_emu) == []
+
+
+async def test_restarted_hub_reattaches_from_state(k8s_emu, ray_spawner_factory):
+    first = ray_spawner_factory(k8s_emu)
+    await start(first)
+    state = first.get_state()
+    second = ray_spawner_factory(k8s_emu)  # a new hub process's spawner object
+    second.load_state(state)
+    assert await second.poll() is None
+    await asyncio.wait_for(second.stop(), 20)
+    assert ray_objects(k8s_emu) == []
+
+
+async def test_start_replaces_leftovers_from_an_earlier_server(k8s_emu, ray_spawner_factory):
+    """KubeSpawner calls stop() inside _start on a 409 for the pod; the cluster must survive that path."""
+    sp = ray_spawner_factory(k8s_emu)
+    await start(sp)
+    # the hub "forgets" the server (crash before recording stop), then starts it again
+    again = ray_spawner_factory(k8s_emu)
+    await start(again)
+    notebook = k8s_emu.get_object("pods", "jhub", again.pod_name)
+    secret = k8s_emu.get_object("secrets", "jhub", "ray-alice-ray-token")
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == notebook["metadata"]["uid"]
+    assert k8s_emu.get_object("pods", "jhub", "ray-alice-head")["metadata"]["ownerReferences"][0]["uid"] == notebook["metadata"]["uid"]
+    await again.stop()
+    assert ray_objects(k8s_emu) == []
+
+
+@pytest.mark.parametrize("case,user_options,fragment", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+async def test_bad_input_creates_nothing(k8s_emu_session, ray_spawner_factory, case, user_options, fragment):
+    emu = k8s_emu_session
+    emu.reset_request_log()
+    sp = ray_spawner_factory(emu, profile_list=BAD_PROFILES, **LIMITS)
+    sp.user_options = user_options
+    with pytest.raises(InvalidOptions) as err:
+        await asyncio.wait_for(sp.start(), 10)
+    assert fragment in err.value.message
+    writes = [r for r in emu.request_log if r[0] in ("create", "patch", "update", "delete", "deletecollection")]
+    assert writes == []
+    assert emu.list_objects("pods", "jhub") == [] and ray_objects(emu) == []
+
+
+async def test_progress_reports_cluster_until_ready(k8s_emu_factory, ray_spawner_factory):
+    emu = k8s_emu_factory(sim_delays={"pull": 0.4, "start": 0.2})
+    sp = ray_spawner_factory(emu)
+    sp.user_options = dict(RAY)
+    fut = sp.start()
+    messages = [e["message"] async for e in sp.progress()]
+    await fut
+    ray_msgs = [m for m in messages if m.startswith("Ray cluster ray-alice")]
+    assert ray_msgs, messages
+    assert any("head" in m and "ready" not in m.split("head")[1][:7] for m in ray_msgs[:-1]) or len(ray_msgs) >= 2
+    assert "is ready" in ray_msgs[-1]
+    ready_at = next(i for i, m in enumerate(messages) if "head ready" in m or "is ready" in m)
+    assert all("is ready" not in m for m in messages[:ready_at])
+    assert any("Pulling" in m or "pulling" in m for m in messages)
+    await sp.stop()
+
+
+async def test_failing_head_fails_spawn_readably_and_cleans_up(k8s_emu, ray_spawner_factory):
+    sp = ray_spawner_factory(k8s_emu, ray_extra_annotations={"k8semu/image-pull": "fail"})
+    sp.user_options = dict(RAY)
+    fut = sp.start()
+    messages = []
+
+    async def collect():
+        async for e in sp.progress():
+            messages.append(e["message"])
+
+    collector = asyncio.ensure_future(collect())
+    with pytest.raises(ClusterStartError) as err:
+        await asyncio.wait_for(fut, 30)
+    await asyncio.wait_for(collector, 10)
+    assert "cannot be pulled" in err.value.message and "ray-alice" in err.value.message
+    assert any("cannot be pulled" in m for m in messages), messages
+    await sp.stop()  # what JupyterHub does after a failed start
+    assert ray_objects(k8s_emu) == []
+
+
+async def test_poll_recreates_a_deleted_head_then_gives_up(k8s_emu, ray_spawner_factory):
+    sp = ray_spawner_factory(k8s_emu, ray_head_restart_limit=1)
+    await start(sp)
+    k8s_emu.delete_object("pods", "jhub", "ray-alice-head", grace_period_seconds=0)
+    await wait_until(lambda: "jhub/ray-alice-head" not in sp._ray_pods())
+    assert await sp.poll() is None
+    await wait_until(lambda: k8s_emu.get_object("pods", "jhub", "ray-alice-head"))
+    k8s_emu.delete_object("pods", "jhub", "ray-alice-head", grace_period_seconds=0)
+    await wait_until(lambda: "jhub/ray-alice-head" not in sp._ray_pods())
+    assert await sp.poll() == 1
+    await sp.stop()
+    assert ray_objects(k8s_emu) == []
