@@ -184,6 +184,8 @@ def test_kuberay_sim(k8s_emu_kuberay: K8sEmu) -> None:
     assert all(c["reason"] and c["lastTransitionTime"] for c in conds.values())
     rc = emu.get_object("rayclusters", "jhub", "ray-alice")
     assert rc["spec"]["authOptions"] == {"mode": "token"}
+    rc_events = {e["reason"] for e in emu.list_objects("events", "jhub") if e["involvedObject"]["kind"] == "RayCluster"}
+    assert {"CreatedHeadPod", "CreatedWorkerPod", "CreatedService"} <= rc_events
     env = {e["name"]: e.get("value") for e in workers[0]["spec"]["containers"][0]["env"]}
     assert env["FQ_RAY_IP"] == "ray-alice-head-svc.jhub.svc.cluster.local"
 

@@ -18,6 +18,7 @@ What it does, following KubeRay's documented behaviour:
   unless the RayCluster has annotation ``ray.io/overwrite-container-cmd: "true"``;
 - every pod and the Service carry an ownerReference to the RayCluster (controller,
   blockOwnerDeletion), so deleting the RayCluster garbage-collects them;
+- events on the RayCluster: CreatedHeadPod, CreatedWorkerPod, CreatedService, DeletedWorkerPod;
 - missing/failed pods are recreated; ``spec.suspend: true`` deletes all pods;
 - status: ``state`` ("ready" once head and all desired workers are ready, "suspended"),
   ``head.{podName,podIP,serviceName,serviceIP}``, ``endpoints``, ``readyWorkerReplicas``,
@@ -36,6 +37,7 @@ import shlex
 from typing import Any
 
 from .controllers import Controller, _transition, owner_ref, pod_active, pod_ready
+from .node import record_event
 from .resources import ResourceType, now_iso
 
 DEFAULT_PORTS = [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080), ("serve", 8000)]
@@ -148,10 +150,12 @@ class RayClusterController(Controller):
         if not heads:
             tmpl = (spec.get("headGroupSpec") or {}).get("template") or {}
             heads = [self.store.create(self.pods_t, ns, self._pod(rc, tmpl, "headgroup", True))]
+            self._event(rc, "CreatedHeadPod", f"Created head Pod {ns}/{heads[0]['metadata']['name']}")
         for extra in heads[1:]:
             self.store.delete(self.pods_t, ns, extra["metadata"]["name"])
         if self.store.find(self.svc_t, ns, f"{name}-head-svc") is None:
             self.store.create(self.svc_t, ns, self._service(rc))
+            self._event(rc, "CreatedService", f"Created service {ns}/{name}-head-svc")
         workers: dict[str, list[dict[str, Any]]] = {}
         for g in spec.get("workerGroupSpecs") or []:
             gname = g.get("groupName", "workergroup")
@@ -160,12 +164,17 @@ class RayClusterController(Controller):
                     and p["metadata"]["labels"].get("ray.io/group") == gname]
             for _ in range(want - len(mine)):
                 mine.append(self.store.create(self.pods_t, ns, self._pod(rc, g.get("template") or {}, gname, False)))
+                self._event(rc, "CreatedWorkerPod", f"Created worker Pod {ns}/{mine[-1]['metadata']['name']}")
             if len(mine) > want:
                 for p in sorted(mine, key=lambda p: pod_ready(p))[: len(mine) - want]:
                     self.store.delete(self.pods_t, ns, p["metadata"]["name"])
+                    self._event(rc, "DeletedWorkerPod", f"Deleted worker Pod {ns}/{p['metadata']['name']}")
                     mine.remove(p)
             workers[gname] = mine
         self._status(rc, heads[:1], workers)
+
+    def _event(self, rc: dict[str, Any], reason: str, message: str) -> None:
+        record_event(self.store, rc, reason, message, "Normal", "raycluster-controller")
 
     @staticmethod
     def _desired(g: dict[str, Any]) -> int:

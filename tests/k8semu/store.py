@@ -264,6 +264,10 @@ class Store:
             spec.setdefault("terminationGracePeriodSeconds", 30)
             spec.setdefault("dnsPolicy", "ClusterFirst")
             spec.setdefault("schedulerName", "default-scheduler")
+            spec.setdefault("serviceAccountName", spec.get("serviceAccount") or "default")
+            spec.setdefault("securityContext", {})
+            spec.setdefault("enableServiceLinks", True)
+            spec.setdefault("priority", 0)
             for c in spec.get("containers", []) + spec.get("initContainers", []):
                 c.setdefault("imagePullPolicy", "Always" if c.get("image", "").endswith(":latest")
                              or ":" not in c.get("image", "") else "IfNotPresent")
