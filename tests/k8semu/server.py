@@ -343,7 +343,7 @@ class ApiServer:
                     return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                                   "details": {"name": name, **({"group": t.group} if t.group else {}),
                                               "kind": t.plural, "uid": obj["metadata"]["uid"]}})
-                return _json(obj, 200 if removed else 202)
+                return _json(obj)
             items = st.select(t, ns, parse_label_selector(q.get("labelSelector")),
                               parse_field_selector(q.get("fieldSelector")))
             out = []
