@@ -276,3 +276,33 @@ async def test_deletecollection_and_status_subresource(k8s_emu_client: Any, k8s_
     out = await v1.patch_namespaced_persistent_volume_claim_status("c", "dc", {"status": {"phase": "Bound"}})
     assert out.status.phase == "Bound"
     assert ("patch", "persistentvolumeclaims/status", "dc", "c") in k8s_emu.request_log
+
+
+async def test_custom_object_patch_content_types(k8s_emu_kuberay: K8sEmu) -> None:
+    from kubernetes_asyncio import config
+    api = await config.new_client_from_config(config_file=str(k8s_emu_kuberay.kubeconfig_path))
+    async with api:
+        co = client.CustomObjectsApi(api)
+        await co.create_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", {
+            "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "rc"},
+            "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "h", "image": "i"}]}}}}})
+        # a dict body is sent as json-patch by the generated client: the real server answers 400
+        with pytest.raises(ApiException) as ei:
+            await co.patch_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", "rc",
+                                                    {"metadata": {"labels": {"a": "b"}}})
+        assert ei.value.status == 400 and "jsonPatchOp" in body(ei.value)["message"]
+        # strategic merge is not supported for custom resources
+        with pytest.raises(ApiException) as ei:
+            await co.patch_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", "rc",
+                                                    {"metadata": {"labels": {"a": "b"}}},
+                                                    _content_type="application/strategic-merge-patch+json")
+        assert ei.value.status == 415
+        rc = await co.patch_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", "rc",
+                                                     {"metadata": {"labels": {"a": "b"}}},
+                                                     _content_type="application/merge-patch+json")
+        assert rc["metadata"]["labels"] == {"a": "b"}
+        # status subresource of a custom resource
+        st = await co.get_namespaced_custom_object_status("ray.io", "v1", "jhub", "rayclusters", "rc")
+        assert st["metadata"]["name"] == "rc"
+        lst = await co.list_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters")
+        assert lst["kind"] == "RayClusterList" and lst["items"][0]["kind"] == "RayCluster"

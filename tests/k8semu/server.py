@@ -380,7 +380,8 @@ class ApiServer:
             raise errors.not_found(t, info.name)
         if ctype == "application/json-patch+json":
             if not isinstance(body, list):
-                raise errors.bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+                raise errors.bad_request(
+                    "error decoding patch: json: cannot unmarshal object into Go value of type []handlers.jsonPatchOp")
             patched = json_patch(cur, body)
         elif ctype == "application/merge-patch+json":
             patched = merge_patch(cur, body)
