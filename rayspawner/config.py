@@ -144,6 +144,18 @@ class RayConfig(Configurable):
         back before reporting the server as failed (which stops it).""",
     )
 
+    ray_orphan_sweep_interval = Int(
+        300,
+        config=True,
+        help="""Seconds between orphan sweeps (0 disables): the hub deletes rayspawner-labelled
+        objects whose notebook pod is gone, or that have no owner (a hub crash mid-spawn).
+        The first sweep runs as soon as the hub creates its first RaySpawner (at start-up
+        when servers are running). Objects not labelled managed-by=rayspawner are never touched.""",
+    )
+    ray_orphan_grace_seconds = Int(
+        120, config=True, help="Objects younger than this are never swept (a spawn may be in progress)."
+    )
+
     # --- security ---
     ray_auth_enabled = Bool(
         True,

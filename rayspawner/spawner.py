@@ -26,7 +26,7 @@ from traitlets import TraitError
 
 from . import metrics, naming
 from .backends.base import ClusterBackend, ClusterStatus
-from .backends.detect import select_backend
+from .backends.detect import kuberay_served, select_backend
 from .backends.kube import KubeClient
 from .config import RayConfig
 from .env import notebook_env
@@ -70,6 +70,7 @@ class RaySpawner(RayConfig, KubeSpawner):
         }
 
     async def load_user_options(self) -> None:
+        self._ensure_sweeper()
         await self.load_ray_options()
         if self._ray_spec:
             self._ray_backend = await self._backend_for(self.ray_backend)
@@ -240,6 +241,7 @@ class RaySpawner(RayConfig, KubeSpawner):
                 raise r
 
     async def poll(self):
+        self._ensure_sweeper()
         status = await super().poll()
         if status is not None or not self._ray_ref:
             if status is not None and self._ray_ref:
@@ -262,6 +264,39 @@ class RaySpawner(RayConfig, KubeSpawner):
             self.log.error("Could not recreate the Ray head of %s: %s", self._ray_ref.name, e)
             return 1
         return None
+
+    # ------------------------------------------------------------ orphan sweep
+    _sweepers: dict = {}
+
+    def _ensure_sweeper(self) -> None:
+        """Start this process's periodic orphan sweep for the namespace (once)."""
+        if self.ray_orphan_sweep_interval <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        key = (id(loop), self.namespace)
+        task = RaySpawner._sweepers.get(key)
+        if task is None or task.done():
+            RaySpawner._sweepers[key] = asyncio.ensure_future(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        from .sweep import SWEPT_KINDS
+
+        while True:
+            try:
+                await self.sweep_orphans(SWEPT_KINDS if await kuberay_served(self.log) else SWEPT_KINDS[1:])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a failed sweep must never hurt spawning
+                self.log.warning("Orphan sweep in %s failed: %s", self.namespace, e)
+            await asyncio.sleep(self.ray_orphan_sweep_interval)
+
+    async def sweep_orphans(self, kinds=None) -> list[tuple[str, str]]:
+        """One sweep of this namespace; returns what was deleted."""
+        from .sweep import SWEPT_KINDS, sweep
+
+        await self._start_watching_pods()
+        live = {p["metadata"]["uid"] for p in self.pod_reflector.pods.values() if not p["metadata"].get("deletionTimestamp")}
+        return await sweep(self._kube(), self.namespace, live, kinds=kinds or SWEPT_KINDS[1:], grace_seconds=self.ray_orphan_grace_seconds)
 
     # --------------------------------------------------------------- progress
     async def progress(self) -> AsyncIterator[dict[str, Any]]:

@@ -61,6 +61,9 @@ async def ray_spawner_factory(monkeypatch: pytest.MonkeyPatch):
         return sp
 
     yield make
+    for task in list(RaySpawner._sweepers.values()):
+        task.cancel()
+    RaySpawner._sweepers.clear()
     for key, refl in list(RaySpawner.reflectors.items()):
         await refl.stop()
         RaySpawner.reflectors.pop(key, None)

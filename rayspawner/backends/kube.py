@@ -169,6 +169,19 @@ class KubeClient:
 
         return await self._call("get", kind, namespace, name, call)
 
+    async def list(self, kind_name: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Objects of a kind in a namespace matching a label selector, as plain dicts."""
+        kind = KINDS[kind_name]
+        fn = self._method(kind, "list")
+
+        async def call() -> list[dict[str, Any]]:
+            result = await fn(namespace, label_selector=label_selector)
+            if isinstance(result, dict):
+                return list(result.get("items") or [])
+            return self._api(kind).api_client.sanitize_for_serialization(result).get("items") or []
+
+        return await self._call("list", kind, namespace, "", call)
+
     async def create(self, manifest: dict[str, Any], *, replace_stale: bool = True) -> None:
         """Create; on 409 adopt our own identical object, or remove a stale one of ours and retry."""
         kind = KINDS[manifest["kind"]]
