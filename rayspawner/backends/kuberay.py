@@ -112,6 +112,9 @@ async def watch_ray_clusters(spawner: Any) -> Cache:
         except BaseException as e:
             if registry.get(key) is reflector:
                 registry.pop(key, None)
+            first = reflector.first_load_future
+            if first.done() and not first.cancelled():
+                first.exception()  # retrieved: other waiters got it already
             raise _watch_error(e, spawner.namespace) from None
     else:
         try:
