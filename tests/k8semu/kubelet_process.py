@@ -12,18 +12,9 @@ What it emulates:
   processes use this machine's Python environment (``dirname(sys.executable)`` first on
   ``PATH``). A missing Secret/ConfigMap leaves the container waiting with
   ``CreateContainerConfigError`` and is retried. initContainers run first, in order.
-- Sandbox per pod: a network namespace with its own IP (see ``netns.py``), its own
-  hostname (UTS namespace, = pod name) and a private mount namespace in which a
-  per-pod directory is bind-mounted over ``/tmp`` and a per-pod hosts file over
-  ``/etc/hosts`` (``<svc>.<ns>.svc.cluster.local`` ... from ``PodContext.service_hosts()``,
-  refreshed in place every ``hosts_refresh_interval`` s) and a resolv.conf pointing at
-  127.0.0.1 (unknown names fail at once instead of timing out).
-  *Why a private /tmp:* measured with ray 2.60, two Ray heads in two netns sharing
-  /tmp/ray both start (distinct session dirs) but ``session_latest`` flips to the last
-  one; a worker node sharing /tmp with its head writes into the *head's* session dir
-  (the session name comes from the GCS): one ``sockets/`` and one ``logs/`` for both
-  nodes. Other people's tests on the same machine also read /tmp/ray. So each pod
-  gets its own /tmp (also exported as ``TMPDIR``).
+- Sandbox per pod (details and measurements in ``netns.py``): own netns and IP, own
+  hostname (= pod name), private ``/tmp`` (also ``TMPDIR``), ``/etc/hosts`` with the
+  Service names of ``PodContext.service_hosts()``, refreshed every ``hosts_refresh_interval`` s.
 - ``terminationMessagePath`` (default ``/dev/termination-log``) is mapped to a file
   in the pod dir: occurrences of the path in command/args/env values are rewritten and
   ``K8SEMU_TERMINATION_MESSAGE_PATH`` is set. The file's content (or, with
@@ -59,7 +50,6 @@ import os
 import re
 import shutil
 import signal
-import ssl
 import sys
 import tempfile
 from pathlib import Path
@@ -68,14 +58,11 @@ from typing import Any
 import psutil
 
 from .kubelet_api import PodContext
-from .netns import BridgeNetwork, LoopbackNetwork, PodNet, kill_netns_processes, make_network, mountns_available
+from .netns import (BridgeNetwork, LoopbackNetwork, PodNet, http_probe, is_zombie, kill_netns_processes,
+                    make_network, mountns_available, process_tree, render_hosts, signal_pids, tcp_probe)
 
 log = logging.getLogger(__name__)
 
-# Binds the hosts file (and resolv.conf) first: the pod dir must stay reachable, so the
-# kubelet root never lies under /tmp (see ProcessKubelet.__init__).
-WRAP = 'hostname "$1" && mount --bind "$3" /etc/hosts && mount --bind "$2" /tmp || exit 125; ' \
-    'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; shift 4; exec "$@"'
 _SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "m": 1e-3}
 
 
@@ -205,24 +192,14 @@ class PodRunner:
             log.exception("emit_event failed for %s/%s", self.namespace, self.name)
 
     # -- sandbox -------------------------------------------------------------------
-    def _hosts(self) -> str:
+    def write_hosts(self) -> None:
         assert self.net is not None
         try:
             names = self.ctx.service_hosts()
         except Exception:  # noqa: BLE001
             log.exception("service_hosts failed")
             names = {}
-        by_ip: dict[str, list[str]] = {}
-        for name, ip in sorted(names.items(), key=lambda kv: (-len(kv[0]), kv[0])):
-            by_ip.setdefault(ip, []).append(name)
-        lines = ["# k8semu process kubelet", "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-        if self.net.ip != "127.0.0.1":
-            lines.append(f"{self.net.ip}\t{self.name}")
-        lines += [f"{ip}\t{' '.join(ns)}" for ip, ns in sorted(by_ip.items())]
-        return "\n".join(lines) + "\n"
-
-    def write_hosts(self) -> None:
-        text = self._hosts()
+        text = render_hosts(self.name, self.net.ip, names)
         if text != self._hosts_text:
             # In place (same inode): the bind mounts in running containers see the change.
             with open(self.hosts_path, "a+") as f:
@@ -240,9 +217,8 @@ class PodRunner:
         assert self.net is not None
         if not self.k.use_mountns:
             return argv
-        resolv = str(self.resolv_path) if self.net.netns else ""
-        return [*self.net.enter_argv(), "unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", WRAP,
-                "k8semu-sandbox", self.name, str(self.dir / "tmp"), str(self.hosts_path), resolv, *argv]
+        resolv = self.resolv_path if self.net.netns else None
+        return self.net.sandbox_argv(self.name, self.dir / "tmp", self.hosts_path, resolv, argv)
 
     # -- env -------------------------------------------------------------------------
     async def _secret_or_cm(self, kind: str, name: str, optional: bool) -> dict[str, str] | None:
@@ -476,20 +452,10 @@ class PodRunner:
                 if isinstance(port, str) and not port.isdigit():
                     port = next((p["containerPort"] for p in c.spec.get("ports", []) if p.get("name") == port), 0)
                 host = h.get("host") or self.net.ip
-                https = "httpGet" in spec and h.get("scheme", "HTTP").upper() == "HTTPS"
-                ctx = ssl._create_unverified_context() if https else None  # noqa: S323 - probes skip verification
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), ssl=ctx), timeout)
-                try:
-                    if "tcpSocket" in spec:
-                        return True, ""
-                    headers = "".join(f"{x['name']}: {x['value']}\r\n" for x in h.get("httpHeaders", []))
-                    writer.write(f"GET {h.get('path', '/')} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                                 f"User-Agent: kube-probe/1.33\r\nConnection: close\r\n{headers}\r\n".encode())
-                    line = await asyncio.wait_for(reader.readline(), timeout)
-                    code = int(line.split()[1]) if len(line.split()) > 1 else 0
-                    return 200 <= code < 400, f"HTTP probe failed with statuscode: {code}"
-                finally:
-                    writer.close()
+                if "tcpSocket" in spec:
+                    return await tcp_probe(host, int(port), timeout)
+                return await http_probe(host, int(port), h.get("path", "/"), h.get("httpHeaders", []),
+                                        h.get("scheme", "HTTP").upper() == "HTTPS", timeout)
             log.warning("probe %s not supported, treated as success", list(spec))
             return True, ""
         except (OSError, asyncio.TimeoutError, ValueError) as e:
@@ -505,11 +471,11 @@ class PodRunner:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
             return proc.returncode or 0, out.decode(errors="replace")
         except asyncio.TimeoutError:
-            _signal_tree(proc.pid, signal.SIGKILL)
+            signal_pids(process_tree(proc.pid), signal.SIGKILL)
             await proc.wait()
             return -1, f"command timed out after {timeout}s"
         except asyncio.CancelledError:
-            _signal_tree(proc.pid, signal.SIGKILL)
+            signal_pids(process_tree(proc.pid), signal.SIGKILL)
             raise
 
     # -- killing -----------------------------------------------------------------------
@@ -520,17 +486,17 @@ class PodRunner:
         """SIGTERM the container's process group and descendants, SIGKILL after ``grace``."""
         if c.proc is None:
             return
-        pids = _tree(c.proc.pid)
+        pids = process_tree(c.proc.pid)
         if not pids:
             return
-        _signal_pids(pids, signal.SIGTERM)
+        signal_pids(pids, signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + grace
         while asyncio.get_running_loop().time() < deadline:
-            pids = {p for p in pids | _tree(c.proc.pid) if psutil.pid_exists(p) and not _zombie(p)}
+            pids = {p for p in pids | process_tree(c.proc.pid) if psutil.pid_exists(p) and not is_zombie(p)}
             if not pids:
                 return
             await asyncio.sleep(0.1)
-        _signal_pids(pids | _tree(c.proc.pid), signal.SIGKILL)
+        signal_pids(pids | process_tree(c.proc.pid), signal.SIGKILL)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -595,42 +561,6 @@ class PodRunner:
             self.net = None
         if not self.k.keep_dirs:
             shutil.rmtree(self.dir / "tmp", ignore_errors=True)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
-
-
-def _tree(pid: int) -> set[int]:
-    """``pid``, its descendants and every member of its process group (session leader)."""
-    pids: set[int] = set()
-    try:
-        p = psutil.Process(pid)
-        pids = {pid, *(c.pid for c in p.children(recursive=True))}
-    except psutil.Error:
-        pass
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pid:
-                pids.add(proc.pid)
-        except OSError:
-            continue
-    return {p for p in pids if not _zombie(p)}
-
-
-def _signal_pids(pids: set[int], sig: int) -> None:
-    for p in pids:
-        try:
-            os.kill(p, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _signal_tree(pid: int, sig: int) -> None:
-    _signal_pids(_tree(pid), sig)
 
 
 class ProcessKubelet:

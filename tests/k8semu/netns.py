@@ -13,6 +13,21 @@ Design (see also ``kubelet_process``):
   bridge. ``net.ipv4.ip_forward`` is 0 in the root namespace here, so nothing from a
   pod is ever routed off the machine; pods reach each other over the bridge and the
   root namespace (the API server, the hub) reaches them through the bridge's route.
+- Each pod's processes also run in their own UTS namespace (hostname = pod name, so
+  Ray's ``platform.node()`` names the pod) and a private mount namespace
+  (``unshare --uts --mount --propagation private``, see ``WRAP``) where
+  a per-pod hosts file is bind-mounted over ``/etc/hosts``
+  (``<svc>.<ns>.svc.cluster.local``, ``<svc>.<ns>.svc``, ``<svc>.<ns>``, ``<svc>``, the pod
+  name), a resolv.conf with ``nameserver 127.0.0.1`` over ``/etc/resolv.conf`` (unknown
+  names fail at once instead of timing out) and a per-pod directory over ``/tmp``.
+  The hosts file is rewritten in place (same inode), so running containers see updates.
+  No ``/etc/netns`` directories are used.
+- *Why a private /tmp* (measured with ray 2.60 on this machine): two Ray heads in two
+  netns sharing one /tmp both start (distinct session dirs), but ``session_latest``
+  flips to the last one; a worker node sharing /tmp with its head writes into the
+  *head's* session dir (the session name comes from the GCS): one ``sockets/`` and one
+  ``logs/`` for both nodes. Other engineers' tests on the machine read /tmp/ray too.
+  The kubelet root therefore lives outside /tmp (``/var/tmp``), or the bind would hide it.
 - Capability is detected once per process (:func:`netns_available`): create a probe
   netns with a veth pair, delete it. Without it, :class:`LoopbackNetwork` gives every
   pod ``127.0.0.1``: ports collide, so only one pod per port works in that mode.
@@ -26,9 +41,12 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +55,11 @@ NETNS_DIR = Path("/run/netns")
 MAX_NETS = 255
 
 _capability: dict[str, bool] = {}
+
+# Runs in the pod's netns: hostname, then the hosts file and resolv.conf, then /tmp (last: the
+# pod dir must still be reachable, which is why the kubelet root never lies under /tmp).
+WRAP = 'hostname "$1" && mount --bind "$3" /etc/hosts && mount --bind "$2" /tmp || exit 125; ' \
+    'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; shift 4; exec "$@"'
 
 
 def _run(argv: list[str], check: bool = True, input_: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -98,6 +121,38 @@ def kill_netns_processes(netns: str) -> int:
     return n
 
 
+def is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid``, its descendants and every member of its process group (session leader)."""
+    pids: set[int] = set()
+    try:
+        p = psutil.Process(pid)
+        pids = {pid, *(c.pid for c in p.children(recursive=True))}
+    except psutil.Error:
+        pass
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pid:
+                pids.add(proc.pid)
+        except OSError:
+            continue
+    return {p for p in pids if not is_zombie(p)}
+
+
+def signal_pids(pids: set[int], sig: int) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 @dataclass
 class PodNet:
     """The network of one pod."""
@@ -111,6 +166,53 @@ class PodNet:
     def enter_argv(self) -> list[str]:
         """argv prefix that runs a command inside this pod's network namespace."""
         return ["nsenter", f"--net={NETNS_DIR / self.netns}"] if self.netns else []
+
+    def sandbox_argv(self, hostname: str, tmp: Path, hosts: Path, resolv: Path | None, argv: list[str]) -> list[str]:
+        """argv that runs ``argv`` in this netns with its own hostname, /tmp, hosts and resolv.conf."""
+        return [*self.enter_argv(), "unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", WRAP,
+                "k8semu-sandbox", hostname, str(tmp), str(hosts), str(resolv or ""), *argv]
+
+
+def render_hosts(pod_name: str, pod_ip: str, names: dict[str, str]) -> str:
+    """A hosts file: localhost, the pod's own name, then ``names`` (DNS name -> IP) by IP."""
+    by_ip: dict[str, list[str]] = {}
+    for name, ip in sorted(names.items(), key=lambda kv: (-len(kv[0]), kv[0])):
+        by_ip.setdefault(ip, []).append(name)
+    lines = ["# k8semu process kubelet", "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if pod_ip != "127.0.0.1":
+        lines.append(f"{pod_ip}\t{pod_name}")
+    lines += [f"{ip}\t{' '.join(ns)}" for ip, ns in sorted(by_ip.items())]
+    return "\n".join(lines) + "\n"
+
+
+async def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """A tcpSocket probe: (success, message)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        writer.close()
+        return True, ""
+    except (OSError, asyncio.TimeoutError) as e:
+        return False, f"dial tcp {host}:{port}: {type(e).__name__}: {e}"
+
+
+async def http_probe(host: str, port: int, path: str, headers: list[dict[str, str]], https: bool,
+                     timeout: float) -> tuple[bool, str]:
+    """An httpGet probe like the kubelet's: 200-399 is success; TLS is not verified."""
+    ctx = ssl._create_unverified_context() if https else None  # noqa: S323 - probes skip verification
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx), timeout)
+        try:
+            extra = "".join(f"{x['name']}: {x['value']}\r\n" for x in headers)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\n"
+                         f"Connection: close\r\n{extra}\r\n".encode())
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        finally:
+            writer.close()
+        parts = line.split()
+        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        return 200 <= code < 400, f"HTTP probe failed with statuscode: {code}"
+    except (OSError, asyncio.TimeoutError) as e:
+        return False, f"Get \"http{'s' if https else ''}://{host}:{port}{path}\": {type(e).__name__}: {e}"
 
 
 class LoopbackNetwork:
