@@ -70,6 +70,7 @@ MARKER = "RAYSPAWNER_CLUSTER_ID"
 MARKER_ROOT = "RAYSPAWNER_TEMP_ROOT"
 _CLIENT_PORTS_ENV = "RAYSPAWNER_CLIENT_SERVER_PORTS"
 _READY_LINE = "Ray runtime started"
+_FAST_FAIL = "Starting Ray client server failed"
 
 # Injected (via PYTHONPATH, into the cluster's processes only) so that the head's
 # Ray Client proxier picks per-connection server ports from this cluster's own
@@ -510,21 +511,32 @@ class LocalBackend(ClusterBackend):
         proc = await asyncio.create_subprocess_exec(
             self.python, "-c", _PROBE, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=env, cwd=cluster.temp_dir, start_new_session=True)
+        lines: list[str] = []
+
+        async def read() -> dict:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                lines.append(line)
+                if line.startswith("RAYSPAWNER_PROBE "):
+                    return json.loads(line.split(" ", 1)[1])
+                if _FAST_FAIL in line:  # the client would hang on for ~30 s more; retry now
+                    raise RuntimeError(line.strip()[:300])
+            raise RuntimeError(next((ln for ln in reversed(lines) if "Error" in ln), f"probe exited ({lines[-1:]})")[:300])
+
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except BaseException:
+            result = await asyncio.wait_for(read(), timeout)
+            try:  # let it disconnect cleanly, so the head frees its client server at once
+                await asyncio.wait_for(proc.wait(), 10)
+            except asyncio.TimeoutError:
+                pass
+            return result
+        finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
             await proc.wait()
-            raise
-        text = out.decode(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("RAYSPAWNER_PROBE "):
-                return json.loads(line.split(" ", 1)[1])
-        last = [ln for ln in text.splitlines() if "Error" in ln or "error" in ln][-1:] or text.strip().splitlines()[-1:]
-        raise RuntimeError(last[0][:300] if last else f"exit code {proc.returncode}")
 
     async def _warm_up(self, cluster: LocalCluster, spec: RayClusterSpec | None) -> None:
         last = "none"
