@@ -358,11 +358,11 @@ def test_rbac_grants_only_what_rayspawner_uses() -> None:
     assert rules == {
         "pods": {"get", "list", "watch", "create", "delete"},
         "events": {"list", "watch"},
-        "secrets": {"get", "create", "patch", "delete"},
-        "services": {"get", "create", "delete"},
-        "deployments.apps": {"get", "create", "delete"},
-        "networkpolicies.networking.k8s.io": {"get", "create", "delete"},
-        "rayclusters.ray.io": {"get", "create", "delete"},
+        "secrets": {"get", "list", "create", "patch", "delete"},
+        "services": {"get", "list", "create", "delete"},
+        "deployments.apps": {"get", "list", "create", "delete"},
+        "networkpolicies.networking.k8s.io": {"get", "list", "create", "delete"},
+        "rayclusters.ray.io": {"get", "list", "watch", "create", "delete"},
     }
 
 
