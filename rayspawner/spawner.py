@@ -26,6 +26,7 @@ from traitlets import TraitError
 
 from . import metrics, naming
 from .backends.base import ClusterBackend, ClusterStatus
+from .backends.pods import reported_versions
 from .backends.detect import kuberay_served, select_backend
 from .backends.kube import KubeClient
 from .config import RayConfig
@@ -55,7 +56,7 @@ class RaySpawner(RayConfig, KubeSpawner):
     _ray_backend: ClusterBackend | None = None
     _ray_create_task: asyncio.Task | None = None
     _ray_prepared: bool = False
-    _ray_status: ClusterStatus | None = None
+    _ray_owner: dict | None = None
     _ray_head_restarts: int = 0
     _ray_running: bool = False
     _ray_version_warning: str | None = None
@@ -177,8 +178,10 @@ class RaySpawner(RayConfig, KubeSpawner):
             if self._ray_spec and self._ray_backend:
                 await self._ray_create_task
                 remaining = max(5.0, self.start_timeout - (time.monotonic() - started))
-                status = await self._ray_backend.wait_ready(self._ray_spec, remaining, self._remember_status) \
-                    if self.ray_wait_for_head else await self._ray_backend.status(self._ray_spec)
+                if self.ray_wait_for_head:
+                    status = await self._ray_backend.wait_ready(self._ray_spec, remaining)
+                else:
+                    status = await self._ray_backend.status(self._ray_spec)
                 await self._check_versions(status, started + remaining)
                 metrics.spawn_succeeded(self._ray_backend.kind, time.monotonic() - started)
                 self._ray_running = True
@@ -188,18 +191,16 @@ class RaySpawner(RayConfig, KubeSpawner):
                 self._ray_failure = e.message
             if self._ray_spec and self._ray_backend:
                 metrics.spawn_failed(self._ray_backend.kind, getattr(e, "reason_label", type(e).__name__))
-                await self._teardown_cluster()
+                try:
+                    await self._teardown_cluster()
+                except Exception as cleanup_error:  # keep the original error for the user
+                    self.log.error("Cleaning up Ray cluster of %s failed: %s", self._log_name, cleanup_error)
             raise
-
-    def _remember_status(self, status: ClusterStatus) -> None:
-        self._ray_status = status
 
     async def _check_versions(self, status: ClusterStatus, deadline: float) -> None:
         spec = self._ray_spec
         if not spec or not wants_version_check(spec):
             return
-        from .backends.pods import reported_versions
-
         while True:
             notebook = reported_versions(self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") or {})
             cluster = status.versions
@@ -212,7 +213,7 @@ class RaySpawner(RayConfig, KubeSpawner):
             status = await self._ray_backend.status(spec)
         problem = compare_versions(notebook, cluster, spec.notebook_image, spec.image)
         if problem and spec.version_check == "error":
-            raise ClusterStartError(problem, status=409, reason="version_mismatch")
+            raise ClusterStartError(problem, reason="version_mismatch")
         if problem:
             self.log.warning(problem)
             self._ray_version_warning = problem
@@ -259,7 +260,7 @@ class RaySpawner(RayConfig, KubeSpawner):
         self._ray_head_restarts += 1
         self.log.warning("Ray head of %s vanished; recreating it (%d/%d)", self._ray_ref.name, self._ray_head_restarts, self.ray_head_restart_limit)
         try:
-            await backend.recreate_head(self._ray_spec, getattr(self, "_ray_owner", None))
+            await backend.recreate_head(self._ray_spec, self._ray_owner)
         except RaySpawnerError as e:
             self.log.error("Could not recreate the Ray head of %s: %s", self._ray_ref.name, e)
             return 1
@@ -345,9 +346,8 @@ class RaySpawner(RayConfig, KubeSpawner):
             message += " — " + "; ".join(st.warnings[:2])
         if final and st.head_ready:
             message = f"Ray cluster {spec.name} is ready ({st.workers_ready}/{st.workers_desired} workers so far); ray.init() connects to it."
-        warning = getattr(self, "_ray_version_warning", None)
-        if warning:
-            message += f" Warning: {warning}"
+        if self._ray_version_warning:
+            message += f" Warning: {self._ray_version_warning}"
         return message
 
     # ------------------------------------------------------------------ state
