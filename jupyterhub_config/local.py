@@ -1,0 +1,98 @@
+"""JupyterHub config for local mode: every notebook server gets its own Ray cluster
+as local processes (no Kubernetes). For a demo on your own machine.
+
+    jupyterhub -f jupyterhub_config/local.py       # or: python -m rayspawner demo
+
+Open http://127.0.0.1:8000 and log in with ANY user name and the demo password:
+``$RAYSPAWNER_DEMO_PASSWORD`` if set, else a random one generated on first start,
+printed at startup and kept in ``<state dir>/demo-password``. Pick the
+"Ray: small CPU cluster" profile (slug ``ray``); in a notebook, ``ray.init()``
+with no arguments connects to your own cluster.
+
+Environment overrides (all optional):
+
+- ``RAYSPAWNER_HUB_IP`` / ``RAYSPAWNER_HUB_PORT``: public address (127.0.0.1:8000);
+- ``RAYSPAWNER_HUB_API_PORT``: the hub's internal API port (8081);
+- ``RAYSPAWNER_PROXY_API_PORT``: configurable-http-proxy's API port (8001);
+- ``RAYSPAWNER_STATE_DIR``: database, cookie secret, password, user homes
+  (``/tmp/rayspawner-demo``); ``RAYSPAWNER_DB_URL`` overrides the database only;
+- ``RAYSPAWNER_TEMP_ROOT``: where the Ray clusters' temp dirs go (``/tmp/rsp``);
+- ``RAYSPAWNER_DEMO_PASSWORD``: the demo password;
+- ``RAYSPAWNER_API_TOKEN``: if set, a service ``rayspawner-admin`` with this API token
+  and admin scopes (scripts and tests drive the hub's REST API with it);
+- ``RAYSPAWNER_SHOW_GPU_PROFILE=0``: hide the GPU profile (by default it is shown,
+  and refused with a clear message on a machine without GPUs).
+
+Not for production: SimpleLocalProcessSpawner runs every user's server as the
+hub's own user, and the DummyAuthenticator accepts any name with the password.
+"""
+
+import importlib.util
+import logging
+import os
+import secrets
+from pathlib import Path
+
+c = get_config()  # noqa: F821 - provided by JupyterHub
+
+_here = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("rayspawner_example_profiles", _here / "profiles.py")
+profiles = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(profiles)
+
+env = os.environ.get
+state_dir = Path(env("RAYSPAWNER_STATE_DIR", "/tmp/rayspawner-demo"))
+state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+# --- network: loopback only ---
+ip = env("RAYSPAWNER_HUB_IP", "127.0.0.1")
+port = int(env("RAYSPAWNER_HUB_PORT", "8000"))
+c.JupyterHub.bind_url = f"http://{ip}:{port}"
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = int(env("RAYSPAWNER_HUB_API_PORT", "8081"))
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(env('RAYSPAWNER_PROXY_API_PORT', '8001'))}"
+c.ConfigurableHTTPProxy.pid_file = str(state_dir / "proxy.pid")
+
+# --- state ---
+c.JupyterHub.db_url = env("RAYSPAWNER_DB_URL", f"sqlite:///{state_dir / 'jupyterhub.sqlite'}")
+c.JupyterHub.cookie_secret_file = str(state_dir / "jupyterhub_cookie_secret")
+c.JupyterHub.cleanup_servers = True  # stopping the hub stops every server and its Ray cluster
+
+# --- demo login: any user name, one shared password ---
+c.JupyterHub.authenticator_class = "dummy"
+password = env("RAYSPAWNER_DEMO_PASSWORD")
+if not password:
+    pw_file = state_dir / "demo-password"
+    if not pw_file.exists():
+        pw_file.write_text(secrets.token_urlsafe(12) + "\n")
+        pw_file.chmod(0o600)
+    password = pw_file.read_text().strip()
+    logging.getLogger("rayspawner.demo").warning(
+        "Demo login: any user name, password %s (from %s; set RAYSPAWNER_DEMO_PASSWORD to choose one)",
+        password, pw_file)
+c.DummyAuthenticator.password = password
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {"admin"}
+
+api_token = env("RAYSPAWNER_API_TOKEN")
+if api_token:
+    c.JupyterHub.services = [{"name": "rayspawner-admin", "api_token": api_token}]
+    c.JupyterHub.load_roles = [{
+        "name": "rayspawner-admin",
+        "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "read:users", "list:users"],
+        "services": ["rayspawner-admin"],
+    }]
+
+# --- the spawner: a local notebook plus its own local Ray cluster ---
+c.JupyterHub.spawner_class = "rayspawner.LocalRaySpawner"
+c.LocalRaySpawner.home_dir_template = str(state_dir / "home" / "{username}")
+c.LocalRaySpawner.local_temp_root = env("RAYSPAWNER_TEMP_ROOT", "/tmp/rsp")
+c.LocalRaySpawner.start_timeout = 180  # a Ray head takes 3-30 s, more on a busy 2-core machine
+c.LocalRaySpawner.http_timeout = 90
+c.LocalRaySpawner.ray_stop_timeout = 60
+show_gpu = env("RAYSPAWNER_SHOW_GPU_PROFILE", "1") != "0"
+c.LocalRaySpawner.profile_list = profiles.visible_profiles(gpus=None if show_gpu else 0)
+for name, value in profiles.LIMITS.items():
+    setattr(c.LocalRaySpawner, name, value)
+if importlib.util.find_spec("jupyterlab"):
+    c.LocalRaySpawner.default_url = "/lab"

@@ -1,0 +1,268 @@
+"""LocalRaySpawner: local-process notebooks, each with its own local Ray cluster.
+
+JupyterHub's :class:`~jupyterhub.spawner.SimpleLocalProcessSpawner` (the hub's
+own user, a per-user home; ``LocalProcessSpawner`` would switch to system users
+that need not exist) plus:
+
+- KubeSpawner's ``profile_list`` (:mod:`rayspawner.profiles`), validated with the
+  same :func:`~rayspawner.options.check_user_options` and
+  :func:`~rayspawner.options.resolve_spec` limits as RaySpawner; bad input is a
+  400 before anything starts (``apply_user_options`` time);
+- a Ray cluster per server from :class:`~rayspawner.backends.local.LocalBackend`,
+  started concurrently with the notebook; ``start`` returns once a Ray Client
+  can connect; the notebook gets ``RAY_ADDRESS=ray://127.0.0.1:<port>``, the
+  dashboard URLs and the cluster's token in its environment;
+- ``stop`` tears everything down (notebook, its kernels, every Ray process of
+  the cluster, its ports and temp dir); ``poll`` reports the server failed when
+  its Ray head is gone.
+
+Demo/development use only, like SimpleLocalProcessSpawner: no isolation
+between users beyond Ray's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from traitlets import Int, Unicode, default, validate
+
+from .backends.local import LocalBackend, LocalCluster, find_processes, kill_processes
+from .config import RayConfig
+from .errors import ConfigError, InvalidOptions, RaySpawnerError
+from .options import resolve_spec
+from .profiles import ProfileListMixin
+from .spec import RayClusterSpec
+
+SERVER_MARKER = "RAYSPAWNER_SERVER_ID"
+_backends: dict[tuple, LocalBackend] = {}
+
+
+def detected_gpus() -> int:
+    """GPUs this machine offers to Ray: CUDA_VISIBLE_DEVICES if set, else /dev/nvidiaN."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return sum(1 for p in Path("/dev").glob("nvidia[0-9]*") if re.fullmatch(r"nvidia[0-9]+", p.name))
+
+
+class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
+    """A local notebook server plus its own Ray cluster as local processes."""
+
+    local_temp_root = Unicode(
+        "/tmp/rsp",
+        config=True,
+        help="""Directory holding one short temp dir per Ray cluster (``<root>/<8 hex>``) and
+        the port lock files. Keep it short: Ray's unix socket paths must stay under ~107
+        characters.""",
+    )
+    local_port_range = Unicode(
+        "20000-32700",
+        config=True,
+        help="""Ports the local Ray clusters use, as ``LOW-HIGH``. Each Ray node takes a
+        block of 100 (GCS, client, dashboard, agents, metrics, node/object manager, Ray Client
+        servers, worker ports). Keep it below the kernel's ephemeral range
+        (/proc/sys/net/ipv4/ip_local_port_range, usually from 32768); 23000-23999 (Ray's
+        default client server range) is always skipped.""",
+    )
+    local_gpus = Int(
+        -1,
+        config=True,
+        help="""GPUs this machine can give Ray clusters; -1 detects them (CUDA_VISIBLE_DEVICES,
+        else /dev/nvidiaN). A spawn asking for more GPUs than this is refused with a message
+        before anything starts.""",
+    )
+    local_client_warmup_attempts = Int(
+        5,
+        config=True,
+        help="""How many warm-up Ray Client connections (each in a subprocess) a new head gets
+        before the spawn fails. The first connection to a fresh head can fail with "Starting
+        Ray client server failed"; the server is ready only once one succeeded.""",
+    )
+
+    _ray_spec: RayClusterSpec | None = None
+    _ray_cluster: LocalCluster | None = None
+    _ray_options_loaded: bool = False
+    _server_marker: str = ""
+
+    @default("cmd")
+    def _cmd_default(self) -> list[str]:
+        # the hub's own Python: jupyter_server, ipykernel and Ray match the hub's exactly
+        return [sys.executable, "-m", "jupyterhub.singleuser"]
+
+    @default("start_timeout")
+    def _start_timeout_default(self) -> int:
+        return 180
+
+    @validate("local_port_range")
+    def _check_range(self, proposal: Any) -> str:
+        m = re.fullmatch(r"\s*(\d{4,5})\s*-\s*(\d{4,5})\s*", proposal.value)
+        if not m or not 1024 <= int(m.group(1)) < int(m.group(2)) <= 65535 or int(m.group(2)) - int(m.group(1)) < 200:
+            raise ConfigError(f"local_port_range must be LOW-HIGH (1024-65535, at least 200 ports), got {proposal.value!r}")
+        return proposal.value
+
+    # ------------------------------------------------------------ backend
+    @property
+    def backend(self) -> LocalBackend:
+        lo, hi = (int(x) for x in self.local_port_range.split("-"))
+        key = (self.local_temp_root, lo, hi, self.local_client_warmup_attempts)
+        if key not in _backends:
+            _backends[key] = LocalBackend(temp_root=self.local_temp_root, port_range=(lo, hi),
+                                          warmup_attempts=self.local_client_warmup_attempts)
+        return _backends[key]
+
+    # ------------------------------------------------------------ options
+    async def load_user_options(self) -> None:
+        """Apply the profile, then validate everything into a RayClusterSpec (or raise
+        InvalidOptions, a 400 with a message, before anything exists)."""
+        await self.load_profile_options()
+        self._ray_spec = None
+        if not self.ray_enabled:
+            return
+        spec = resolve_spec(self, username=self.user.name, servername=self.name or "",
+                            namespace="local", notebook_image="local")
+        if self.ray_image:
+            self.log.info("ray_image %r is ignored in local mode: Ray runs from the hub's Python", self.ray_image)
+        available = self.local_gpus if self.local_gpus >= 0 else detected_gpus()
+        if spec.total.gpu > available:
+            raise InvalidOptions(
+                f"This profile asks for {spec.total.gpu} GPU(s), but this machine has {available}: "
+                "local Ray clusters can only use the hub machine's own GPUs. Choose a CPU profile.",
+                reason="no_gpu")
+        self._ray_spec = spec
+        self.log.info("Ray cluster %s for %s: head %s CPU, %d worker(s)", spec.name, self._log_name,
+                      spec.head.cpu, spec.desired_workers)
+
+    async def _run_apply_user_options(self, user_options: dict) -> None:
+        # JupyterHub >= 5.3 calls this before start(): refusing here makes bad options a 400.
+        await self.load_user_options()
+        self._ray_options_loaded = True
+        if self.apply_user_options:
+            await super()._run_apply_user_options(user_options)
+
+    # -------------------------------------------------------------- start
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if self._server_marker:
+            env[SERVER_MARKER] = self._server_marker
+        if self._ray_cluster:
+            env.update(self._ray_cluster.notebook_env())
+        return env
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        if os.geteuid() == 0 and "--allow-root" not in args:
+            args.append("--allow-root")  # jupyter_server refuses root without it
+        return args
+
+    async def start(self):
+        if not self._ray_options_loaded:
+            await self.load_user_options()
+        self._ray_options_loaded = False
+        self._server_marker = secrets.token_hex(6)
+        spec = self._ray_spec
+        if spec is None:
+            return await super().start()
+        started = time.monotonic()
+        backend = self.backend
+        try:
+            self._ray_cluster = await backend.prepare(spec)
+            create = asyncio.ensure_future(backend.create(spec, None, timeout=self.start_timeout))
+            url = await super().start()  # the notebook starts while the head does
+            await create
+            if self.ray_wait_for_head:
+                remaining = max(10.0, self.start_timeout - (time.monotonic() - started) - 5)
+                await backend.wait_ready(spec, remaining)
+            self.log.info("Ray cluster %s ready for %s after %.1f s", spec.name, self._log_name,
+                          time.monotonic() - started)
+            return url
+        except BaseException as e:
+            if not isinstance(e, RaySpawnerError):
+                self.log.exception("Starting %s with Ray cluster %s failed", self._log_name, spec.name)
+            await asyncio.gather(self._stop_notebook(now=True), self._teardown_cluster(), return_exceptions=True)
+            raise
+
+    # -------------------------------------------------------- stop / poll
+    async def _stop_notebook(self, now: bool = False) -> None:
+        if self.pid:
+            await super().stop(now)
+        marker = self._server_marker
+        if marker:  # kernels and anything else the notebook started
+            left = await kill_processes(lambda: find_processes(SERVER_MARKER, marker), 20, what=self._log_name)
+            if left:
+                self.log.error("Processes of %s never died: %s", self._log_name, left)
+
+    async def _teardown_cluster(self) -> None:
+        cluster, self._ray_cluster = self._ray_cluster, None
+        if cluster:
+            await self.backend.delete(cluster.name, self.ray_stop_timeout)
+
+    async def stop(self, now: bool = False) -> None:
+        results = await asyncio.gather(self._stop_notebook(now), self._teardown_cluster(), return_exceptions=True)
+        self._server_marker = ""
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def poll(self):
+        status = await super().poll()
+        cluster = self._ray_cluster
+        if status is not None or not cluster:
+            return status
+        if not self.backend.head_alive(cluster.name):
+            self.log.error("The Ray head of %s (cluster %s, pid %s) is gone; reporting the server as failed",
+                           self._log_name, cluster.name, cluster.head.pid)
+            return 1
+        return None
+
+    # ----------------------------------------------------------- progress
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        last = ""
+        while True:
+            spec, cluster = self._ray_spec, self._ray_cluster
+            if not spec:
+                return
+            if cluster:
+                st = await self.backend.status(spec)
+                if st.head_failed:
+                    msg, pct = st.message(spec), 100
+                elif st.head_ready:
+                    msg = (f"Ray cluster {spec.name} is ready (workers {st.workers_ready}/{st.workers_desired}); "
+                           "ray.init() connects to it.")
+                    pct = 90 + (10 * st.workers_ready // max(1, st.workers_desired))
+                else:
+                    msg, pct = f"Ray cluster {spec.name}: head {st.phase or 'starting'}, workers 0/{st.workers_desired}", 40
+                if msg != last:
+                    last = msg
+                    yield {"progress": pct, "message": msg}
+                if st.head_failed or (st.head_ready and st.workers_ready >= st.workers_desired):
+                    return
+            await asyncio.sleep(1)
+
+    # -------------------------------------------------------------- state
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self._ray_cluster:
+            state["ray_local"] = self._ray_cluster.to_state()  # ports, temp dir, pids; never the token
+        if self._server_marker:
+            state["server_marker"] = self._server_marker
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        state = state or {}
+        self._server_marker = state.get("server_marker", self._server_marker)
+        if state.get("ray_local"):
+            self._ray_cluster = self.backend.adopt(state["ray_local"])
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._ray_cluster = None
+        self._server_marker = ""

@@ -1,0 +1,114 @@
+"""KubeSpawner's ``profile_list`` for spawners that are not KubeSpawner.
+
+The form, its parsing and the profile logic are KubeSpawner's own functions
+(the same template, slugs, defaults, ``profile_options`` and unlisted choices),
+so one profile list serves the Kubernetes and the local spawner alike. Only
+overrides differ: ``kubespawner_override`` keys that are not traits of the
+local spawner (``image``, ``node_selector``, ...) are skipped with a log line,
+and overridden traits are reset before each spawn so that one spawn's profile
+never leaks into the next.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from jupyterhub.traitlets import Callable
+from jupyterhub.utils import maybe_future
+from kubespawner import KubeSpawner
+from traitlets import Dict, List, TraitError, Unicode, Union, default
+from traitlets.config import Configurable
+
+from .errors import InvalidOptions
+from .options import check_user_options
+
+
+class ProfileListMixin(Configurable):
+    """``profile_list`` → options form, ``options_from_form``, ``load_user_options``."""
+
+    profile_list = Union(
+        trait_types=[List(trait=Dict()), Callable(), Dict()],
+        config=True,
+        help="""Profiles users choose from on the spawn page, exactly as KubeSpawner's
+        ``profile_list`` (display_name, slug, default, description, ``kubespawner_override``,
+        ``profile_options`` with choices and ``unlisted_choice``). Overrides apply to this
+        spawner's traits (``ray_*``, ``cpu_limit``, ...); keys that are not traits here
+        (Kubernetes-only settings such as ``image``) are ignored with a log line.""",
+    )
+    profile_form_template = Unicode(
+        "",
+        config=True,
+        help="A literal Jinja2 template for the profile form; empty: KubeSpawner's form.html.",
+    )
+    additional_profile_form_template_paths = List(
+        config=True,
+        help="Directories searched first for a ``form.html`` profile form template.",
+    )
+
+    # KubeSpawner's own implementations (plain functions; they use only the traits above,
+    # ``user_options``, ``log`` and ``_apply_overrides``).
+    _sorted_dict_values = KubeSpawner._sorted_dict_values
+    _get_initialized_profile_list = KubeSpawner._get_initialized_profile_list
+    _render_options_form = KubeSpawner._render_options_form
+    _render_options_form_dynamically = KubeSpawner._render_options_form_dynamically
+    _options_from_form = KubeSpawner._options_from_form
+    _validate_user_options = KubeSpawner._validate_user_options
+    _get_profile = KubeSpawner._get_profile
+    _load_profile = KubeSpawner._load_profile
+
+    _profile_originals: dict[str, Any] | None = None
+
+    @default("options_form")
+    def _options_form_default(self):
+        if not self.profile_list:
+            return ""
+        if callable(self.profile_list):
+            return self._render_options_form_dynamically
+        return self._render_options_form(self._sorted_dict_values(self.profile_list))
+
+    @default("options_from_form")
+    def _options_from_form_default(self):
+        return self._options_from_form
+
+    def _apply_overrides(self, spawner_override: dict) -> None:
+        if self._profile_originals is None:
+            self._profile_originals = {}
+        traits = self.traits()
+        for key, value in spawner_override.items():
+            if key not in traits:
+                self.log.info("Profile override %r is not a setting of %s; ignored", key, type(self).__name__)
+                continue
+            if callable(value):
+                value = value(self)
+            self._profile_originals.setdefault(key, copy.deepcopy(getattr(self, key)))
+            current = getattr(self, key)
+            if isinstance(value, dict) and isinstance(current, dict):
+                merged = copy.deepcopy(current)
+                merged.update(value)
+                value = merged
+            setattr(self, key, value)
+
+    def _reset_profile_overrides(self) -> None:
+        for key, value in (self._profile_originals or {}).items():
+            setattr(self, key, value)
+        self._profile_originals = {}
+
+    async def initialized_profile_list(self) -> list[dict]:
+        profile_list = self._sorted_dict_values(self.profile_list)
+        if callable(profile_list):
+            profile_list = await maybe_future(profile_list(self))
+        return self._get_initialized_profile_list(profile_list or [])
+
+    async def load_profile_options(self) -> None:
+        """Validate ``user_options`` and apply the chosen profile (and its options)."""
+        self._reset_profile_overrides()
+        profile_list = await self.initialized_profile_list()
+        options = self.user_options or {}
+        check_user_options(options, profile_list)
+        try:
+            self._validate_user_options(profile_list)
+            if profile_list:
+                self._load_profile(options.get("profile"), profile_list)
+        except (ValueError, KeyError, TraitError, StopIteration) as e:
+            raise InvalidOptions(f"Invalid server options: {e}") from None
