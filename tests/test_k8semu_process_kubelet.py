@@ -372,3 +372,69 @@ async def test_ray_head_worker_and_client_in_three_netns(kubelet: ProcessKubelet
     for p in (client, worker, head):
         await kubelet.kill_pod(p, 5)
     assert [x for x in leftovers(kubelet, kubelet.network.n) if not x.startswith("link k8semu")] == []  # type: ignore[union-attr]
+
+
+async def test_ray_through_the_api_server(k8s_emu_factory: Callable[..., Any]) -> None:
+    """Secret, head Pod, head Service and worker Pod through kubernetes_asyncio against
+    ``K8sEmu(kubelet="process")``; a client pod connects with only RAY_ADDRESS + token."""
+    from kubernetes_asyncio import client as k8s, config
+
+    emu = k8s_emu_factory(kubelet="process")
+    kubelet: ProcessKubelet = emu.kubelet
+    api = await config.new_client_from_config(config_file=str(emu.kubeconfig_path))
+    v1 = k8s.CoreV1Api(api)
+    try:
+        await v1.create_namespaced_secret(NS, {"metadata": {"name": "k8semu-ray-token"},
+                                               "stringData": {"token": RAY_TOKEN}, "type": "Opaque"})
+        head, worker, client = ray_pods()
+        for p in (head, worker, client):
+            p["metadata"].pop("uid")
+        head["metadata"]["labels"] = {"app": "k8semu-ray", "ray.io/node-type": "head"}
+        await v1.create_namespaced_service(NS, {
+            "metadata": {"name": HEAD_SVC},
+            "spec": {"selector": head["metadata"]["labels"], "ports": [
+                {"name": n, "port": p, "targetPort": p} for n, p in (("gcs", 6379), ("client", 10001),
+                                                                      ("dashboard", 8265))]}})
+        await v1.create_namespaced_pod(NS, head)
+        await v1.create_namespaced_pod(NS, worker)
+
+        async def pod(name: str) -> Any:
+            return await v1.read_namespaced_pod(name, NS)
+
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            h = await pod("k8semu-ray-head")
+            if any(c.type == "Ready" and c.status == "True" for c in h.status.conditions or []):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError(f"head not Ready: {h.status}")
+        assert h.status.pod_ip.startswith("10.244.") and h.status.phase == "Running"
+        await v1.create_namespaced_pod(NS, client)
+        deadline = time.monotonic() + 240
+        while (phase := (await pod("k8semu-ray-client")).status.phase) not in ("Succeeded", "Failed"):
+            assert time.monotonic() < deadline, "client pod did not finish"
+            await asyncio.sleep(0.5)
+        out = await v1.read_namespaced_pod_log("k8semu-ray-client", NS, container="client")
+        assert phase == "Succeeded", out
+        result = json.loads(out.split("RESULT ", 1)[1])
+        assert sum(result["counts"].values()) == 1000
+        assert set(result["counts"]) == {"k8semu-ray-head", "k8semu-ray-worker"}, result
+        events = await v1.list_namespaced_event(NS, field_selector="involvedObject.name=k8semu-ray-head")
+        assert {"Scheduled", "Pulled", "Created", "Started"} <= {e.reason for e in events.items}
+        n, root = kubelet.network.n, kubelet.root  # type: ignore[union-attr]
+        for name in ("k8semu-ray-client", "k8semu-ray-worker", "k8semu-ray-head"):
+            await v1.delete_namespaced_pod(name, NS, grace_period_seconds=5)
+        deadline = time.monotonic() + 30
+        # Running pods are killed on delete; the client pod's sandbox went when it Succeeded.
+        def settled() -> bool:
+            live = [key for key, r in list(kubelet.pods.items()) if not r.released]
+            return not live and not [x for x in os.listdir(NETNS_DIR) if x.startswith(f"k8semu-{n}-")]
+
+        while not settled():
+            assert time.monotonic() < deadline, f"pods not killed: {list(kubelet.pods)}"
+            await asyncio.sleep(0.2)
+    finally:
+        await api.close()
+    emu.stop()
+    assert root and leftovers(kubelet, n) == []

@@ -135,6 +135,7 @@ class PodRunner:
         for c in self.mains if self.inits else []:
             c.state = {"waiting": {"reason": "PodInitializing"}}
         self.net: PodNet | None = None
+        self.released = False
         self.phase = "Pending"
         self.initialized = not self.inits
         self.start_time = now()
@@ -533,6 +534,18 @@ class PodRunner:
             self.phase = "Failed"
             await self.event("Failed", f"k8semu process kubelet: {e}", "Warning")
             await self.push()
+        finally:
+            if self.phase in ("Succeeded", "Failed"):
+                await self.release()
+
+    async def release(self) -> None:
+        """Tear the sandbox down (netns, leftover processes), as the kubelet does for a pod
+        in a terminal phase; the status keeps its podIP, logs stay."""
+        if self.hosts_task:
+            self.hosts_task.cancel()
+        if self.net and not self.released:
+            self.released = True
+            await self.k.network.remove_pod(self.net)
 
     async def stop(self, grace: float) -> None:
         if self.task:
@@ -556,9 +569,9 @@ class PodRunner:
                     log.error("%s/%s: pid %s did not die", self.namespace, self.name, c.proc.pid)
         if self.task:
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.net:
+        if self.net and not self.released:
+            self.released = True
             await self.k.network.remove_pod(self.net)
-            self.net = None
         if not self.k.keep_dirs:
             shutil.rmtree(self.dir / "tmp", ignore_errors=True)
 
