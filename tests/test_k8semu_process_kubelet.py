@@ -438,3 +438,79 @@ async def test_ray_through_the_api_server(k8s_emu_factory: Callable[..., Any]) -
         await api.close()
     emu.stop()
     assert root and leftovers(kubelet, n) == []
+
+
+async def test_hosts_file_follows_service_changes(kubelet: ProcessKubelet) -> None:
+    c = FakeCluster()
+    pod = make_pod("k8semu-hosts", [{"name": "main", "image": "x", "command": ["sleep", "600"]}])
+    other = make_pod("k8semu-hosts-other", [{"name": "main", "image": "x", "command": ["sleep", "600"]}])
+    for p in (pod, other):
+        await kubelet.run_pod(p, c.ctx(p))
+    await wait_for(lambda: all(status_of(c, p["metadata"]["name"]).get("phase") == "Running" for p in (pod, other)))
+    rc, out = await kubelet.exec_in_pod(NS, "k8semu-hosts", ["getent", "hosts", "k8semu-late-svc"])
+    assert rc != 0, out
+    c.services["k8semu-late-svc"] = "k8semu-hosts-other"   # a Service appears later
+    ip = status_of(c, "k8semu-hosts-other")["podIP"]
+
+    async def resolved() -> str:
+        return (await kubelet.exec_in_pod(NS, "k8semu-hosts", ["getent", "hosts",
+                                                                f"k8semu-late-svc.{NS}.svc.cluster.local"]))[1]
+    deadline = time.monotonic() + 10
+    while ip not in (out := await resolved()):
+        assert time.monotonic() < deadline, out
+        await asyncio.sleep(0.2)
+    # and the pods reach each other over the bridge
+    rc, out = await kubelet.exec_in_pod(NS, "k8semu-hosts", ["python", "-c",
+                                        f"import socket; socket.create_connection(('{ip}', 9), 2)"])
+    assert "Connection refused" in out  # an answer (RST) from the other netns, not a timeout
+
+
+async def test_loopback_fallback_mode() -> None:
+    k = ProcessKubelet(network="loopback", time_scale=0.2)
+    c = FakeCluster()
+    c.services["k8semu-svc"] = "k8semu-lo"
+    pod = make_pod("k8semu-lo", [{"name": "main", "image": "x", "command": ["python", "-c", PY_DUMP]}],
+                   restartPolicy="Never")
+    try:
+        await k.run_pod(pod, c.ctx(pod))
+        assert k.mode == "loopback"
+        await wait_for(lambda: status_of(c, "k8semu-lo").get("phase") in ("Succeeded", "Failed"), what="done")
+        logs = k.logs(NS, "k8semu-lo", "main")
+        assert status_of(c, "k8semu-lo")["phase"] == "Succeeded", logs
+        out = json.loads(logs.strip().splitlines()[-1])
+        assert status_of(c, "k8semu-lo")["podIP"] == "127.0.0.1" and out["svc"] == "127.0.0.1"
+        assert out["host"] == "k8semu-lo" and out["tmp"] == []
+    finally:
+        await k.shutdown()
+    assert leftovers(k, None) == []
+
+
+def test_leftovers_of_a_dead_kubelet_are_removed() -> None:
+    """A kubelet that died without shutdown() leaves a bridge, netns and processes; the next
+    one to take its index (the flock is free) removes them first."""
+    import fcntl
+    import subprocess
+
+    from tests.k8semu.netns import LOCK_DIR, BridgeNetwork
+
+    n = 250
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK_DIR / f"net-{n}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pytest.skip(f"network index {n} is in use")
+    try:
+        ns = f"k8semu-{n}-7"
+        for cmd in (f"ip link add k8semu{n} type bridge", f"ip netns add {ns}",
+                    f"ip link add k8v{n}p7 type veth peer name eth0 netns {ns}"):
+            subprocess.run(cmd.split(), check=True)
+        sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"], start_new_session=True)
+        time.sleep(0.3)
+        BridgeNetwork._cleanup_index(n)
+        assert sleeper.wait(5) != 0
+        assert not (NETNS_DIR / ns).exists()
+        assert not {f"k8semu{n}", f"k8v{n}p7"} & set(os.listdir("/sys/class/net"))
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -103,7 +103,6 @@ class Container:
         self.log_path = pod_dir / "logs" / f"{self.name}.log"
         self.term_path = pod_dir / "termination" / self.name
         self.probe_tasks: list[asyncio.Task[None]] = []
-        self.killing = False
 
     def status(self) -> dict[str, Any]:
         image = self.spec.get("image", "k8semu/none")
@@ -345,7 +344,6 @@ class PodRunner:
         await self.event("Created", f"Created container {c.name}")
         await self.event("Started", f"Started container {c.name}")
         c.state = {"running": {"startedAt": now()}}
-        c.killing = False
         log.info("%s/%s: started %s pid %s", self.namespace, self.name, c.name, c.proc.pid)
 
     async def wait_exit(self, c: Container) -> int:
@@ -436,7 +434,6 @@ class PodRunner:
                     elif kind != "readinessProbe":
                         await self.event("Killing", f"Container {c.name} failed {label.lower()} probe, "
                                          "will be restarted")
-                        c.killing = True
                         await self.kill_tree(c, self.grace())
                         return
             await asyncio.sleep(period)
