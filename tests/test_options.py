@@ -135,3 +135,14 @@ def test_limits_apply_to_profile_overrides_too():
     greedy[2]["kubespawner_override"]["ray_worker_memory"] = "20Gi"
     with pytest.raises(InvalidOptions, match="over the limit of 16Gi per node"):
         spec_for({"profile": "ray-fixed"}, greedy)
+
+
+def test_version_comparison_messages():
+    from rayspawner.versions_check import compare_versions
+
+    same = {"ray": "2.60.0", "python": "3.11"}
+    assert compare_versions(same, dict(same), "nb:1", "ray:1") is None
+    msg = compare_versions(same, {"ray": "2.50.0", "python": "3.12"}, "nb:1", "ray:1")
+    assert "Ray 2.60.0 in the notebook but Ray 2.50.0 in the cluster" in msg
+    assert "Python 3.11 in the notebook but Python 3.12 in the cluster" in msg and "ray_image" in msg
+    assert "has no Ray installed" in compare_versions({"ray": None, "python": "3.11"}, same, "nb:1", "ray:1")
