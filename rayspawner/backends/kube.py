@@ -125,6 +125,20 @@ async def with_retries(
         delay = min(delay * 2, 5.0)
 
 
+async def _unparsed(request: Awaitable[Any]) -> None:
+    """Await a call made with ``_preload_content=False``: the response body is read
+    and dropped instead of being deserialized into kubernetes_asyncio models (which
+    was most of the hub's CPU per Ray object created or deleted); a non-2xx status
+    raises ApiException with status, reason, headers and body, as the parsed path does."""
+    response = await request
+    data = await response.read()
+    if not 200 <= response.status <= 299:
+        e = ApiException(status=response.status, reason=response.reason)
+        e.headers = response.headers
+        e.body = data.decode("utf-8", "replace")
+        raise e
+
+
 class KubeClient:
     """Typed helpers over kubernetes_asyncio for the kinds rayspawner manages."""
 
@@ -192,7 +206,7 @@ class KubeClient:
         while True:
             try:
                 await with_retries(
-                    lambda: fn(namespace, manifest),
+                    lambda: _unparsed(fn(namespace, manifest, _preload_content=False)),
                     what=f"create {kind.kind} {namespace}/{name}",
                     timeout=self.retry_timeout,
                     request_timeout=self.request_timeout,
@@ -227,7 +241,9 @@ class KubeClient:
     async def patch(self, kind_name: str, namespace: str, name: str, body: dict[str, Any]) -> None:
         kind = KINDS[kind_name]
         fn = self._method(kind, "patch")
-        await self._call("patch", kind, namespace, name, lambda: fn(name, namespace, body) if kind.api != "CustomObjectsApi" else fn(namespace, name, body))
+        await self._call("patch", kind, namespace, name, lambda: _unparsed(
+            fn(name, namespace, body, _preload_content=False) if kind.api != "CustomObjectsApi"
+            else fn(namespace, name, body, _preload_content=False)))
 
     async def delete(self, kind_name: str, namespace: str, name: str, *, grace: int | None = None) -> bool:
         """Delete (background propagation); True if it existed. 404 is success."""
@@ -240,9 +256,9 @@ class KubeClient:
         async def call() -> bool:
             try:
                 if kind.api == "CustomObjectsApi":
-                    await fn(namespace, name, body=body)
+                    await _unparsed(fn(namespace, name, body=body, _preload_content=False))
                 else:
-                    await fn(name, namespace, body=body)
+                    await _unparsed(fn(name, namespace, body=body, _preload_content=False))
                 return True
             except ApiException as e:
                 if e.status == 404:
