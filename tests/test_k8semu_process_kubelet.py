@@ -95,14 +95,15 @@ def make_pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[s
             "spec": {"containers": containers, "terminationGracePeriodSeconds": 5, **spec}}
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+async def wait_for(pred: Callable[[], Any], timeout: float = 30, what: str = "condition",
+                   diag: Callable[[], str] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{diag()}" if diag else ""))
 
 
 def leftovers(kubelet: ProcessKubelet, n: int | None) -> list[str]:
@@ -277,6 +278,7 @@ async def test_kill_pod_leaves_nothing(kubelet: ProcessKubelet) -> None:
     assert "Killing" in c.reasons("k8semu-kill")
 
 
+RAY_TIMEOUT = 300  # seconds, for each of: head Ready, client done (2 cores shared with others)
 RAY_TOKEN = "k8semu-" + "0123456789abcdef" * 2
 HEAD_SVC = "k8semu-ray-head-svc"
 HEAD_PROBE = "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success && " \
@@ -341,6 +343,7 @@ def ray_pods() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     return head, worker, client
 
 
+@pytest.mark.timeout(900)
 async def test_ray_head_worker_and_client_in_three_netns(kubelet: ProcessKubelet) -> None:
     c = FakeCluster()
     c.add_secret("k8semu-ray-token", token=RAY_TOKEN)
@@ -349,11 +352,17 @@ async def test_ray_head_worker_and_client_in_three_netns(kubelet: ProcessKubelet
     t0 = time.monotonic()
     await kubelet.run_pod(head, c.ctx(head))
     await kubelet.run_pod(worker, c.ctx(worker))
-    await wait_for(lambda: status_of(c, "k8semu-ray-head", "ray-head").get("ready"), 120, "head ready (health-check)")
+
+    def diag() -> str:
+        return (f"events: {[e for e in c.events if e[3] == 'Warning'][-5:]}\nhead log:\n"
+                f"{kubelet.logs(NS, 'k8semu-ray-head')[-3000:]}\nworker log:\n{kubelet.logs(NS, 'k8semu-ray-worker')[-2000:]}")
+
+    # Generous timeouts: the 2 cores are shared with other engineers' Ray clusters.
+    await wait_for(lambda: status_of(c, "k8semu-ray-head", "ray-head").get("ready"), RAY_TIMEOUT, "head ready", diag)
     log.info("head ready after %.1fs", time.monotonic() - t0)
     await kubelet.run_pod(client, c.ctx(client))
-    await wait_for(lambda: status_of(c, "k8semu-ray-client").get("phase") in ("Succeeded", "Failed"), 240,
-                   "client pod done")
+    await wait_for(lambda: status_of(c, "k8semu-ray-client").get("phase") in ("Succeeded", "Failed"), RAY_TIMEOUT,
+                   "client pod done", diag)
     out = kubelet.logs(NS, "k8semu-ray-client", "client")
     log.info("client done after %.1fs:\n%s", time.monotonic() - t0, out)
     assert status_of(c, "k8semu-ray-client")["phase"] == "Succeeded", out + kubelet.logs(NS, "k8semu-ray-worker")
@@ -374,6 +383,7 @@ async def test_ray_head_worker_and_client_in_three_netns(kubelet: ProcessKubelet
     assert [x for x in leftovers(kubelet, kubelet.network.n) if not x.startswith("link k8semu")] == []  # type: ignore[union-attr]
 
 
+@pytest.mark.timeout(900)
 async def test_ray_through_the_api_server(k8s_emu_factory: Callable[..., Any]) -> None:
     """Secret, head Pod, head Service and worker Pod through kubernetes_asyncio against
     ``K8sEmu(kubelet="process")``; a client pod connects with only RAY_ADDRESS + token."""
@@ -401,17 +411,17 @@ async def test_ray_through_the_api_server(k8s_emu_factory: Callable[..., Any]) -
         async def pod(name: str) -> Any:
             return await v1.read_namespaced_pod(name, NS)
 
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + RAY_TIMEOUT
         while time.monotonic() < deadline:
             h = await pod("k8semu-ray-head")
             if any(c.type == "Ready" and c.status == "True" for c in h.status.conditions or []):
                 break
             await asyncio.sleep(0.5)
         else:
-            raise AssertionError(f"head not Ready: {h.status}")
+            raise AssertionError(f"head not Ready: {h.status}\n{kubelet.logs(NS, 'k8semu-ray-head')[-3000:]}")
         assert h.status.pod_ip.startswith("10.244.") and h.status.phase == "Running"
         await v1.create_namespaced_pod(NS, client)
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + RAY_TIMEOUT
         while (phase := (await pod("k8semu-ray-client")).status.phase) not in ("Succeeded", "Failed"):
             assert time.monotonic() < deadline, "client pod did not finish"
             await asyncio.sleep(0.5)

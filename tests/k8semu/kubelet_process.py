@@ -4,39 +4,33 @@
 min_probe_timeout=5, backoff_base=0.5, backoff_max=10, hosts_refresh_interval=0.5,
 node_name="k8semu-node", keep_dirs=False)`` implements :class:`kubelet_api.Kubelet`.
 
-What it emulates:
+- Containers: ``command`` + ``args`` (``$(VAR)`` expanded) with the resolved ``env``/``envFrom``
+  (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``fieldRef``, ``resourceFieldRef``) and
+  ``workingDir``. Images are ignored: this machine's Python environment is used
+  (``dirname(sys.executable)`` first on ``PATH``). A missing Secret/ConfigMap/key leaves the
+  container waiting with ``CreateContainerConfigError``, retried. initContainers run first.
+- Sandbox per pod (design and measurements in ``netns.py``): own netns and IP, hostname = pod
+  name, private ``/tmp`` (= ``TMPDIR``), ``/etc/hosts`` from ``PodContext.service_hosts()``
+  refreshed every ``hosts_refresh_interval`` s. Torn down when the pod reaches a terminal phase.
+- ``terminationMessagePath`` (default ``/dev/termination-log``) maps to a per-container file:
+  the path is rewritten in command/args/env values (``K8SEMU_TERMINATION_MESSAGE_PATH`` is set
+  too). Its content (or the log tail, with ``FallbackToLogsOnError`` and a failed exit) becomes
+  ``state.terminated.message``.
+- Probes: exec in the pod's sandbox with the container's env; httpGet/tcpSocket to the pod IP;
+  grpc counts as success. initialDelaySeconds/periodSeconds are multiplied by ``time_scale``;
+  the timeout is ``max(timeoutSeconds, min_probe_timeout)`` (a Python exec probe on a loaded
+  2-core machine takes over 1 s).
+- restartPolicy, liveness restarts, CrashLoopBackOff (``backoff_base * 2**n`` up to
+  ``backoff_max`` s), restartCount/lastState, phase, conditions, podIP/hostIP, and events
+  Scheduled, Pulled, Created, Started, Unhealthy, BackOff, Killing, Failed.
+- kill_pod: SIGTERM each container's process group and descendants, SIGKILL after
+  ``min(grace, max_grace_seconds)``, SIGKILL anything left in the netns, remove netns and veth.
+  Logs stay under the root until shutdown: ``logs(namespace, name, container, previous=False)``.
+  ``exec_in_pod(namespace, name, argv)`` is ``kubectl exec``.
 
-- Containers: ``command`` + ``args`` (``$(VAR)`` expanded like Kubernetes) with the
-  resolved ``env``/``envFrom`` (``value``, ``secretKeyRef``, ``configMapKeyRef``,
-  ``fieldRef``, ``resourceFieldRef``) and ``workingDir``. Images are ignored: the
-  processes use this machine's Python environment (``dirname(sys.executable)`` first on
-  ``PATH``). A missing Secret/ConfigMap leaves the container waiting with
-  ``CreateContainerConfigError`` and is retried. initContainers run first, in order.
-- Sandbox per pod (details and measurements in ``netns.py``): own netns and IP, own
-  hostname (= pod name), private ``/tmp`` (also ``TMPDIR``), ``/etc/hosts`` with the
-  Service names of ``PodContext.service_hosts()``, refreshed every ``hosts_refresh_interval`` s.
-- ``terminationMessagePath`` (default ``/dev/termination-log``) is mapped to a file
-  in the pod dir: occurrences of the path in command/args/env values are rewritten and
-  ``K8SEMU_TERMINATION_MESSAGE_PATH`` is set. The file's content (or, with
-  ``terminationMessagePolicy: FallbackToLogsOnError`` and a failed exit, the log tail)
-  becomes ``state.terminated.message``.
-- Probes (exec inside the pod's sandbox with the container's env, httpGet and tcpSocket
-  to the pod IP; grpc is treated as success) with initialDelaySeconds/periodSeconds
-  multiplied by ``time_scale``; timeouts are ``max(timeoutSeconds, min_probe_timeout)``
-  because a Python exec probe on a loaded 2-core machine takes more than 1 s.
-- restartPolicy Always/OnFailure/Never, liveness restarts, CrashLoopBackOff with
-  ``backoff_base * 2**n`` capped at ``backoff_max`` seconds, restartCount, lastState;
-  pod phase, conditions, podIP/hostIP; events Scheduled, Pulled, Created, Started,
-  Unhealthy, BackOff, Killing, Failed.
-- kill_pod: SIGTERM to every container's process group and its descendants, up to
-  ``min(grace, max_grace_seconds)``, then SIGKILL, then SIGKILL to anything still in the
-  pod's netns; netns, veth and pod dirs are removed. Logs stay under ``root_dir`` until
-  shutdown (``logs(namespace, name, container, previous=False)``).
-
-Not emulated: images, volumes (emptyDir/configMap/secret mounts are ignored, paths are
-the host's), resource limits, security contexts, lifecycle hooks, sidecars
-(``restartPolicy: Always`` init containers), ephemeral containers.
-Loopback fallback (no netns): every pod is 127.0.0.1, so only one pod per port works.
+Not emulated: images, volumes (mounts are ignored, paths are the host's), resource limits,
+security contexts, lifecycle hooks, sidecar init containers, ephemeral containers. The loopback
+fallback (no netns) gives every pod 127.0.0.1, so only one pod per port works.
 """
 
 from __future__ import annotations
@@ -49,7 +43,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -58,8 +51,8 @@ from typing import Any
 import psutil
 
 from .kubelet_api import PodContext
-from .netns import (BridgeNetwork, LoopbackNetwork, PodNet, http_probe, is_zombie, kill_netns_processes,
-                    make_network, mountns_available, process_tree, render_hosts, signal_pids, tcp_probe)
+from .netns import (BridgeNetwork, LoopbackNetwork, PodNet, http_probe, kill_netns_processes, make_network,
+                    mountns_available, render_hosts, run_captured, tcp_probe, terminate_tree)
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +202,7 @@ class PodRunner:
             self._hosts_text = text
 
     async def _refresh_hosts(self) -> None:
-        while True:
-            await asyncio.sleep(self.k.hosts_refresh_interval)
+        while not await asyncio.sleep(self.k.hosts_refresh_interval):
             self.write_hosts()
 
     def sandbox_argv(self, argv: list[str]) -> list[str]:
@@ -223,15 +215,12 @@ class PodRunner:
     # -- env -------------------------------------------------------------------------
     async def _secret_or_cm(self, kind: str, name: str, optional: bool) -> dict[str, str] | None:
         obj = await (self.ctx.get_secret(name) if kind == "secret" else self.ctx.get_configmap(name))
-        if obj is None:
-            if optional:
-                return None
+        if obj is None and not optional:
             raise ConfigError(f'{kind} "{name}" not found')
-        data = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()} if kind == "secret" \
-            else dict(obj.get("data") or {})
-        if kind == "secret":
-            data.update(obj.get("stringData") or {})
-        return data
+        if obj is None or kind != "secret":
+            return None if obj is None else dict(obj.get("data") or {})
+        return {**{k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()},
+                **(obj.get("stringData") or {})}
 
     def _field(self, path: str) -> str:
         md, net = self.pod.get("metadata", {}), self.net
@@ -357,10 +346,7 @@ class PodRunner:
         code = 128 - rc if rc < 0 else rc
         term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "startedAt": started_at,
                 "finishedAt": now(), "containerID": c.container_id}
-        if rc < 0:
-            term["signal"] = -rc
-        if msg:
-            term["message"] = msg
+        term.update({"signal": -rc} if rc < 0 else {}, **({"message": msg} if msg else {}))
         c.state, c.ready, c.started = {"terminated": term}, False, False
         log.info("%s/%s: container %s exited %s", self.namespace, self.name, c.name, code)
         return code
@@ -461,20 +447,8 @@ class PodRunner:
 
     async def exec(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str]:
         """Run ``argv`` inside the pod's sandbox (like ``kubectl exec``); (returncode, output)."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.sandbox_argv(argv), env=env or {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"},
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, cwd=str(self.dir / "home"))
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-            return proc.returncode or 0, out.decode(errors="replace")
-        except asyncio.TimeoutError:
-            signal_pids(process_tree(proc.pid), signal.SIGKILL)
-            await proc.wait()
-            return -1, f"command timed out after {timeout}s"
-        except asyncio.CancelledError:
-            signal_pids(process_tree(proc.pid), signal.SIGKILL)
-            raise
+        env = env or {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+        return await run_captured(self.sandbox_argv(argv), env, str(self.dir / "home"), timeout)
 
     # -- killing -----------------------------------------------------------------------
     def grace(self) -> float:
@@ -482,19 +456,8 @@ class PodRunner:
 
     async def kill_tree(self, c: Container, grace: float) -> None:
         """SIGTERM the container's process group and descendants, SIGKILL after ``grace``."""
-        if c.proc is None:
-            return
-        pids = process_tree(c.proc.pid)
-        if not pids:
-            return
-        signal_pids(pids, signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + grace
-        while asyncio.get_running_loop().time() < deadline:
-            pids = {p for p in pids | process_tree(c.proc.pid) if psutil.pid_exists(p) and not is_zombie(p)}
-            if not pids:
-                return
-            await asyncio.sleep(0.1)
-        signal_pids(pids | process_tree(c.proc.pid), signal.SIGKILL)
+        if c.proc is not None:
+            await terminate_tree(c.proc.pid, grace)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -553,17 +516,15 @@ class PodRunner:
         for c in live:
             await self.event("Killing", f"Stopping container {c.name}")
         await asyncio.gather(*(self.kill_tree(c, grace) for c in live))
-        for c in live:
-            for t in c.probe_tasks:
-                t.cancel()
+        for t in [t for c in live for t in c.probe_tasks]:
+            t.cancel()
         if self.net and self.net.netns:
             await asyncio.to_thread(kill_netns_processes, self.net.netns)
         for c in live:
-            if c.proc:
-                try:
-                    await asyncio.wait_for(c.proc.wait(), 5)
-                except asyncio.TimeoutError:
-                    log.error("%s/%s: pid %s did not die", self.namespace, self.name, c.proc.pid)
+            try:
+                await asyncio.wait_for(c.proc.wait(), 5)  # type: ignore[union-attr]
+            except asyncio.TimeoutError:
+                log.error("%s/%s: container %s did not die", self.namespace, self.name, c.name)
         if self.task:
             await asyncio.gather(self.task, return_exceptions=True)
         if self.net and not self.released:

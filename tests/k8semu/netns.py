@@ -153,6 +153,39 @@ def signal_pids(pids: set[int], sig: int) -> None:
             pass
 
 
+async def terminate_tree(pid: int, grace: float) -> None:
+    """SIGTERM :func:`process_tree` of ``pid``; SIGKILL whatever is left after ``grace`` s."""
+    pids = process_tree(pid)
+    if not pids:
+        return
+    signal_pids(pids, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline:
+        pids = {p for p in pids | process_tree(pid) if psutil.pid_exists(p) and not is_zombie(p)}
+        if not pids:
+            return
+        await asyncio.sleep(0.1)
+    signal_pids(pids | process_tree(pid), signal.SIGKILL)
+
+
+async def run_captured(argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> tuple[int, str]:
+    """Run ``argv`` in its own session; (returncode, stdout+stderr), (-1, ...) on timeout."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        return proc.returncode or 0, out.decode(errors="replace")
+    except asyncio.TimeoutError:
+        signal_pids(process_tree(proc.pid), signal.SIGKILL)
+        await proc.wait()
+        return -1, f"command timed out after {timeout}s"
+    except asyncio.CancelledError:
+        signal_pids(process_tree(proc.pid), signal.SIGKILL)
+        raise
+
+
 @dataclass
 class PodNet:
     """The network of one pod."""
