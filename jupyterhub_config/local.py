@@ -79,7 +79,7 @@ if api_token:
     c.JupyterHub.services = [{"name": "rayspawner-admin", "api_token": api_token}]
     c.JupyterHub.load_roles = [{
         "name": "rayspawner-admin",
-        "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "read:users", "list:users"],
+        "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "read:users", "list:users"],  # admin:servers includes server state
         "services": ["rayspawner-admin"],
     }]
 
@@ -87,7 +87,7 @@ if api_token:
 c.JupyterHub.spawner_class = "rayspawner.LocalRaySpawner"
 c.LocalRaySpawner.home_dir_template = str(state_dir / "home" / "{username}")
 c.LocalRaySpawner.local_temp_root = env("RAYSPAWNER_TEMP_ROOT", "/tmp/rsp")
-c.LocalRaySpawner.start_timeout = 180  # a Ray head takes 3-30 s, more on a busy 2-core machine
+c.LocalRaySpawner.start_timeout = 300  # a Ray head takes 3-30 s; heads boot one at a time; busy machines are slower
 c.LocalRaySpawner.http_timeout = 90
 c.LocalRaySpawner.ray_stop_timeout = 60
 show_gpu = env("RAYSPAWNER_SHOW_GPU_PROFILE", "1") != "0"

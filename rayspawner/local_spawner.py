@@ -87,6 +87,14 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         Ray client server failed"; the server is ready only once one succeeded.""",
     )
 
+    local_max_parallel_starts = Int(
+        1,
+        config=True,
+        help="""How many Ray heads may boot at the same time (the rest wait their turn, which
+        the spawn progress shows). 1 suits small machines: Ray's raylet and dashboard agent
+        must register within fixed windows (30 s / 15 s) that parallel boots can miss.""",
+    )
+
     _ray_spec: RayClusterSpec | None = None
     _ray_cluster: LocalCluster | None = None
     _ray_options_loaded: bool = False
@@ -99,7 +107,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
 
     @default("start_timeout")
     def _start_timeout_default(self) -> int:
-        return 180
+        return 300
 
     @validate("local_port_range")
     def _check_range(self, proposal: Any) -> str:
@@ -112,10 +120,11 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     @property
     def backend(self) -> LocalBackend:
         lo, hi = (int(x) for x in self.local_port_range.split("-"))
-        key = (self.local_temp_root, lo, hi, self.local_client_warmup_attempts)
+        key = (self.local_temp_root, lo, hi, self.local_client_warmup_attempts, self.local_max_parallel_starts)
         if key not in _backends:
             _backends[key] = LocalBackend(temp_root=self.local_temp_root, port_range=(lo, hi),
-                                          warmup_attempts=self.local_client_warmup_attempts)
+                                          warmup_attempts=self.local_client_warmup_attempts,
+                                          max_parallel_starts=self.local_max_parallel_starts)
         return _backends[key]
 
     # ------------------------------------------------------------ options
@@ -214,8 +223,8 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     async def poll(self):
         status = await super().poll()
         cluster = self._ray_cluster
-        if status is not None or not cluster:
-            return status
+        if status is not None or not cluster or not cluster.head_ready:
+            return status  # (a cluster still starting is start()'s business)
         if not self.backend.head_alive(cluster.name):
             self.log.error("The Ray head of %s (cluster %s, pid %s) is gone; reporting the server as failed",
                            self._log_name, cluster.name, cluster.head.pid)

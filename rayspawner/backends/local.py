@@ -352,6 +352,13 @@ def _tail(path: str, lines: int = 12) -> str:
     return "\n".join(keep)
 
 
+def _fatal(path: str) -> str:
+    """Ray's fatal line ("Check failed: ...") from a C++ log, else its tail."""
+    text = _tail(path, 400)
+    fatal = [ln for ln in text.splitlines() if "Check failed" in ln or "] F " in ln]
+    return (fatal[-1] if fatal else "\n".join(text.splitlines()[-5:]))[-600:]
+
+
 class LocalBackend(ClusterBackend):
     """Ray clusters as local process trees (see the module docstring)."""
 
@@ -367,6 +374,7 @@ class LocalBackend(ClusterBackend):
         warmup_attempts: int = 5,
         warmup_timeout: float = 60.0,
         extra_env: dict[str, str] | None = None,
+        max_parallel_starts: int = 1,
     ):
         self.temp_root = temp_root
         self.port_range = port_range
@@ -379,6 +387,9 @@ class LocalBackend(ClusterBackend):
         self.warmup_timeout = warmup_timeout
         self.extra_env = dict(extra_env or {})
         self.clusters: dict[str, LocalCluster] = {}
+        # Booting heads one at a time: on a small machine two at once can miss Ray's fixed
+        # registration windows (raylet 30 s, dashboard agent 15 s).
+        self._starts = asyncio.Semaphore(max(1, max_parallel_starts))
 
     @property
     def blocks(self) -> PortBlocks:
@@ -496,14 +507,33 @@ class LocalBackend(ClusterBackend):
         cluster = await self.prepare(spec)
         cluster.started = time.monotonic()
         try:
-            await self._spawn(cluster, cluster.head, spec)
-            await self._wait_started(cluster, cluster.head, timeout)
+            async with self._starts:
+                await self._start_head(cluster, spec, timeout)
             for node in cluster.workers:
                 await self._spawn(cluster, node, spec)
         except BaseException as e:
             cluster.failed = str(e)
             raise
         cluster.warmup = asyncio.ensure_future(self._warm_up(cluster, spec))
+
+    async def _start_head(self, cluster: LocalCluster, spec: RayClusterSpec, timeout: float) -> None:
+        for attempt in (1, 2):
+            await self._spawn(cluster, cluster.head, spec)
+            try:
+                await self._wait_started(cluster, cluster.head, timeout)
+                break
+            except ClusterStartError as e:
+                # On a busy machine the raylet may miss Ray's fixed 30 s registration
+                # window ("The current node timed out during startup"): once more.
+                if attempt == 2 or e.reason_label != "crash":
+                    raise
+                log.warning("Ray cluster %s: the head failed to start (%s); raylet log:\n%s\nretrying once",
+                            cluster.name, str(e).splitlines()[-1], _fatal(self._session_log(cluster, "raylet.out")))
+                await self._kill(cluster, timeout=30)
+
+    @staticmethod
+    def _session_log(cluster: LocalCluster, name: str) -> str:
+        return os.path.join(cluster.temp_dir, "session_latest", "logs", name)
 
     async def _probe(self, cluster: LocalCluster, spec: RayClusterSpec | None, timeout: float) -> dict:
         env = self._env(cluster, spec)
@@ -578,7 +608,7 @@ class LocalBackend(ClusterBackend):
             st.head_failed = cluster.failed
             return st
         if not cluster.head.pid:
-            st.phase = "starting"
+            st.phase = "waiting for another Ray head to finish starting" if self._starts.locked() else "starting"
         elif not head_alive:
             st.head_failed = f"the head process (pid {cluster.head.pid}) is gone"
         elif cluster.head_ready:
@@ -608,14 +638,8 @@ class LocalBackend(ClusterBackend):
         return bool(cluster) and _pid_alive(cluster.head.pid, cluster.procs.get("head"))
 
     # -------------------------------------------------------------- delete
-    async def delete(self, ref: RayClusterSpec | ClusterRef | str, timeout: float = 60.0) -> None:
-        cluster = self._cluster(ref)
-        if cluster is None:
-            return
-        started = time.monotonic()
-        if cluster.warmup and not cluster.warmup.done():
-            cluster.warmup.cancel()
-            await asyncio.gather(cluster.warmup, return_exceptions=True)
+    async def _kill(self, cluster: LocalCluster, timeout: float) -> list[int]:
+        """SIGTERM the nodes' process groups, then SIGKILL every process of the cluster."""
         for node in cluster.nodes:
             if node.pid:
                 try:
@@ -629,6 +653,17 @@ class LocalBackend(ClusterBackend):
         for proc in cluster.procs.values():
             if proc.returncode is None:
                 await asyncio.gather(proc.wait(), return_exceptions=True)
+        return stuck
+
+    async def delete(self, ref: RayClusterSpec | ClusterRef | str, timeout: float = 60.0) -> None:
+        cluster = self._cluster(ref)
+        if cluster is None:
+            return
+        started = time.monotonic()
+        if cluster.warmup and not cluster.warmup.done():
+            cluster.warmup.cancel()
+            await asyncio.gather(cluster.warmup, return_exceptions=True)
+        stuck = await self._kill(cluster, timeout)
         ports = [p for n in cluster.nodes for p in range(n.base_port, n.base_port + NODE_PORTS)]
         while True:
             busy = sorted(set(ports) & await asyncio.to_thread(listening_ports))

@@ -1,0 +1,107 @@
+"""LocalRaySpawner without processes: profiles, options, limits, env, args, state."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from rayspawner.errors import InvalidOptions
+from rayspawner.local_spawner import LocalRaySpawner
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("example_profiles", ROOT / "jupyterhub_config" / "profiles.py")
+profiles = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(profiles)
+
+
+class _User:
+    name = "alice"
+    url = "/user/alice/"
+
+
+def spawner(**kw) -> LocalRaySpawner:
+    s = LocalRaySpawner(profile_list=profiles.visible_profiles(), local_gpus=0, **profiles.LIMITS, **kw)
+    s.user = _User()
+    return s
+
+
+async def load(s: LocalRaySpawner, options: dict) -> LocalRaySpawner:
+    s.user_options = options
+    await s.load_user_options()
+    return s
+
+
+def test_form_is_kubespawners_with_our_profiles() -> None:
+    form = spawner().options_form
+    for slug in ("plain", "ray", "ray-large", "ray-gpu"):
+        assert f'value="{slug}"' in form
+    assert "profile-option-ray--workers" in form and "profile-option-ray--worker_size" in form
+    assert "profile-option-ray--workers--unlisted-choice" in form
+
+
+def test_options_from_form() -> None:
+    opts = spawner().options_from_form({"profile": ["ray"], "profile-option-ray--workers": ["2"],
+                                        "profile-option-ray--worker_size": ["medium"], "junk": ["x"]})
+    assert opts == {"profile": "ray", "workers": "2", "worker_size": "medium"}
+
+
+async def test_ray_profile_and_options_make_the_spec() -> None:
+    s = await load(spawner(), {"profile": "ray"})
+    spec = s._ray_spec
+    assert spec and spec.name == "ray-alice" and spec.head.cpu == "1"
+    assert [(g.name, g.replicas, g.resources.cpu) for g in spec.worker_groups] == [("workers", 1, "1")]
+    await load(s, {"profile": "ray", "workers": "2", "worker_size": "medium"})
+    assert [(g.replicas, g.resources.cpu, g.resources.memory) for g in s._ray_spec.worker_groups] == [(2, "2", "2Gi")]
+    await load(s, {"profile": "ray", "workers--unlisted-choice": "3"})
+    assert s._ray_spec.desired_workers == 3
+    # overrides of an earlier spawn never leak into the next one
+    await load(s, {"profile": "plain"})
+    assert s._ray_spec is None and s.ray_enabled is False
+    await load(s, {"profile": "ray"})
+    assert s._ray_spec.desired_workers == 1 and s.ray_worker_cpu == "1"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"profile": "ray", "workers--unlisted-choice": "9"}, "limit is 4"),
+    ({"profile": "ray", "workers--unlisted-choice": "x; rm -rf /"}, "failed validation regex"),
+    ({"profile": "ray", "workers--unlisted-choice": "-1"}, "failed validation regex"),
+    ({"profile": "ray", "workers": "lots"}, "not one of the choices"),
+    ({"profile": "ray", "bogus": "1"}, "Unknown option"),
+    ({"profile": "nope"}, "No such profile"),
+    ({"profile": "ray-gpu"}, "this machine has 0"),
+    ({"profile": ["ray"]}, "must be a string"),
+])
+async def test_bad_options_are_refused(options: dict, message: str) -> None:
+    with pytest.raises(InvalidOptions, match=message) as e:
+        await load(spawner(), options)
+    assert e.value.status_code == 400
+
+
+async def test_gpu_profile_allowed_when_gpus_exist() -> None:
+    s = spawner()
+    s.local_gpus = 1
+    await load(s, {"profile": "ray-gpu"})
+    assert s._ray_spec.total.gpu == 1
+
+
+def test_kubernetes_only_overrides_are_ignored() -> None:
+    s = spawner()
+    s._apply_overrides({"image": "quay.io/x/y:1", "ray_worker_replicas": 2})
+    assert s.ray_worker_replicas == 2 and not hasattr(s, "image")
+
+
+def test_args_env_and_defaults() -> None:
+    s = spawner()
+    assert s.cmd[1:] == ["-m", "jupyterhub.singleuser"]
+    assert s.start_timeout == 300
+    import os
+
+    if os.geteuid() == 0:
+        assert "--allow-root" in s.get_args()
+
+
+def test_bad_port_range_is_a_config_error() -> None:
+    with pytest.raises(Exception, match="LOW-HIGH"):
+        spawner(local_port_range="30000-30010")
