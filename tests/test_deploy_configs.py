@@ -136,7 +136,7 @@ LOADER = textwrap.dedent(
     result = {"spawner_class": f"{app.spawner_class.__module__}.{app.spawner_class.__name__}", "profiles": {}}
 
     async def main():
-        base = RaySpawner(config=app.config, _mock=True)
+        base = RaySpawner(config=app.config, _mock=True, ray_orphan_sweep_interval=0)
         result["limits"] = {k: getattr(base, k) for k in ("ray_max_workers", "ray_max_total_gpu", "ray_max_total_cpu")}
         result["image"] = base.image
         result["ray_image"] = base.ray_image
@@ -147,9 +147,10 @@ LOADER = textwrap.dedent(
                 cases += [{opt: choice} for choice in spec["choices"]]
             out = result["profiles"][profile["slug"]] = {"options": {o: list(s["choices"]) for o, s in (profile.get("profile_options") or {}).items()}, "cases": []}
             for opts in cases:
-                sp = RaySpawner(config=app.config, _mock=True)
+                sp = RaySpawner(config=app.config, _mock=True, ray_orphan_sweep_interval=0)
                 sp.user_options = {"profile": profile["slug"], **opts}
                 await sp.load_user_options()
+                print("loaded", profile["slug"], opts, file=sys.stderr, flush=True)
                 spec = sp._ray_spec
                 case = {"options": opts, "ray_enabled": sp.ray_enabled}
                 if spec:
@@ -158,7 +159,7 @@ LOADER = textwrap.dedent(
                                 head=[spec.head.cpu, spec.head.memory], tolerations=list(spec.tolerations))
                 out["cases"].append(case)
         # over a limit: the REST API cannot ask for more than the admin allows
-        sp = RaySpawner(config=app.config, _mock=True)
+        sp = RaySpawner(config=app.config, _mock=True, ray_orphan_sweep_interval=0)
         sp.user_options = {"profile": "ray", "workers": "64"}
         try:
             await sp.load_user_options()
@@ -196,8 +197,11 @@ def _z2jh_config_py(values: dict[str, Any]) -> str:
 
 def _load_in_jupyterhub(config_py: Path, emu: K8sEmu, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     env = {**os.environ, "KUBECONFIG": str(emu.kubeconfig_path), **(extra_env or {})}
-    r = subprocess.run([sys.executable, "-c", LOADER, str(config_py)], capture_output=True, text=True,
-                       env=env, cwd=config_py.parent, timeout=120)
+    try:
+        r = subprocess.run([sys.executable, "-c", LOADER, str(config_py)], capture_output=True, text=True,
+                           env=env, cwd=config_py.parent, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the config loader hung; stderr so far:\n{(e.stderr or b'')[-4000:]!r}") from None
     assert r.returncode == 0, r.stderr[-4000:]
     line = next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
