@@ -439,6 +439,9 @@ class LocalBackend(ClusterBackend):
             MARKER: cluster.cid,
             MARKER_ROOT: cluster.temp_root,
             "RAY_USAGE_STATS_ENABLED": "0",
+            # the raylet waits for the dashboard agent's port file (15 s by default): on a busy
+            # machine the agent's imports alone take longer (Ray's own 30 s window still applies)
+            "RAY_agent_register_timeout_ms": "60000",
             "RAY_CLUSTER_NAME": cluster.name,
             _CLIENT_PORTS_ENV: f"{cluster.head.base_port + _CLIENT_SERVERS[0]}-{cluster.head.base_port + _CLIENT_SERVERS[1]}",
             "PYTHONPATH": os.pathsep.join(p for p in (os.path.join(cluster.temp_dir, "site"), env.get("PYTHONPATH")) if p),
@@ -524,10 +527,10 @@ class LocalBackend(ClusterBackend):
                 break
             except ClusterStartError as e:
                 # On a busy machine the raylet may miss Ray's fixed 30 s registration
-                # window ("The current node timed out during startup"): once more.
+                # window ("The current node timed out during startup"): try again.
                 if attempt == 2 or e.reason_label != "crash":
                     raise
-                log.warning("Ray cluster %s: the head failed to start (%s); raylet log:\n%s\nretrying once",
+                log.warning("Ray cluster %s: the head failed to start (%s); raylet log:\n%s\nretrying",
                             cluster.name, str(e).splitlines()[-1], _fatal(self._session_log(cluster, "raylet.out")))
                 await self._kill(cluster, timeout=30)
 
