@@ -520,7 +520,7 @@ class LocalBackend(ClusterBackend):
         cluster.warmup = asyncio.ensure_future(self._warm_up(cluster, spec))
 
     async def _start_head(self, cluster: LocalCluster, spec: RayClusterSpec, timeout: float) -> None:
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             await self._spawn(cluster, cluster.head, spec)
             try:
                 await self._wait_started(cluster, cluster.head, timeout)
@@ -528,7 +528,7 @@ class LocalBackend(ClusterBackend):
             except ClusterStartError as e:
                 # On a busy machine the raylet may miss Ray's fixed 30 s registration
                 # window ("The current node timed out during startup"): try again.
-                if attempt == 2 or e.reason_label != "crash":
+                if attempt == 3 or e.reason_label != "crash":
                     raise
                 log.warning("Ray cluster %s: the head failed to start (%s); raylet log:\n%s\nretrying",
                             cluster.name, str(e).splitlines()[-1], _fatal(self._session_log(cluster, "raylet.out")))
