@@ -442,6 +442,7 @@ class LocalBackend(ClusterBackend):
             # the raylet waits for the dashboard agent's port file (15 s by default): on a busy
             # machine the agent's imports alone take longer (Ray's own 30 s window still applies)
             "RAY_agent_register_timeout_ms": "60000",
+            "RAY_raylet_start_wait_time_s": "60",
             "RAY_CLUSTER_NAME": cluster.name,
             _CLIENT_PORTS_ENV: f"{cluster.head.base_port + _CLIENT_SERVERS[0]}-{cluster.head.base_port + _CLIENT_SERVERS[1]}",
             "PYTHONPATH": os.pathsep.join(p for p in (os.path.join(cluster.temp_dir, "site"), env.get("PYTHONPATH")) if p),
