@@ -63,9 +63,9 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
     req = urllib.request.Request(url, headers=headers or {})
     try:
         with opener.open(req, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace"), dict(r.headers)
+            return r.status, r.read().decode(errors="replace"), {k.lower(): v for k, v in r.headers.items()}
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace"), dict(e.headers)
+        return e.code, e.read().decode(errors="replace"), {k.lower(): v for k, v in e.headers.items()}
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:  # noqa: ANN001
@@ -251,7 +251,7 @@ def test_dashboard_refused_without_server_auth(notebook_server: NotebookServer) 
         status, body, resp_headers = http_get(f"{notebook_server.url}/ray-dashboard/api/version", headers)
         assert status in (302, 403), (headers, status, body[:300])
         if status == 302:
-            assert "login" in resp_headers.get("Location", ""), resp_headers
+            assert "login" in resp_headers.get("location", ""), resp_headers
         assert "ray_version" not in body
 
 
@@ -276,3 +276,29 @@ def test_unreachable_dashboard_gives_502(tmp_path: Path) -> None:
         assert status == 502 and "not reachable" in body, (status, body[:300])
     finally:
         stop_group(server.proc)
+
+
+# ------------------------------------------------- through JupyterHub (local mode)
+from .test_e2e_local import create_user, hub, start_server, stop_server  # noqa: E402,F401 - the hub fixture
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_dashboard_through_jupyterhub_local_mode(hub) -> None:  # noqa: F811
+    """A LocalRaySpawner server: its owner reaches the dashboard through the hub's proxy;
+    another user and an anonymous browser do not."""
+    alice, bob = create_user(hub, "alice"), create_user(hub, "bob")
+    start_server(hub, "alice", alice, {"profile": "ray", "workers": "0"})
+    try:
+        url = f"{hub.url}/user/alice/ray-dashboard/api/version"
+        status, body, _ = http_get(url, {"Authorization": f"token {alice}"}, timeout=60)
+        assert status == 200, (status, body[:500], hub.log_tail())
+        assert json.loads(body)["ray_version"] == RAY_VERSION
+        status, body, _ = http_get(url, {"Authorization": f"token {bob}"}, timeout=60)
+        assert status == 403 and "ray_version" not in body, (status, body[:300])
+        status, body, headers = http_get(url, timeout=60)
+        assert status in (302, 403) and "ray_version" not in body, (status, body[:300])
+        if status == 302:
+            assert "/hub/" in headers.get("location", "") or "oauth" in headers.get("location", ""), headers
+    finally:
+        stop_server(hub, "alice")
