@@ -6,19 +6,26 @@
 - ``_start``: the token Secret is created just before the notebook pod; right
   after the pod exists the cluster is created (owned by the pod) while the
   notebook starts, so a spawn costs max(notebook, head), not their sum;
-- ``stop``: notebook and cluster are removed concurrently; 404 is success;
+- ``stop``: a start still in progress is cancelled first (JupyterHub does not
+  cancel it); notebook and cluster are removed concurrently; 404 is success;
 - ``poll``: a Ray head deleted behind the hub's back is recreated
-  (``ray_head_restart_limit`` times), then the server is reported failed;
+  (``ray_head_restart_limit`` times), then the server is reported failed and
+  removed (JupyterHub skips stop() for a failed server); a start that failed
+  or is pending reports the notebook's state, so JupyterHub's stop() runs;
+- KubeSpawner's pod requests and reflector starts also retry 429/5xx and fail
+  with readable messages (see reliability docs).
 - ``progress``: notebook events merged with the cluster's state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from typing import Any, AsyncIterator
 
 from kubernetes_asyncio.client import V1Container
+from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.objects import get_k8s_model
 from kubespawner.reflector import ResourceReflector
@@ -28,7 +35,7 @@ from . import metrics, naming
 from .backends.base import ClusterBackend, ClusterStatus
 from .backends.pods import reported_versions
 from .backends.detect import kuberay_served, select_backend
-from .backends.kube import KubeClient
+from .backends.kube import KINDS, KINDS_BY_PLURAL, KubeClient, api_error, transient, with_retries
 from .config import RayConfig
 from .env import notebook_env
 from .errors import ClusterStartError, InvalidOptions, RaySpawnerError
@@ -36,6 +43,10 @@ from .manifests.common import owner_reference, version_init_container, wants_ver
 from .options import check_user_options, resolve_spec
 from .spec import ClusterRef, RayClusterSpec
 from .versions_check import compare_versions
+
+
+#: the spawner whose _start runs in the current task (or a task it started)
+_starting: contextvars.ContextVar = contextvars.ContextVar("rayspawner_starting", default=None)
 
 
 class RayPodReflector(ResourceReflector):
@@ -151,7 +162,13 @@ class RaySpawner(RayConfig, KubeSpawner):
         if spec and backend and not self._ray_prepared:
             await backend.prepare(spec)
             self._ray_prepared = True
-        created = await super()._make_create_pod_request(pod, request_timeout)
+        try:
+            created = await super()._make_create_pod_request(pod, request_timeout)
+        except ApiException as e:  # KubeSpawner retries only timeouts and 409
+            if transient(e):
+                self.log.warning("Creating pod %s: HTTP %s, retrying", pod.metadata.name, e.status)
+                return False
+            raise api_error(e, "create", KINDS["Pod"], self.namespace, pod.metadata.name) from None
         if created and spec and backend and self._ray_create_task is None:
             self._ray_create_task = asyncio.ensure_future(self._create_cluster(spec, backend))
         return created
@@ -168,6 +185,7 @@ class RaySpawner(RayConfig, KubeSpawner):
         await backend.create(spec, owner)
 
     async def _start(self):
+        _starting.set(self)  # this task's context (and its subtasks'): see _cancel_pending_start
         started = time.monotonic()
         self._ray_create_task = None
         self._ray_prepared = False
@@ -233,7 +251,54 @@ class RaySpawner(RayConfig, KubeSpawner):
         was_running, self._ray_running = self._ray_running, False
         metrics.teardown_done(backend.kind, time.monotonic() - started, was_running)
 
+    async def _make_delete_pod_request(self, pod_name, delete_options, grace_seconds, request_timeout):
+        try:
+            return await super()._make_delete_pod_request(pod_name, delete_options, grace_seconds, request_timeout)
+        except ApiException as e:  # KubeSpawner retries only timeouts: one 500 would forget a running pod
+            if transient(e) or e.status == 409:
+                self.log.warning("Deleting pod %s: HTTP %s, retrying", pod_name, e.status)
+                return False
+            raise api_error(e, "delete", KINDS["Pod"], self.namespace, pod_name) from None
+
+    async def _start_reflector(self, kind, reflector_class, replace=False, **kwargs):
+        """KubeSpawner's, except that a reflector whose first list failed is not kept
+        (KubeSpawner would fail every later spawn with that error until the hub
+        restarts), transient API errors are retried, and the error is readable."""
+        key = self._get_reflector_key(kind)
+        registry = self.__class__.reflectors
+
+        async def attempt():
+            try:
+                return await super(RaySpawner, self)._start_reflector(kind, reflector_class, replace=replace, **kwargs)
+            except Exception:
+                failed = registry.get(key)
+                first = failed.first_load_future if failed is not None else None
+                if first is not None and first.done() and (first.cancelled() or first.exception() is not None):
+                    registry.pop(key, None)  # not kept: the next attempt (or spawn) lists again
+                raise
+
+        resource = KINDS_BY_PLURAL.get(reflector_class.kind, KINDS["Pod"])
+        try:
+            return await with_retries(attempt, what=f"list {resource.plural} in namespace {self.namespace}",
+                                      timeout=self.k8s_api_request_retry_timeout, request_timeout=None)
+        except ApiException as e:
+            raise api_error(e, "list", resource, self.namespace, rule_verbs=["get", "list", "watch"]) from None
+
+    async def _cancel_pending_start(self) -> None:
+        """Stop during start: JupyterHub gives up on a start (timeout, or a stop request
+        while pending) without cancelling it, so it would go on creating the notebook pod
+        and the cluster after this stop. Cancel it (its own clean-up runs) and wait."""
+        task = getattr(self, "_start_future", None)
+        if task is None or task.done() or _starting.get() is self:
+            return  # KubeSpawner's _start calls stop() itself (pod 409): that is not a stop during start
+        self.log.info("Stopping %s while it starts: cancelling the start", self._log_name)
+        task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved; the start's caller reports it
+
     async def stop(self, now: bool = False) -> None:
+        await self._cancel_pending_start()
         if not self._ray_ref:
             return await super().stop(now)
         results = await asyncio.gather(super().stop(now), self._teardown_cluster(), return_exceptions=True)
@@ -243,12 +308,17 @@ class RaySpawner(RayConfig, KubeSpawner):
 
     async def poll(self):
         self._ensure_sweeper()
+        start = getattr(self, "_start_future", None)
+        if start is not None and not start.done():
+            return None  # JupyterHub polls a pending server only to stop it: stop() cancels the start
         status = await super().poll()
         if status is not None or not self._ray_ref:
             if status is not None and self._ray_ref:
                 # the notebook is gone behind our back: make sure its cluster goes too
                 await self._teardown_cluster()
             return status
+        if not self._ray_running:
+            return None  # a start that failed or never finished: the notebook decides; stop() removes both
         backend = self._ray_backend or await self._backend_for(self._ray_ref.backend or self.ray_backend)
         self._ray_backend = backend
         st = await backend.status(self._ray_ref)
@@ -256,15 +326,25 @@ class RaySpawner(RayConfig, KubeSpawner):
             return None
         if self._ray_head_restarts >= self.ray_head_restart_limit or not self._ray_spec or not hasattr(backend, "recreate_head"):
             self.log.error("Ray head of %s is gone; reporting the server as failed", self._ray_ref.name)
-            return 1
+            return await self._fail_server()
         self._ray_head_restarts += 1
         self.log.warning("Ray head of %s vanished; recreating it (%d/%d)", self._ray_ref.name, self._ray_head_restarts, self.ray_head_restart_limit)
         try:
             await backend.recreate_head(self._ray_spec, self._ray_owner)
         except RaySpawnerError as e:
             self.log.error("Could not recreate the Ray head of %s: %s", self._ray_ref.name, e)
-            return 1
+            return await self._fail_server()
         return None
+
+    async def _fail_server(self) -> int:
+        """Report the server failed. JupyterHub then skips stop() (poll says it is not
+        running), so remove the notebook pod and what is left of the cluster here,
+        as KubeSpawner does for a notebook container that exited."""
+        try:
+            await self.stop(now=True)
+        except Exception as e:  # the notebook pod's owner GC and the orphan sweep remain
+            self.log.error("Could not remove the failed server %s: %s", self._log_name, e)
+        return 1
 
     # ------------------------------------------------------------ orphan sweep
     _sweepers: dict = {}

@@ -47,8 +47,16 @@ KINDS = {
         Kind("Deployment", "apps", "v1", "deployments", "AppsV1Api", "deployment"),
         Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", "NetworkingV1Api", "network_policy"),
         Kind("RayCluster", "ray.io", "v1", "rayclusters", "CustomObjectsApi", ""),
+        Kind("Event", "", "v1", "events", "CoreV1Api", "event"),
     )
 }
+
+KINDS_BY_PLURAL = {k.plural: k for k in KINDS.values()}
+
+
+def transient(e: ApiException) -> bool:
+    """Worth retrying: throttled (429) or a server-side failure (5xx)."""
+    return e.status in RETRY_STATUSES
 
 
 def _status_body(e: ApiException) -> dict[str, Any]:
@@ -93,18 +101,22 @@ async def with_retries(
     *,
     what: str,
     timeout: float = 30.0,
-    request_timeout: float = 10.0,
+    request_timeout: float | None = 10.0,
+    also_retry: frozenset[int] = frozenset(),
 ) -> Any:
     """Run one API call, retrying transient failures (429 honouring Retry-After,
     5xx, timeouts, connection errors) with jittered exponential backoff, up to
-    ``timeout`` seconds in all. Other errors are raised at once."""
+    ``timeout`` seconds in all. Other errors are raised at once.
+
+    ``request_timeout=None``: the call bounds itself (it must not be cancelled midway).
+    ``also_retry``: more statuses to retry (409 for idempotent deletes and merge patches)."""
     deadline = time.monotonic() + timeout
     delay = 0.2
     while True:
         try:
-            return await asyncio.wait_for(call(), request_timeout)
+            return await (call() if request_timeout is None else asyncio.wait_for(call(), request_timeout))
         except ApiException as e:
-            if e.status not in RETRY_STATUSES:
+            if e.status not in RETRY_STATUSES and e.status not in also_retry:
                 raise
             wait = delay
             if e.status == 429 and e.headers and e.headers.get("Retry-After"):
@@ -157,9 +169,12 @@ class KubeClient:
         return getattr(api, f"{verb}_namespaced_{kind.snake}")
 
     async def _call(self, verb: str, kind: Kind, namespace: str, name: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        # a delete or a merge patch (no resourceVersion) is safe to repeat after a 409
+        also_retry = frozenset({409}) if verb in ("delete", "patch") else frozenset()
         try:
             return await with_retries(
-                call, what=f"{verb} {kind.kind} {namespace}/{name}", timeout=self.retry_timeout, request_timeout=self.request_timeout
+                call, what=f"{verb} {kind.kind} {namespace}/{name}", timeout=self.retry_timeout,
+                request_timeout=self.request_timeout, also_retry=also_retry,
             )
         except ApiException as e:
             raise api_error(e, verb, kind, namespace, name) from None

@@ -31,7 +31,7 @@ from ..errors import ClusterStartError
 from ..manifests import common, kuberay
 from ..spec import ClusterRef, RayClusterSpec
 from .base import ClusterBackend, ClusterStatus
-from .kube import KINDS, KubeClient, api_error
+from .kube import KINDS, KubeClient, api_error, with_retries
 from .pods import pod_phase, pod_problem, pod_ready, reported_versions
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,23 @@ async def watch_ray_clusters(spawner: Any) -> Cache:
 
     Unlike KubeSpawner's own reflectors, a failed start is not kept (the next spawn
     tries again) and never halts the hub; it raises a ClusterStartError that names
-    what is missing (the RBAC rule, or KubeRay itself).
+    what is missing (the RBAC rule, or KubeRay itself). Transient API errors (429,
+    5xx) are retried for up to ``k8s_api_request_retry_timeout`` seconds.
     """
+    try:
+        return await with_retries(
+            lambda: _watch_ray_clusters(spawner),
+            what=f"list rayclusters in namespace {spawner.namespace}",
+            timeout=spawner.k8s_api_request_retry_timeout,
+            request_timeout=None,  # a reflector start must not be cancelled midway
+        )
+    except ClusterStartError:
+        raise
+    except Exception as e:
+        raise _watch_error(e, spawner.namespace) from None
+
+
+async def _watch_ray_clusters(spawner: Any) -> Cache:
     registry: dict = spawner.__class__.reflectors
     key = spawner._get_reflector_key(REFLECTOR_KIND)
     reflector = registry.get(key)
@@ -115,12 +130,9 @@ async def watch_ray_clusters(spawner: Any) -> Cache:
             first = reflector.first_load_future
             if first.done() and not first.cancelled():
                 first.exception()  # retrieved: other waiters got it already
-            raise _watch_error(e, spawner.namespace) from None
+            raise
     else:
-        try:
-            await reflector.first_load_future
-        except Exception as e:
-            raise _watch_error(e, spawner.namespace) from None
+        await reflector.first_load_future
 
     def clusters() -> Mapping[str, dict]:
         current = registry.get(key) or reflector
