@@ -192,10 +192,17 @@ def wants_version_check(spec: RayClusterSpec) -> bool:
     return spec.version_check != "off" and spec.image != spec.notebook_image
 
 
+#: DNS as NetworkPolicy sees it (after the Service's DNAT): 53 on CoreDNS/kube-dns, 5353 on
+#: OpenShift's dns-default pods (its Service maps 53 to targetPort 5353).
+DNS_PORTS = (53, 5353)
+
+
 def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
     """Ingress to the Ray pods only from the same cluster and from its notebook.
 
-    Egress only to the same cluster's pods and DNS (plus admin extras).
+    Egress only to the same cluster's pods and DNS (plus admin extras). DNS egress names
+    ports, not peers (cluster DNS lives in kube-system, openshift-dns or elsewhere, and
+    node-local caches on link-local IPs), so it is open to any destination on the DNS ports.
     """
     same_cluster = {"podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name}}}
     ports = [{"protocol": "TCP", "port": p} for p in sorted(RAY_PORTS.values()) if p != RAY_PORTS["metrics"]]
@@ -205,7 +212,7 @@ def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
     ingress.extend(dict(r) for r in spec.extra_ingress)
     egress: list[Manifest] = [
         {"to": [same_cluster]},
-        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {"ports": [{"protocol": proto, "port": port} for port in DNS_PORTS for proto in ("UDP", "TCP")]},
     ]
     egress.extend(dict(r) for r in spec.extra_egress)
     return {

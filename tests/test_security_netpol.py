@@ -1,0 +1,322 @@
+"""Who can reach whom: the per-cluster NetworkPolicy, evaluated (tests/netpol.py) over
+the pods and policies in the loopback API server after real spawns, for both backends.
+
+Users: alice@example.org (default server, plus a second named server "dev") and bob, each with
+a Ray cluster of a head and two workers; bystanders: another pod in the namespace, a pod in
+another namespace, cluster DNS (kube-system, port 53) and OpenShift's DNS (openshift-dns,
+pods listen on 5353 behind the 53 Service). KubeRay pods are made by the emulator's KubeRay
+simulation from our pod templates (labels included). The Zero-to-JupyterHub singleuser policy
+is rendered from ``jupyterhub_config/z2jh/values.yaml`` and evaluated together with ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rayspawner import naming
+from rayspawner.spec import RAY_PORTS
+
+from .netpol import Network, selector_matches
+from .spawner_fixtures import PROFILES
+
+
+NS = "jhub"
+ROOT = Path(__file__).resolve().parent.parent
+VALUES = ROOT / "jupyterhub_config" / "z2jh" / "values.yaml"
+RAY = {"profile": "ray", "workers": "2"}
+#: what the notebook needs: GCS (ray.init(address=...) drivers), Ray Client, dashboard/Jobs API
+NOTEBOOK_PORTS = [RAY_PORTS["gcs"], RAY_PORTS["client"], RAY_PORTS["dashboard"]]
+#: every port a Ray node listens on: the four fixed ones, the dashboard agent, node manager /
+#: object manager (random by default) and the worker port range
+ALL_RAY_PORTS = sorted({*RAY_PORTS.values(), 52365, 10002, 12345, 19999, 45678})
+OTHER_PORTS = [22, 80, 443, 8888]
+#: the labels z2jh's KubeSpawner config gives notebook pods (chart matchLabels: app, release, component)
+Z2JH_LABELS = {"app": "jupyterhub", "heritage": "jupyterhub", "release": "jhub", "chart": "jupyterhub-4.3.1"}
+
+
+def bystanders(emu: Any) -> None:
+    def pod(ns: str, name: str, labels: dict[str, str], ports: list[dict[str, Any]] | None = None) -> None:
+        c: dict[str, Any] = {"name": "c", "image": "busybox"}
+        if ports:
+            c["ports"] = ports
+        emu.create_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
+                           "spec": {"containers": [c]}})
+
+    pod(NS, "random", {"app": "random"})
+    # a pod that copies the Ray labels but belongs to no user (e.g. someone's own "ray-head")
+    pod(NS, "lookalike", {naming.LABEL_MANAGED_BY: "someone-else", naming.LABEL_COMPONENT: naming.COMPONENT_HEAD})
+    pod("elsewhere", "intruder", {"app": "x"})
+    pod(NS, "hub", {"app": "jupyterhub", "release": "jhub", "component": "hub"}, [{"name": "http", "containerPort": 8081}])
+    dns = [{"name": "dns", "containerPort": 53, "protocol": "UDP"}, {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}]
+    pod("kube-system", "coredns", {"k8s-app": "kube-dns"}, dns)
+    odns = [{"name": "dns", "containerPort": 5353, "protocol": "UDP"}, {"name": "dns-tcp", "containerPort": 5353, "protocol": "TCP"}]
+    pod("openshift-dns", "dns-default", {"dns.operator.openshift.io/daemonset-dns": "default"}, odns)
+
+
+async def spawn_all(emu: Any, factory: Any, backend: str, **traits: Any) -> dict[str, Any]:
+    made = {
+        "A": factory(emu, "alice@example.org", ray_backend=backend, **traits),
+        "A2": factory(emu, "alice@example.org", "dev", ray_backend=backend, **traits),
+        "B": factory(emu, "bob", ray_backend=backend, **traits),
+    }
+    for sp in made.values():
+        sp.user_options = dict(RAY)
+    await asyncio.wait_for(asyncio.gather(*(sp.start() for sp in made.values())), 60)
+    return made
+
+
+def cluster_pods(net: Network, sp: Any, component: str) -> list[dict[str, Any]]:
+    return net.select({naming.LABEL_CLUSTER: sp._ray_spec.name, naming.LABEL_COMPONENT: component}, NS)
+
+
+async def settled(emu: Any, spawners: dict[str, Any]) -> Network:
+    """Wait until every Ray pod (head + 2 workers per cluster) and bystander has an IP."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        net = Network.from_emu(emu)
+        counts = [len(cluster_pods(net, sp, naming.COMPONENT_WORKER)) for sp in spawners.values()]
+        ips = all((p.get("status") or {}).get("podIP") for p in net.pods)
+        heads = [len(cluster_pods(net, sp, naming.COMPONENT_HEAD)) for sp in spawners.values()]
+        if counts == [2] * len(spawners) and heads == [1] * len(spawners) and ips:
+            return net
+        assert asyncio.get_running_loop().time() < deadline, (counts, heads)
+        await asyncio.sleep(0.1)
+
+
+def who(net: Network, spawners: dict[str, Any]) -> dict[str, Any]:
+    roles: dict[str, Any] = {}
+    for key, sp in spawners.items():
+        roles[f"{key}.notebook"] = net.pod(NS, sp.pod_name)
+        roles[f"{key}.head"] = cluster_pods(net, sp, naming.COMPONENT_HEAD)[0]
+        for i, w in enumerate(cluster_pods(net, sp, naming.COMPONENT_WORKER)):
+            roles[f"{key}.worker{i}"] = w
+    for ns, name in ((NS, "random"), (NS, "lookalike"), ("elsewhere", "intruder"), (NS, "hub"),
+                     ("kube-system", "coredns"), ("openshift-dns", "dns-default")):
+        roles[name] = net.pod(ns, name)
+    return roles
+
+
+def reachable(net: Network, roles: dict[str, Any], src: str, dst: str, ports: list[int], proto: str = "TCP") -> list[int]:
+    return [p for p in ports if net.allowed(roles[src], roles[dst], p, proto)]
+
+
+@pytest.fixture(params=["pods", "kuberay"])
+def backend(request: Any) -> str:
+    return request.param
+
+
+@pytest.mark.asyncio
+async def test_cluster_policy_semantics(backend, k8s_emu_factory, ray_spawner_factory):
+    emu = k8s_emu_factory(kuberay=backend == "kuberay")
+    bystanders(emu)
+    spawners = await spawn_all(emu, ray_spawner_factory, backend, ray_orphan_sweep_interval=0)
+    net = await settled(emu, spawners)
+    r = who(net, spawners)
+    ray_pods = {k for k in r if k.split(".")[-1].startswith(("head", "worker"))}
+
+    # the notebook selector really matches the notebook pod KubeSpawner made (escaped user name)
+    for key, sp in spawners.items():
+        assert selector_matches({"matchLabels": sp._ray_spec.notebook_selector}, r[f"{key}.notebook"]["metadata"]["labels"])
+        assert net.selecting(r[f"{key}.head"], "Ingress") and net.selecting(r[f"{key}.head"], "Egress")
+
+    # A's notebook reaches A's head on exactly the notebook ports (not metrics, not the rest)
+    assert reachable(net, r, "A.notebook", "A.head", ALL_RAY_PORTS) == sorted(NOTEBOOK_PORTS), net.explain(r["A.notebook"], r["A.head"], 8080)
+
+    # nobody else reaches A's Ray pods, on any port
+    for src in ("B.notebook", "A2.notebook", "random", "lookalike", "intruder", "hub", "B.head", "B.worker0", "A2.head"):
+        for dst in ("A.head", "A.worker0", "A.worker1"):
+            open_ports = reachable(net, r, src, dst, ALL_RAY_PORTS + OTHER_PORTS)
+            assert open_ports == [], (src, dst, open_ports, net.explain(r[src], r[dst], open_ports[0]))
+            assert reachable(net, r, src, dst, [53], "UDP") == []
+
+    # inside A's cluster everything is open, both ways
+    for src, dst in itertools.permutations(["A.head", "A.worker0", "A.worker1"], 2):
+        assert reachable(net, r, src, dst, ALL_RAY_PORTS) == ALL_RAY_PORTS, (src, dst)
+
+    # A's Ray pods reach no other user's pods or bystanders (DNS ports aside, see below)
+    for src in ("A.head", "A.worker0"):
+        for dst in ("B.head", "B.worker0", "B.notebook", "A2.head", "A2.notebook", "A.notebook", "random", "intruder", "hub"):
+            assert reachable(net, r, src, dst, ALL_RAY_PORTS + OTHER_PORTS) == [], (src, dst)
+        # cluster DNS: kube-system on 53, OpenShift's DNS pods on 5353 (the Service's 53 is DNAT'ed)
+        for proto in ("UDP", "TCP"):
+            assert reachable(net, r, src, "coredns", [53], proto) == [53], (src, proto)
+            assert reachable(net, r, src, "dns-default", [5353], proto) == [5353], (src, proto)
+
+    # the Ray pods' own DNS/egress rules never open ingress to them
+    for src in r:
+        if src in ray_pods or src == "A.notebook":
+            continue
+        if src.startswith("A.") or src in ("coredns", "dns-default"):
+            continue
+        assert reachable(net, r, src, "A.head", [53, 5353], "UDP") == []
+
+
+@pytest.mark.asyncio
+async def test_extra_ingress_peer_only_opens_what_it_says(k8s_emu_factory, ray_spawner_factory):
+    """ray_network_policy_extra_ingress: Prometheus (namespace "monitoring") may scrape 8080, nothing else."""
+    emu = k8s_emu_factory()
+    emu.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring", "labels": {"purpose": "monitoring"}}})
+    emu.create_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "prometheus", "namespace": "monitoring",
+                                                                          "labels": {"app": "prometheus"}},
+                       "spec": {"containers": [{"name": "c", "image": "prom"}]}})
+    extra = [{"from": [{"namespaceSelector": {"matchLabels": {"purpose": "monitoring"}},
+                        "podSelector": {"matchLabels": {"app": "prometheus"}}}],
+              "ports": [{"protocol": "TCP", "port": 8080}]}]
+    sp = ray_spawner_factory(emu, "alice", ray_network_policy_extra_ingress=extra, ray_orphan_sweep_interval=0)
+    sp.user_options = dict(RAY)
+    await asyncio.wait_for(sp.start(), 30)
+    net = await settled(emu, {"A": sp})
+    head, prom = cluster_pods(net, sp, naming.COMPONENT_HEAD)[0], net.pod("monitoring", "prometheus")
+    assert [p for p in ALL_RAY_PORTS if net.allowed(prom, head, p)] == [8080]
+
+
+# ----------------------------------------------------------------- Zero-to-JupyterHub
+def z2jh_singleuser_policy(values: dict[str, Any], release: str = "jhub", namespace: str = NS) -> dict[str, Any]:
+    """The NetworkPolicy z2jh (chart 3.x/4.x, templates/singleuser/netpol.yaml and
+    _helpers-netpol.tpl) renders for singleuser pods from these values, with the chart's defaults."""
+    np = {"enabled": True, "ingress": [], "egress": [], "interNamespaceAccessLabels": "ignore",
+          "egressAllowRules": {"cloudMetadataServer": False, "dnsPortsCloudMetadataServer": True,
+                               "dnsPortsKubeSystemNamespace": True, "dnsPortsPrivateIPs": True,
+                               "nonPrivateIPs": True, "privateIPs": False}}
+    given = ((values.get("singleuser") or {}).get("networkPolicy") or {})
+    np.update({k: v for k, v in given.items() if k != "egressAllowRules"})
+    np["egressAllowRules"].update(given.get("egressAllowRules") or {})
+    if not np["enabled"]:
+        return {}
+    rules, metadata_ip = np["egressAllowRules"], "169.254.169.254"
+    private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+
+    def match(component: str) -> dict[str, Any]:
+        return {"matchLabels": {"component": component, "app": "jupyterhub", "release": release}}
+
+    dns_ports = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    egress: list[dict[str, Any]] = [
+        {"to": [{"podSelector": match("hub")}], "ports": [{"port": 8081}]},
+        {"to": [{"podSelector": match("proxy")}], "ports": [{"port": 8000}]},
+        {"to": [{"podSelector": match("autohttps")}], "ports": [{"port": 8080}, {"port": 8443}]},
+    ]
+    dns_to: list[dict[str, Any]] = []
+    if rules["dnsPortsCloudMetadataServer"]:
+        dns_to.append({"ipBlock": {"cidr": f"{metadata_ip}/32"}})
+    if rules["dnsPortsKubeSystemNamespace"]:
+        dns_to.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}})
+    if rules["dnsPortsPrivateIPs"] and not rules["privateIPs"]:
+        dns_to.extend({"ipBlock": {"cidr": c}} for c in private)
+    if dns_to:
+        egress.append({"ports": dns_ports, "to": dns_to})
+    if rules["nonPrivateIPs"]:
+        block: dict[str, Any] = {"cidr": "0.0.0.0/0"}
+        excepted = ([] if rules["privateIPs"] else private) + ([] if rules["cloudMetadataServer"] else [f"{metadata_ip}/32"])
+        if excepted:
+            block["except"] = excepted
+        egress.append({"to": [{"ipBlock": block}]})
+    if rules["privateIPs"] and not rules["nonPrivateIPs"]:
+        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in private]})
+    egress.extend(np["egress"] or [])
+    ingress: list[dict[str, Any]] = [
+        {"ports": [{"port": "notebook-port"}],
+         "from": [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-singleuser": "true"}}}]},
+        *(np["ingress"] or []),
+    ]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "singleuser", "namespace": namespace},
+            "spec": {"podSelector": match("singleuser-server"), "policyTypes": ["Ingress", "Egress"],
+                     "ingress": ingress, "egress": egress}}
+
+
+def shipped_values() -> dict[str, Any]:
+    if not VALUES.exists():
+        pytest.skip("jupyterhub_config/z2jh/values.yaml is not there")
+    return yaml.safe_load(VALUES.read_text())
+
+
+def test_z2jh_values_open_exactly_the_notebook_ports():
+    """The values' egress rule and the cluster policy's notebook ports must agree."""
+    rules = shipped_values()["singleuser"]["networkPolicy"]["egress"]
+    ray_rules = [r for r in rules if any((p.get("podSelector") or {}).get("matchLabels", {}).get(naming.LABEL_MANAGED_BY)
+                                         == naming.MANAGED_BY for p in r.get("to") or [])]
+    assert len(ray_rules) == 1, rules
+    assert sorted(p["port"] for p in ray_rules[0]["ports"]) == sorted(NOTEBOOK_PORTS)
+    assert all(p.get("protocol", "TCP") == "TCP" for p in ray_rules[0]["ports"])
+
+
+@pytest.mark.parametrize("backend", ["pods", "kuberay"])
+@pytest.mark.asyncio
+async def test_z2jh_singleuser_policy_with_ours(backend, k8s_emu_factory, ray_spawner_factory):
+    values = shipped_values()
+    z2jh = z2jh_singleuser_policy(values)
+    without_rule = z2jh_singleuser_policy({**values, "singleuser": {**values["singleuser"], "networkPolicy": {
+        **values["singleuser"]["networkPolicy"], "egress": []}}})
+    emu = k8s_emu_factory(kuberay=backend == "kuberay")
+    bystanders(emu)
+    spawners = await spawn_all(emu, ray_spawner_factory, backend, ray_orphan_sweep_interval=0,
+                               common_labels=dict(Z2JH_LABELS))
+    ours = await settled(emu, spawners)
+    both = Network.from_emu(emu, [z2jh])
+    chart_default = Network.from_emu(emu, [without_rule])
+    r = who(ours, spawners)
+    assert z2jh in both.selecting(r["A.notebook"], "Egress") and z2jh not in both.selecting(r["A.head"], "Egress")
+
+    # with the shipped values A's notebook still reaches A's head on the notebook ports
+    assert reachable(both, r, "A.notebook", "A.head", ALL_RAY_PORTS) == sorted(NOTEBOOK_PORTS)
+    # without the values' egress rule the chart's policy would cut it off (why the rule is needed)
+    assert reachable(chart_default, r, "A.notebook", "A.head", ALL_RAY_PORTS) == []
+
+    # nothing else opened: every allowed connection under both policies is allowed under ours alone
+    for (src, s), (dst, d) in itertools.product(r.items(), r.items()):
+        if src == dst:
+            continue
+        for port, proto in [(p, "TCP") for p in ALL_RAY_PORTS + OTHER_PORTS] + [(53, "UDP")]:
+            if both.allowed(s, d, port, proto):
+                assert ours.allowed(s, d, port, proto), (src, dst, port, proto, both.explain(s, d, port, proto))
+    for src in ("B.notebook", "A2.notebook"):
+        assert reachable(both, r, src, "A.head", ALL_RAY_PORTS) == []
+    assert reachable(both, r, "A.notebook", "hub", [8081]) == [8081]
+
+
+# ----------------------------------------------------------------- the evaluator itself
+def _pod(name: str, labels: dict[str, str], ns: str = NS, ip: str = "10.244.0.9", ports: list | None = None) -> dict:
+    c: dict[str, Any] = {"name": "c", "image": "x", **({"ports": ports} if ports else {})}
+    return {"metadata": {"name": name, "namespace": ns, "labels": labels}, "spec": {"containers": [c]},
+            "status": {"podIP": ip}}
+
+
+def _policy(spec: dict[str, Any], ns: str = NS) -> dict:
+    return {"metadata": {"name": "p", "namespace": ns}, "spec": spec}
+
+
+def test_evaluator_semantics():
+    web = _pod("web", {"app": "web", "tier": "a"}, ports=[{"name": "http", "containerPort": 8080}])
+    cli = _pod("cli", {"app": "cli"}, ip="10.244.0.7")
+    far = _pod("far", {"app": "cli"}, ns="other", ip="192.168.1.5")
+    ns = [{"metadata": {"name": "other", "labels": {"team": "x"}}}]
+    assert Network([web, cli], []).allowed(cli, web, 1)  # nothing selects: open
+    # selecting with no rules: default deny (policyTypes defaulted to Ingress only)
+    deny = _policy({"podSelector": {"matchLabels": {"app": "web"}}})
+    net = Network([web, cli], [deny])
+    assert not net.allowed(cli, web, 8080) and net.allowed(web, cli, 8080)
+    # named port + matchExpressions + namespaceSelector with podSelector
+    rule = _policy({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
+                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}},
+                                           "podSelector": {"matchLabels": {"app": "cli"}}}],
+                                 "ports": [{"port": "http"}]}]})
+    net = Network([web, cli, far], [rule], ns)
+    assert net.allowed(far, web, 8080) and not net.allowed(far, web, 8081) and not net.allowed(cli, web, 8080)
+    assert not net.allowed(far, web, 8080, "UDP")
+    # endPort range, ipBlock with except, egress policyTypes
+    eg = _policy({"podSelector": {"matchLabels": {"app": "cli"}}, "policyTypes": ["Egress"],
+                  "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.0.9/32"]}}]},
+                             {"ports": [{"port": 8000, "endPort": 8100}]}]})
+    net = Network([web, cli], [eg])
+    v = net.explain(cli, web, 8080)
+    assert v.allowed and "rule 1" in v.egress
+    assert not net.allowed(cli, web, 9000)
+    assert net.explain(cli, _pod("x", {}, ip="10.244.3.3"), 9000).uses_ip_block
+    assert not selector_matches({"matchExpressions": [{"key": "k", "operator": "DoesNotExist"}]}, {"k": ""})
+    assert selector_matches({"matchExpressions": [{"key": "k", "operator": "NotIn", "values": ["v"]}]}, {})
