@@ -41,6 +41,7 @@ from .env import notebook_env
 from .errors import ClusterStartError, InvalidOptions, RaySpawnerError
 from .manifests.common import owner_reference, version_init_container, wants_version_check
 from .options import check_user_options, resolve_spec
+from .reflector_index import pod_events
 from .spec import ClusterRef, RayClusterSpec
 from .versions_check import compare_versions
 
@@ -130,6 +131,13 @@ class RaySpawner(RayConfig, KubeSpawner):
     def _ray_pods(self) -> dict[str, dict]:
         reflector = self.__class__.reflectors.get(self._get_reflector_key("ray-pods"))
         return reflector.pods if reflector else {}
+
+    @property
+    def events(self) -> list[dict]:
+        """KubeSpawner's ``events`` (this pod's, after the start marker) from an index:
+        kubespawner sorts every event of the namespace on each call, once a second per
+        spawn in progress(), and each Ray server adds its head's and workers' events."""
+        return pod_events(self.event_reflector, self.namespace, self.pod_name, self._last_event)
 
     async def _backend_for(self, wanted: str) -> ClusterBackend:
         kind = await select_backend(wanted, self.log)

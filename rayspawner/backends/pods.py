@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import naming
 from ..manifests import common, pods
+from ..reflector_index import ReflectorIndex
 from ..spec import ClusterRef, RayClusterSpec
 from .base import ClusterBackend, ClusterStatus
 from .kube import KubeClient
@@ -86,56 +87,13 @@ def reported_versions(pod: Mapping[str, Any]) -> dict | None:
     return None
 
 
-class _ClusterIndex:
-    """Cluster name -> keys of its pods in one reflector's dict.
-
-    ``status()`` runs every 0.5 s per spawning server (wait_ready and progress);
-    scanning every Ray pod of the namespace each time made a spawn cost O(all Ray
-    pods) and the hub's CPU grow with N². The reflector mutates its dict in place
-    (and replaces it on a relist), so the index follows it by key-set differences,
-    done in C, and reads labels only for added keys. A pod's cluster label never
-    changes under the same name (both derive from the cluster name).
-    """
-
-    def __init__(self, pods: Mapping[str, dict]):
-        self.pods = pods
-        self.known: set[str] = set()
-        self.by_cluster: dict[str, set[str]] = {}
-        self.cluster_of: dict[str, str] = {}
-
-    def keys_of(self, cluster: str) -> list[str]:
-        keys = self.pods.keys()
-        if len(keys) != len(self.known) or keys != self.known:
-            for key in self.known - keys:
-                name = self.cluster_of.pop(key, None)
-                if name is not None:
-                    self.by_cluster.get(name, set()).discard(key)
-            for key in keys - self.known:
-                p = self.pods.get(key)
-                name = ((p or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_CLUSTER)
-                if name is not None:
-                    self.cluster_of[key] = name
-                    self.by_cluster.setdefault(name, set()).add(key)
-            self.known = set(keys)
-        return list(self.by_cluster.get(cluster, ()))
+def _cluster_of(pod: dict) -> str | None:
+    return (pod.get("metadata", {}).get("labels") or {}).get(naming.LABEL_CLUSTER)
 
 
-#: one index per reflector dict (a few at most: per namespace, and a new dict after each relist)
-_INDEXES: list[_ClusterIndex] = []
-
-
-def _index_for(pods: Mapping[str, dict]) -> _ClusterIndex:
-    for idx in _INDEXES:
-        if idx.pods is pods:
-            return idx
-    # a relist replaces the reflector's dict: carry the old index over (only the key diff is redone)
-    idx = _ClusterIndex(pods)
-    if _INDEXES:
-        prev = _INDEXES[0]
-        idx.known, idx.by_cluster, idx.cluster_of = set(prev.known), {k: set(v) for k, v in prev.by_cluster.items()}, dict(prev.cluster_of)
-    _INDEXES.insert(0, idx)
-    del _INDEXES[8:]
-    return idx
+#: status() runs every 0.1-0.5 s per spawning server; scanning every Ray pod of the
+#: namespace each time made the hub's CPU grow with N²
+_BY_CLUSTER = ReflectorIndex(_cluster_of)
 
 
 class PodsBackend(ClusterBackend):
@@ -161,15 +119,15 @@ class PodsBackend(ClusterBackend):
         await self.kube.create(pods.head_pod(spec, owner))
 
     def _pods(self, ref: ClusterRef) -> list[dict]:
-        prefix = f"{ref.namespace}/"
-        current = self.ray_pods()
-        found = []
-        for key in _index_for(current).keys_of(ref.name):
-            p = current.get(key)
-            if p is not None and key.startswith(prefix) and \
-                    (p["metadata"].get("labels") or {}).get(naming.LABEL_CLUSTER) == ref.name:
-                found.append(p)
-        return found
+        return [
+            p for p in _BY_CLUSTER.get(self.ray_pods(), ref.name)
+            if p["metadata"].get("namespace", ref.namespace) == ref.namespace and _cluster_of(p) == ref.name
+        ]
+
+    async def wait_ready(self, spec: RayClusterSpec, timeout: float, on_status=None, interval: float = 0.1) -> ClusterStatus:
+        # status() reads the shared reflector (no API request), so a short interval costs
+        # little and the spawn returns within ~0.1 s of the head turning ready (was 0.5 s)
+        return await super().wait_ready(spec, timeout, on_status, interval)
 
     async def status(self, spec: RayClusterSpec | ClusterRef) -> ClusterStatus:
         ref = spec.ref() if isinstance(spec, RayClusterSpec) else spec
