@@ -228,11 +228,6 @@ async def test_rbac_without_rayclusters_names_the_missing_rule(rbac_emu_factory,
     assert emu.list_objects("pods", "jhub") == [] and leftovers(emu) == []
 
 
-@pytest.mark.xfail(
-    reason="jupyterhub_config/rbac/role-kuberay.yaml grants rayclusters get/create/delete only; the KubeRay "
-    "backend also needs list and watch (one shared RayCluster watch per namespace)",
-    strict=False,
-)
 async def test_shipped_rbac_is_enough_for_a_kuberay_spawn(rbac_emu_factory, ray_spawner_factory):
     emu, as_hub = rbac_emu_factory(RBAC_DIR / "role-pods.yaml", RBAC_DIR / "role-kuberay.yaml")
     sp = ray_spawner_factory(as_hub, ray_backend="kuberay")
@@ -305,7 +300,6 @@ async def test_progress_follows_the_raycluster(k8s_emu_factory, ray_spawner_fact
     assert leftovers(emu) == []
 
 
-LIST_WATCH_RAYCLUSTERS = """
 kind: Role
 apiVersion: rbac.authorization.k8s.io/v1
 metadata: {name: rayspawner-hub-kuberay-watch, namespace: jhub}
@@ -320,17 +314,3 @@ metadata: {name: rayspawner-hub-kuberay-watch, namespace: jhub}
 subjects: [{kind: ServiceAccount, name: hub, namespace: jhub}]
 roleRef: {kind: Role, name: rayspawner-hub-kuberay-watch, apiGroup: rbac.authorization.k8s.io}
 """
-
-
-async def test_shipped_rbac_plus_list_watch_is_enough(rbac_emu_factory, ray_spawner_factory, tmp_path):
-    """What the KubeRay backend needs beyond role-pods.yaml: rayclusters get/create/delete + list/watch."""
-    extra = tmp_path / "watch.yaml"
-    extra.write_text(LIST_WATCH_RAYCLUSTERS)
-    emu, as_hub = rbac_emu_factory(RBAC_DIR / "role-pods.yaml", RBAC_DIR / "role-kuberay.yaml", extra)
-    sp = ray_spawner_factory(as_hub, ray_backend="kuberay")
-    try:
-        await start(sp)
-        assert emu.get_object("rayclusters", "jhub", "ray-alice") is not None
-    finally:
-        await sp.stop()
-    assert leftovers(emu) == []
