@@ -495,32 +495,34 @@ async def test_loopback_fallback_mode() -> None:
     assert leftovers(k, None) == []
 
 
-def test_leftovers_of_a_dead_kubelet_are_removed() -> None:
+async def test_leftovers_of_a_dead_kubelet_are_removed() -> None:
     """A kubelet that died without shutdown() leaves a bridge, netns and processes; the next
-    one to take its index (the flock is free) removes them first."""
-    import fcntl
+    one to take its index (the flock is free, the recorded pid is dead) removes them first."""
     import subprocess
 
     from tests.k8semu.netns import LOCK_DIR, BridgeNetwork
 
     n = 250
+    dead = subprocess.Popen(["true"])
+    dead.wait()
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    fd = os.open(LOCK_DIR / f"net-{n}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    (LOCK_DIR / f"net-{n}.lock").write_text(str(dead.pid))
+    ns = f"k8semu-{n}-7"
+    for cmd in (f"ip link add k8semu{n} type bridge", f"ip netns add {ns}",
+                f"ip link add k8v{n}p7 type veth peer name eth0 netns {ns}"):
+        subprocess.run(cmd.split(), check=True)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"], start_new_session=True)
+    await asyncio.sleep(0.3)
+    net = BridgeNetwork(indexes=[n])
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pytest.skip(f"network index {n} is in use")
-    try:
-        ns = f"k8semu-{n}-7"
-        for cmd in (f"ip link add k8semu{n} type bridge", f"ip netns add {ns}",
-                    f"ip link add k8v{n}p7 type veth peer name eth0 netns {ns}"):
-            subprocess.run(cmd.split(), check=True)
-        sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"], start_new_session=True)
-        time.sleep(0.3)
-        BridgeNetwork._cleanup_index(n)
-        assert sleeper.wait(5) != 0
-        assert not (NETNS_DIR / ns).exists()
-        assert not {f"k8semu{n}", f"k8v{n}p7"} & set(os.listdir("/sys/class/net"))
+        await net.setup()
+        assert net.n == n and sleeper.wait(5) != 0
+        assert not (NETNS_DIR / ns).exists() and f"k8v{n}p7" not in os.listdir("/sys/class/net")
+        pod = await net.add_pod()
+        assert pod.ip == f"10.244.{n}.2"
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        await net.teardown()
+        if sleeper.poll() is None:
+            sleeper.kill()
+    assert not [x for x in os.listdir("/sys/class/net") if x == f"k8semu{n}" or x.startswith(f"k8v{n}p")]
+    assert not [x for x in os.listdir(NETNS_DIR) if x.startswith(f"k8semu-{n}-")]

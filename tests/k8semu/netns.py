@@ -1,4 +1,5 @@
-"""Pod networking for the process kubelet: one network namespace per pod, or host loopback.
+"""Pod sandboxes for the process kubelet: a network namespace per pod (or host loopback),
+hosts files, network probes and process-tree killing.
 
 Design (see also ``kubelet_process``):
 
@@ -274,7 +275,8 @@ class BridgeNetwork:
 
     mode = "netns"
 
-    def __init__(self) -> None:
+    def __init__(self, indexes: range | list[int] = range(MAX_NETS)) -> None:
+        self.indexes = indexes
         self.n: int | None = None
         self.bridge = ""
         self.host_ip = ""
@@ -289,7 +291,7 @@ class BridgeNetwork:
     def _setup_sync(self) -> None:
         LOCK_DIR.mkdir(parents=True, exist_ok=True)
         existing = set(os.listdir("/sys/class/net"))
-        for n in range(MAX_NETS):
+        for n in self.indexes:
             fd = os.open(LOCK_DIR / f"net-{n}.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -298,10 +300,12 @@ class BridgeNetwork:
                 continue
             bridge = f"k8semu{n}"
             if bridge in existing:
-                log.warning("removing leftovers of a dead kubelet on %s", bridge)
-                self._cleanup_index(n)
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                if holder.isdigit() and not psutil.pid_exists(int(holder)):
+                    log.warning("removing leftovers of dead kubelet pid %s on %s", holder, bridge)
+                    self._cleanup_index(n)
                 if bridge in set(os.listdir("/sys/class/net")):
-                    # Someone else's interface with this name: skip the index.
+                    # Not ours to remove (no dead holder recorded): skip the index.
                     fcntl.flock(fd, fcntl.LOCK_UN)
                     os.close(fd)
                     continue
@@ -318,7 +322,7 @@ class BridgeNetwork:
             )
             log.info("process kubelet network: bridge %s %s/24", bridge, self.host_ip)
             return
-        raise RuntimeError("no free k8semu network index (0..254)")
+        raise RuntimeError(f"no free k8semu network index in {self.indexes}")
 
     @staticmethod
     def _ip_batch(lines: list[str], check: bool = True, netns: str | None = None) -> None:
