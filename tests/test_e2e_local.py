@@ -148,7 +148,7 @@ def create_user(hub: Hub, name: str) -> str:
     return r.json()["token"]
 
 
-def start_server(hub: Hub, name: str, token: str, options: dict, timeout: float = 240) -> dict:
+def start_server(hub: Hub, name: str, token: str, options: dict, timeout: float = 330) -> dict:
     """Start as the user (their token) and wait until ready; returns the server model (admin view)."""
     started = time.monotonic()
     r = hub.api("POST", f"/users/{name}/server", token=token, json=options)
