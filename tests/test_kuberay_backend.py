@@ -298,19 +298,3 @@ async def test_progress_follows_the_raycluster(k8s_emu_factory, ray_spawner_fact
     assert ray_msgs and "is ready" in ray_msgs[-1], messages
     await sp.stop()
     assert leftovers(emu) == []
-
-
-kind: Role
-apiVersion: rbac.authorization.k8s.io/v1
-metadata: {name: rayspawner-hub-kuberay-watch, namespace: jhub}
-rules:
-  - apiGroups: ["ray.io"]
-    resources: ["rayclusters"]
-    verbs: ["list", "watch"]
----
-kind: RoleBinding
-apiVersion: rbac.authorization.k8s.io/v1
-metadata: {name: rayspawner-hub-kuberay-watch, namespace: jhub}
-subjects: [{kind: ServiceAccount, name: hub, namespace: jhub}]
-roleRef: {kind: Role, name: rayspawner-hub-kuberay-watch, apiGroup: rbac.authorization.k8s.io}
-"""
