@@ -15,7 +15,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from traitlets import TraitType
 from traitlets import Union as UnionTrait

@@ -34,6 +34,7 @@ from typing import Any, AsyncIterator
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Int, Unicode, default, validate
 
+from . import metrics
 from .backends.local import LocalBackend, LocalCluster, find_processes, kill_processes
 from .config import RayConfig
 from .errors import ConfigError, InvalidOptions, RaySpawnerError
@@ -55,6 +56,8 @@ def detected_gpus() -> int:
 
 class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     """A local notebook server plus its own Ray cluster as local processes."""
+
+    _ray_running: bool = False
 
     local_temp_root = Unicode(
         "/tmp/rsp",
@@ -191,8 +194,11 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                 await backend.wait_ready(spec, remaining)
             self.log.info("Ray cluster %s ready for %s after %.1f s", spec.name, self._log_name,
                           time.monotonic() - started)
+            metrics.spawn_succeeded(backend.kind, time.monotonic() - started)
+            self._ray_running = True
             return url
         except BaseException as e:
+            metrics.spawn_failed(backend.kind, getattr(e, "reason_label", type(e).__name__))
             if not isinstance(e, RaySpawnerError):
                 self.log.exception("Starting %s with Ray cluster %s failed", self._log_name, spec.name)
             await asyncio.gather(self._stop_notebook(now=True), self._teardown_cluster(), return_exceptions=True)
@@ -211,7 +217,10 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     async def _teardown_cluster(self) -> None:
         cluster, self._ray_cluster = self._ray_cluster, None
         if cluster:
+            started = time.monotonic()
             await self.backend.delete(cluster.name, self.ray_stop_timeout)
+            was_running, self._ray_running = self._ray_running, False
+            metrics.teardown_done(self.backend.kind, time.monotonic() - started, was_running)
 
     async def stop(self, now: bool = False) -> None:
         results = await asyncio.gather(self._stop_notebook(now), self._teardown_cluster(), return_exceptions=True)

@@ -124,7 +124,7 @@ async def _watch_ray_clusters(spawner: Any) -> Cache:
         registry[key] = reflector
         try:
             await reflector.start()
-        except BaseException as e:
+        except BaseException:
             if registry.get(key) is reflector:
                 registry.pop(key, None)
             first = reflector.first_load_future

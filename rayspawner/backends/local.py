@@ -30,44 +30,40 @@ Ray on the machine.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import json
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
-
-import psutil
+from typing import Any
 
 from ..env import local_notebook_env
 from ..errors import ClusterStartError
 from ..spec import ClusterRef, RayClusterSpec
 from .base import ClusterBackend, ClusterStatus
+from .localproc import (  # noqa: F401 - re-exported for the spawner, the demo and tests
+    MARKER,
+    MARKER_ROOT,
+    NODE_PORTS,
+    PortBlocks,
+    _CLIENT_SERVERS,
+    _FIXED,
+    _WORKER_PORTS,
+    _pid_alive,
+    find_processes,
+    kill_processes,
+    listening_ports,
+    port_blocks,
+    sweep,
+)
 
 log = logging.getLogger(__name__)
 
-#: ports per node: offsets 0-9 fixed services, 10-39 Ray Client servers (head), 40-99 workers
-NODE_PORTS = 100
-_FIXED = {
-    "gcs": 0, "client": 1, "dashboard": 2, "dashboard_agent_listen": 3, "dashboard_agent_grpc": 4,
-    "metrics": 5, "node_manager": 6, "object_manager": 7, "runtime_env_agent": 8,
-}
-_CLIENT_SERVERS = (10, 39)
-_WORKER_PORTS = (40, NODE_PORTS - 1)
-#: Ray's own defaults a foreign Ray on this machine may use (specific servers 23000-23999)
-_AVOID = [(23000, 24000)]
-#: environment markers every process of a cluster inherits
-MARKER = "RAYSPAWNER_CLUSTER_ID"
-MARKER_ROOT = "RAYSPAWNER_TEMP_ROOT"
 _CLIENT_PORTS_ENV = "RAYSPAWNER_CLIENT_SERVER_PORTS"
 _READY_LINE = "Ray runtime started"
 _FAST_FAIL = "Starting Ray client server failed"
@@ -112,174 +108,6 @@ nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
 print("RAYSPAWNER_PROBE " + json.dumps({"nodes": nodes, "resources": ray.cluster_resources()}), flush=True)
 ray.shutdown()
 '''
-
-
-# --------------------------------------------------------------------- ports
-def listening_ports() -> set[int]:
-    """TCP ports with a LISTEN socket on this machine (IPv4 and IPv6), from /proc."""
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f, None)
-                for line in f:
-                    parts = line.split()
-                    if len(parts) > 3 and parts[3] == "0A":
-                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-        except OSError:
-            continue
-    return ports
-
-
-def _bindable(port: int) -> bool:
-    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET, "127.0.0.1")):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-
-
-class PortBlocks:
-    """Hands out node blocks of :data:`NODE_PORTS` ports, locked across processes.
-
-    A block is taken only if its lock file (``<lock_dir>/<base>.lock``) can be
-    flock'ed and none of its ports is listening or bound; the lock is held
-    (by this process) until :meth:`release`.
-    """
-
-    def __init__(self, lock_dir: str, lo: int, hi: int):
-        self.lock_dir = Path(lock_dir)
-        self.lo, self.hi = lo, hi
-        self._held: dict[int, int] = {}
-
-    def _candidates(self) -> list[int]:
-        first = self.lo + (-self.lo) % NODE_PORTS
-        bases = [b for b in range(first, self.hi - NODE_PORTS + 2, NODE_PORTS)
-                 if not any(b < a_hi and b + NODE_PORTS > a_lo for a_lo, a_hi in _AVOID)]
-        if not bases:
-            return []
-        start = random.randrange(len(bases))  # spread parallel hubs over the range
-        return bases[start:] + bases[:start]
-
-    def acquire(self, count: int) -> list[int]:
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        taken: list[int] = []
-        listening = listening_ports()
-        for base in self._candidates():
-            if len(taken) == count:
-                break
-            if base in self._held or any(p in listening for p in range(base, base + NODE_PORTS)):
-                continue
-            if not self._lock(base):
-                continue
-            if all(_bindable(p) for p in range(base, base + NODE_PORTS)):
-                taken.append(base)
-            else:
-                self.release([base])
-        if len(taken) < count:
-            self.release(taken)
-            raise ClusterStartError(
-                f"No free block of {NODE_PORTS} ports left in {self.lo}-{self.hi} for {count} Ray node(s); "
-                "stop some servers or widen LocalRaySpawner.local_port_range.", reason="ports")
-        return taken
-
-    def _lock(self, base: int) -> bool:
-        fd = os.open(self.lock_dir / f"{base}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                return False
-            raise
-        self._held[base] = fd
-        return True
-
-    def adopt(self, bases: Iterable[int]) -> None:
-        """Re-lock the blocks of a cluster that survived a hub restart (best effort)."""
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        for base in bases:
-            if base not in self._held:
-                self._lock(base)
-
-    def release(self, bases: Iterable[int]) -> None:
-        for base in list(bases):
-            fd = self._held.pop(base, None)
-            if fd is not None:
-                os.close(fd)
-
-
-_blocks: dict[tuple[str, int, int], PortBlocks] = {}
-
-
-def port_blocks(lock_dir: str, lo: int, hi: int) -> PortBlocks:
-    """One allocator per (lock dir, range) in this process: every spawner shares it."""
-    key = (lock_dir, lo, hi)
-    if key not in _blocks:
-        _blocks[key] = PortBlocks(lock_dir, lo, hi)
-    return _blocks[key]
-
-
-# ----------------------------------------------------------------- processes
-def find_processes(key: str, value: str, *, cmdline_part: str | None = None,
-                   pgids: Iterable[int] = ()) -> list[psutil.Process]:
-    """Processes whose environment has ``key=value`` (or whose command line contains
-    ``cmdline_part``, or that are in one of ``pgids``); never this process."""
-    found: list[psutil.Process] = []
-    pgids = set(pgids)
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if proc.pid == me:
-            continue
-        try:
-            if pgids and os.getpgid(proc.pid) in pgids:
-                found.append(proc)
-                continue
-            if cmdline_part and any(cmdline_part in a for a in proc.info["cmdline"] or ()):
-                found.append(proc)
-                continue
-            if proc.environ().get(key) == value:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return [p for p in found if _alive(p)]
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-async def kill_processes(finder, timeout: float, grace: float = 3.0, what: str = "") -> list[int]:
-    """SIGTERM what ``finder()`` returns, SIGKILL what is left after ``grace`` seconds;
-    repeat until nothing is found or ``timeout``. Returns pids that never died."""
-    deadline = time.monotonic() + timeout
-    term_sent: dict[int, float] = {}
-    while True:
-        procs = await asyncio.to_thread(finder)
-        if not procs:
-            return []
-        now = time.monotonic()
-        if now > deadline:
-            return [p.pid for p in procs]
-        for p in procs:
-            try:
-                if p.pid not in term_sent:
-                    p.terminate()
-                    term_sent[p.pid] = now
-                elif now - term_sent[p.pid] > grace:
-                    log.debug("SIGKILL %s (%s)", p.pid, what)
-                    p.kill()
-            except psutil.Error:
-                pass
-        await asyncio.sleep(0.2)
 
 
 # ------------------------------------------------------------------- cluster
@@ -682,19 +510,3 @@ class LocalBackend(ClusterBackend):
             self.blocks.release(n.base_port for n in cluster.nodes)
         self.clusters.pop(cluster.name, None)
         log.info("Ray cluster %s: torn down in %.1f s", cluster.name, time.monotonic() - started)
-
-
-def _pid_alive(pid: int, proc: asyncio.subprocess.Process | None = None) -> bool:
-    if proc is not None:
-        return proc.returncode is None
-    if not pid:
-        return False
-    try:
-        return _alive(psutil.Process(pid))
-    except psutil.Error:
-        return False
-
-
-async def sweep(temp_root: str, timeout: float = 30.0) -> list[int]:
-    """Kill every process of every cluster started under ``temp_root`` (demo shutdown)."""
-    return await kill_processes(lambda: find_processes(MARKER_ROOT, temp_root), timeout, what=temp_root)
