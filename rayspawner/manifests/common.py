@@ -121,7 +121,8 @@ def ray_pod_spec(spec: RayClusterSpec, container: Manifest, res: Resources, *, v
         **pod_spec_extras(spec),
         "containers": [container],
         "volumes": [shm_volume(spec, res), *(dict(v) for v in spec.volumes)],
-        "terminationGracePeriodSeconds": 30,
+        # Ray drains for up to 30 s on SIGTERM; a cluster being torn down has nothing to drain for
+        "terminationGracePeriodSeconds": 10,
     }
     if version_probe and wants_version_check(spec):
         pod["initContainers"] = [version_init_container(spec.image, spec.image_pull_policy)]
