@@ -84,8 +84,8 @@ class ConfigError(Exception):
 class Container:
     """Runtime state of one container."""
 
-    def __init__(self, spec: dict[str, Any], init: bool, pod_dir: Path) -> None:
-        self.spec, self.init, self.name = spec, init, spec["name"]
+    def __init__(self, spec: dict[str, Any], pod_dir: Path) -> None:
+        self.spec, self.name = spec, spec["name"]
         self.proc: asyncio.subprocess.Process | None = None
         self.restart_count = 0
         self.state: dict[str, Any] = {"waiting": {"reason": "ContainerCreating"}}
@@ -99,14 +99,9 @@ class Container:
 
     def status(self) -> dict[str, Any]:
         image = self.spec.get("image", "k8semu/none")
-        st: dict[str, Any] = {
-            "name": self.name, "image": image, "imageID": f"k8semu://{image}", "ready": self.ready,
-            "started": self.started, "restartCount": self.restart_count, "state": self.state,
-            "lastState": self.last_state,
-        }
-        if self.container_id:
-            st["containerID"] = self.container_id
-        return st
+        return {"name": self.name, "image": image, "imageID": f"k8semu://{image}", "ready": self.ready,
+                "started": self.started, "restartCount": self.restart_count, "state": self.state,
+                "lastState": self.last_state, **({"containerID": self.container_id} if self.container_id else {})}
 
 
 class PodRunner:
@@ -122,8 +117,8 @@ class PodRunner:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir / "tmp", 0o1777)
         self.hosts_path, self.resolv_path = self.dir / "hosts", self.dir / "resolv.conf"
-        self.inits = [Container(c, True, self.dir) for c in self.spec.get("initContainers", [])]
-        self.mains = [Container(c, False, self.dir) for c in self.spec.get("containers", [])]
+        self.inits = [Container(c, self.dir) for c in self.spec.get("initContainers", [])]
+        self.mains = [Container(c, self.dir) for c in self.spec.get("containers", [])]
         for c in self.mains if self.inits else []:
             c.state = {"waiting": {"reason": "PodInitializing"}}
         self.net: PodNet | None = None
