@@ -122,7 +122,7 @@ def ray_pod_spec(spec: RayClusterSpec, container: Manifest, res: Resources, *, v
         "containers": [container],
         "volumes": [shm_volume(spec, res), *(dict(v) for v in spec.volumes)],
         # Ray drains for up to 30 s on SIGTERM; a cluster being torn down has nothing to drain for
-        "terminationGracePeriodSeconds": 10,
+        "terminationGracePeriodSeconds": 5,
     }
     if version_probe and wants_version_check(spec):
         pod["initContainers"] = [version_init_container(spec.image, spec.image_pull_policy)]
