@@ -1,0 +1,180 @@
+"""The hub process killed (SIGKILL) at every step of a spawn, then restarted.
+
+A real JupyterHub subprocess (tests/hubproc.py) runs RaySpawner against an
+in-process k8semu. Each step is held by a slow API request (a latency fault on
+exactly that request), the test watches the emulator's request log until the hub
+is in it, and kills the hub. The next hub process (same database) must leave
+nothing rayspawner-labelled behind, by owner GC, JupyterHub's own start-up check
+of the server it knew was pending (the sim notebook never answers HTTP, so a
+spawn that never finished is stopped) and the orphan sweep (ownerless token
+Secret). Objects not labelled managed-by=rayspawner are never touched.
+
+Each restarted hub is the next step's hub, so N steps cost N+1 hub starts.
+Running servers re-attaching after a restart are tested at spawner level
+(get_state/load_state): test_running_server_reattaches_and_survives_the_sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+from .hubproc import HubProcess
+from .reliability_helpers import hub_start, hub_stop, leftovers, settle
+from .spawner_fixtures import NOTEBOOK_IMAGE, PROFILES
+
+pytestmark = pytest.mark.slow
+
+RAY = {"profile": "ray", "workers": "1"}
+#: (verb, resource, n-th such request of the spawn) held while the hub is killed; ("wait", ...) = head not ready yet
+KILL_POINTS = {
+    "pods": [("create", "secrets", 1), ("create", "pods", 1), ("patch", "secrets", 1), ("create", "networkpolicies", 1),
+             ("create", "services", 1), ("create", "pods", 2), ("create", "deployments", 1), ("wait", "ready", 0)],
+    "kuberay": [("create", "secrets", 1), ("create", "pods", 1), ("patch", "secrets", 1), ("create", "networkpolicies", 1),
+                ("create", "rayclusters", 1), ("wait", "ready", 0)],
+}
+if not os.environ.get("RAYSPAWNER_ALL_KILL_POINTS"):  # CI: the steps where what exists differs most
+    KILL_POINTS = {b: [p for p in points if p[:2] in {("create", "secrets"), ("create", "pods"), ("patch", "secrets"),
+                                                     ("create", "deployments"), ("create", "rayclusters"), ("wait", "ready")}
+                       and p != ("create", "pods", 2)] for b, points in KILL_POINTS.items()}
+UNRELATED = [
+    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": "jhub"}, "data": {}},
+    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ray-bob-ray-token", "namespace": "jhub",
+     "labels": {"app.kubernetes.io/managed-by": "helm", "ray.io/cluster": "ray-bob"}}, "data": {}},
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other-svc", "namespace": "jhub",
+     "labels": {"app.kubernetes.io/managed-by": "helm"}}, "spec": {"ports": [{"port": 80}]}},
+]
+
+
+HOLD = 2.0  # seconds the API server holds the request the hub is killed in
+
+
+def ours(emu) -> list[tuple[str, str]]:
+    """Everything rayspawner (or a Ray cluster, or a notebook) left, without the unrelated objects."""
+    unrelated = {m["metadata"]["name"] for m in UNRELATED}
+    return [(k, n) for k, n in leftovers(emu) if n not in unrelated]
+
+
+def hub_config(emu, backend: str) -> str:
+    return f"""
+c.JupyterHub.spawner_class = "ray"
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+c.KubeSpawner.namespace = "jhub"
+c.KubeSpawner.k8s_api_host = "{emu.url}"
+c.KubeSpawner.image = "{NOTEBOOK_IMAGE}"
+c.KubeSpawner.profile_list = {PROFILES!r}
+c.KubeSpawner.start_timeout = 60
+c.KubeSpawner.http_timeout = 3
+# the sim notebook never serves HTTP; connect to a closed loopback port so nothing on this
+# host's network (pod IPs are not routed here) can answer for it
+c.KubeSpawner.port = 9
+c.KubeSpawner.pod_connect_ip = "127.0.0.1"
+c.KubeSpawner.delete_grace_period = 0
+c.KubeSpawner.k8s_api_request_timeout = 3
+c.KubeSpawner.k8s_api_request_retry_timeout = 10
+c.RaySpawner.ray_backend = "{backend}"
+c.RaySpawner.ray_stop_timeout = 5
+c.RaySpawner.ray_orphan_grace_seconds = 1
+c.RaySpawner.ray_orphan_sweep_interval = 2
+"""
+
+
+def spawn_in_background(hub: HubProcess) -> threading.Thread:
+    def post():
+        try:
+            hub.api("POST", "/users/alice/server", RAY, timeout=30)
+        except Exception:  # noqa: BLE001 - the hub is killed under it
+            pass
+
+    t = threading.Thread(target=post, daemon=True)
+    t.start()
+    return t
+
+
+def writes_in_jhub(emu) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in emu.request_log if r[2] == "jhub" and r[0] in ("create", "patch")]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("backend", ["pods", "kuberay"])
+def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend):
+    emu = k8s_emu_factory(kuberay=backend == "kuberay", sim_delays={"pull": 1.5})
+    for manifest in UNRELATED:
+        emu.create_object(manifest)
+    unrelated_before = {(m["kind"], m["metadata"]["name"]): emu.get_object(m["kind"].lower() + "s", "jhub", m["metadata"]["name"])["metadata"]["resourceVersion"] for m in UNRELATED}
+    env = {"KUBECONFIG": str(emu.kubeconfig_path)}
+    workdir = tmp_path / "hub"
+    workdir.mkdir()
+    hub = HubProcess(hub_config(emu, backend), env, workdir=str(workdir)).start()
+    hub.api("POST", "/users/alice")
+    figures = {"kills": 0, "hub_starts": 1, "left_after_restart": {}}
+    try:
+        for verb, resource, nth in KILL_POINTS[backend]:
+            step = f"{verb} {resource}#{nth}"
+            emu.reset_request_log()
+            if verb != "wait":
+                emu.faults.add(verb, resource, latency=HOLD, namespace="jhub", count=None)
+            spawn_in_background(hub)
+            if verb == "wait":
+                wait_for(lambda: ("create", "deployments" if backend == "pods" else "rayclusters") in writes_in_jhub(emu),
+                         30, f"{step}: cluster created")
+                time.sleep(0.3)
+            else:
+                wait_for(lambda: writes_in_jhub(emu).count((verb, resource)) >= nth, 30, f"{step} requested")
+            hub.kill()
+            figures["kills"] += 1
+            if verb != "wait":
+                emu.faults.clear()  # the API server is healthy again after the crash
+                time.sleep(HOLD + 0.5)  # the request the hub died in still lands
+            at_kill = ours(emu)
+            hub = HubProcess(hub_config(emu, backend), env, workdir=str(workdir)).start()
+            figures["hub_starts"] += 1
+            deadline = time.monotonic() + 40
+            while ours(emu) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            left = ours(emu)
+            figures["left_after_restart"][step] = {"at_kill": len(at_kill), "after": left}
+            assert left == [], f"after a kill at {step} (objects then: {at_kill}) the restarted hub left {left}\n{hub.log()[-3000:]}"
+            status, user = hub.api("GET", "/users/alice")
+            assert not user["servers"], user  # nothing running or pending
+            for (kind, name), rv in unrelated_before.items():
+                obj = emu.get_object(kind.lower() + "s", "jhub", name)
+                assert obj is not None and obj["metadata"]["resourceVersion"] == rv, (kind, name)
+    finally:
+        hub.stop()
+    print(f"\nhub kills ({backend}): {figures}")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["pods", "kuberay"])
+async def test_running_server_reattaches_and_survives_the_sweep(k8s_emu_factory, ray_spawner_factory, backend):
+    """A hub that crashed while a server ran: the new process re-attaches from the saved state,
+    its orphan sweep (grace 0) keeps the running cluster, and stop removes everything."""
+    emu = k8s_emu_factory(kuberay=backend == "kuberay")
+    traits = dict(ray_backend=backend, ray_orphan_grace_seconds=0, ray_orphan_sweep_interval=0, delete_grace_period=0)
+    first = ray_spawner_factory(emu, "alice", **traits)
+    assert (await hub_start(first, RAY)).error is None
+    before = leftovers(emu)
+    state = first.get_state()
+    second = ray_spawner_factory(emu, "alice", **traits)  # the restarted hub's spawner
+    second.load_state(state)
+    assert await second.poll() is None
+    assert await second.sweep_orphans(kinds=("RayCluster", "Deployment", "Pod", "Service", "NetworkPolicy", "Secret")
+                                      if backend == "kuberay" else None) == []
+    assert leftovers(emu) == before
+    assert await hub_stop(second) is None
+    assert await settle(emu) == []
+    await asyncio.sleep(0)
