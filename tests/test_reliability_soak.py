@@ -1,0 +1,107 @@
+"""Soak: spawn/stop cycles across 20 users with random injected API faults (seeded).
+
+Users alternate between the pods and the KubeRay backend (one emulator serving
+both). Each cycle: one random fault armed in the namespace (it fires on the next
+matching request, whoever makes it), then a spawn and a stop the way JupyterHub
+drives them. At the end nothing may be left (no rayspawner object, no Ray pod, no
+notebook pod) and no start may still be running.
+
+CI runs RAYSPAWNER_SOAK_CYCLES (default 40); the full soak is
+``RAYSPAWNER_SOAK_CYCLES=200 pytest tests/test_reliability_soak.py -s``.
+The figures are printed (-s) and recorded in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import time
+
+import pytest
+
+from .reliability_helpers import hub_start, hub_stop, leftovers, readable, settle
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+CYCLES = int(os.environ.get("RAYSPAWNER_SOAK_CYCLES", "40"))
+SEED = int(os.environ.get("RAYSPAWNER_SOAK_SEED", "20261125"))
+USERS = [f"user{i:02d}" for i in range(20)]
+PARALLEL = 6
+TRAITS = dict(k8s_api_request_timeout=1, k8s_api_request_retry_timeout=8, start_timeout=60, ray_stop_timeout=5,
+              ray_orphan_sweep_interval=0, delete_grace_period=0)
+TARGETS = [("create", "secrets"), ("patch", "secrets"), ("create", "pods"), ("create", "services"),
+           ("create", "deployments"), ("create", "networkpolicies"), ("create", "rayclusters"), ("delete", "pods"),
+           ("delete", "secrets"), ("delete", "deployments"), ("delete", "rayclusters"), ("delete", "networkpolicies"),
+           ("list", "pods"), ("watch", "pods"), ("watch", "rayclusters")]
+#: kind: (weight, fault kwargs); 403 only on create/patch (a forbidden notebook delete is the documented exception)
+KINDS = {"500": (30, {"status": 500}), "429": (20, {"status": 429, "retry_after": 1}),
+         "timeout": (15, {"latency": 1.6}), "drop-watch": (10, {"drop_watch": True}),
+         "409": (15, {"status": 409}), "403": (10, {"status": 403})}
+
+
+async def test_soak(k8s_emu_factory, ray_spawner_factory):
+    rng = random.Random(SEED)
+    emu = k8s_emu_factory(kuberay=True)
+    busy: set[str] = set()
+    stats = collections.Counter()
+    failures: collections.Counter = collections.Counter()
+    problems: list[str] = []
+    cycle_no = iter(range(CYCLES))
+    started = time.monotonic()
+
+    def pick_fault():
+        kind = rng.choices(list(KINDS), weights=[w for w, _ in KINDS.values()])[0]
+        verb, resource = rng.choice(TARGETS)
+        if kind == "drop-watch":
+            verb = "watch"
+            resource = rng.choice(["pods", "rayclusters"])
+        if kind == "403" and verb not in ("create", "patch"):
+            verb = "create"
+        if kind == "409" and verb in ("list", "watch"):
+            verb = "create"
+        return kind, verb, resource
+
+    async def worker():
+        for n in cycle_no:
+            name = rng.choice([u for u in USERS if u not in busy] or USERS)
+            busy.add(name)
+            try:
+                kind, verb, resource = pick_fault()
+                emu.faults.add(verb, resource, namespace="jhub", **KINDS[kind][1])
+                backend = "kuberay" if USERS.index(name) % 2 else "pods"
+                sp = ray_spawner_factory(emu, name, ray_backend=backend, **TRAITS)
+                res = await hub_start(sp, {"profile": "ray", "workers": "1"})
+                if res.error is None:
+                    stats["spawned"] += 1
+                    res.stop_error = await hub_stop(sp)
+                else:
+                    reason = getattr(res.error, "reason_label", type(res.error).__name__)
+                    failures[f"spawn: {reason}"] += 1
+                    try:
+                        readable(res.error)
+                    except AssertionError as e:
+                        problems.append(f"cycle {n} ({kind} on {verb} {resource}): {e}")
+                if res.stop_error is not None:
+                    failures[f"stop: {getattr(res.stop_error, 'reason_label', type(res.stop_error).__name__)}"] += 1
+                start = getattr(sp, "_start_future", None)
+                if start is not None and not start.done():
+                    problems.append(f"cycle {n}: start of {name} still running after stop")
+                stats["cycles"] += 1
+            finally:
+                busy.discard(name)
+
+    await asyncio.gather(*(worker() for _ in range(PARALLEL)))
+    emu.faults.clear()
+    left = await settle(emu, timeout=20)
+    stats["faults_injected"] = len(emu.faults.injected)
+    figures = {"cycles": stats["cycles"], "users": len(USERS), "spawned": stats["spawned"],
+               "faults_injected": stats["faults_injected"], "failures": dict(failures), "leaked": left,
+               "seconds": round(time.monotonic() - started, 1), "seed": SEED}
+    print(f"\nsoak: {figures}")
+    assert stats["cycles"] == CYCLES
+    assert not problems, problems
+    assert left == [], f"leaked: {left}"
+    # most cycles survive their fault (transient faults are retried)
+    assert stats["spawned"] >= CYCLES * 0.6, figures
