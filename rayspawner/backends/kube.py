@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,23 @@ def api_error(
     return ClusterStartError(f"Kubernetes API error {e.status} on {verb} {target}: {message}", reason=f"api_{e.status}")
 
 
+#: rayspawner's API requests in flight per event loop. A burst of spawns or stops queues
+#: here, before a request's own timeout starts: queued inside aiohttp's connection pool
+#: (100 per API group), under ``request_timeout``, requests of a 500-server burst timed
+#: out before they were sent, and their retries fed the burst (and starved KubeSpawner's
+#: own pod requests, which share the core/v1 pool).
+MAX_IN_FLIGHT = 50
+_gates: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+
+
+def _gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(MAX_IN_FLIGHT)
+    return gate
+
+
 async def with_retries(
     call: Callable[[], Awaitable[Any]],
     *,
@@ -113,6 +131,14 @@ async def with_retries(
     deadline = time.monotonic() + timeout
     delay = 0.2
     while True:
+        gate = _gate()
+        try:
+            await asyncio.wait_for(gate.acquire(), max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise ClusterStartError(
+                f"Too many Kubernetes API requests queued in the hub while trying to {what}; gave up after {int(timeout)} s.",
+                reason="api_unavailable",
+            ) from None
         try:
             return await (call() if request_timeout is None else asyncio.wait_for(call(), request_timeout))
         except ApiException as e:
@@ -127,6 +153,8 @@ async def with_retries(
             problem = f"HTTP {e.status}"
         except (asyncio.TimeoutError, aiohttp.ClientError) as e:
             wait, problem = delay, type(e).__name__
+        finally:
+            gate.release()
         if time.monotonic() + wait > deadline:
             raise ClusterStartError(
                 f"Kubernetes API kept failing while trying to {what} ({problem}); gave up after {int(timeout)} s.",
