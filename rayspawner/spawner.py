@@ -38,7 +38,7 @@ from .backends.detect import kuberay_served, select_backend
 from .backends.kube import KINDS, KINDS_BY_PLURAL, KubeClient, api_error, transient, with_retries
 from .config import RayConfig
 from .env import notebook_env
-from .errors import ClusterStartError, InvalidOptions, RaySpawnerError
+from .errors import ClusterStartError, ConfigError, InvalidOptions, RaySpawnerError
 from .manifests.common import owner_reference, version_init_container, wants_version_check
 from .options import check_user_options, resolve_spec
 from .reflector_index import pod_events
@@ -73,6 +73,12 @@ class RaySpawner(RayConfig, KubeSpawner):
     _ray_running: bool = False
     _ray_version_warning: str | None = None
     _ray_failure: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        try:
+            super().__init__(*args, **kwargs)
+        except TraitError as e:  # a bad value in jupyterhub_config.py: say so, not "Internal Server Error"
+            raise ConfigError(f"Invalid RaySpawner configuration in jupyterhub_config.py: {e}") from None
 
     # ---------------------------------------------------------------- options
     def _notebook_selector(self) -> dict[str, str]:
