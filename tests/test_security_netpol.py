@@ -320,3 +320,26 @@ def test_evaluator_semantics():
     assert net.explain(cli, _pod("x", {}, ip="10.244.3.3"), 9000).uses_ip_block
     assert not selector_matches({"matchExpressions": [{"key": "k", "operator": "DoesNotExist"}]}, {"k": ""})
     assert selector_matches({"matchExpressions": [{"key": "k", "operator": "NotIn", "values": ["v"]}]}, {})
+
+
+@pytest.mark.asyncio
+async def test_kuberay_autoscaling_egress_to_the_api_server_opens_no_ray_port(k8s_emu_factory, ray_spawner_factory):
+    """With autoscaling the policy adds egress on TCP 443/6443 to any destination (the autoscaler
+    sidecar must reach the API server, which a NetworkPolicy cannot name). That opens no Ray port,
+    and other users' Ray pods still refuse A's pods by their own ingress rules."""
+    emu = k8s_emu_factory(kuberay=True)
+    bystanders(emu)
+    traits = dict(ray_orphan_sweep_interval=0, ray_worker_min_replicas=2, ray_worker_max_replicas=3)
+    spawners = {"A": ray_spawner_factory(emu, "alice", ray_backend="kuberay", **traits),
+                "B": ray_spawner_factory(emu, "bob", ray_backend="kuberay", **traits)}
+    for sp in spawners.values():
+        sp.user_options = dict(RAY)
+    await asyncio.wait_for(asyncio.gather(*(sp.start() for sp in spawners.values())), 60)
+    assert spawners["A"]._ray_spec.autoscaling
+    net = await settled(emu, spawners)
+    head_a = cluster_pods(net, spawners["A"], naming.COMPONENT_HEAD)[0]
+    head_b = cluster_pods(net, spawners["B"], naming.COMPONENT_HEAD)[0]
+    random = net.pod(NS, "random")
+    assert [p for p in (443, 6443, 6379, 10001) if net.allowed(head_a, random, p)] == [443, 6443]
+    assert [p for p in ALL_RAY_PORTS + OTHER_PORTS + [6443] if net.allowed(head_a, head_b, p)] == []
+    assert [p for p in ALL_RAY_PORTS if net.allowed(random, head_a, p)] == []

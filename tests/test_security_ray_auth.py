@@ -8,7 +8,8 @@ generated (RAY_ADDRESS, RAY_DASHBOARD_URL, RAY_AUTH_MODE, RAY_AUTH_TOKEN via sec
 the clients below run inside it (``exec_in_pod``), so they reach the head through the head
 Service name, like a user's kernel.
 
-Asserted: Ray Client without the token is refused (client-side ``AuthenticationError`` with
+Asserted: a GCS client (port 6379: how nodes join and drivers connect) without the token is
+refused, with it served; Ray Client without the token is refused (client-side ``AuthenticationError`` with
 ``RAY_AUTH_MODE=token``; refused by the server with auth off on the client side), with the
 Secret's token it runs a task; a wrong token fails within a bounded time (Ray takes ~30 s and
 says only "ray client connection timeout"); the dashboard/Jobs HTTP API answers 401 without
@@ -88,6 +89,24 @@ print("RESULT " + json.dumps(out), flush=True)
 """
 
 
+# A GCS client (what `ray start --address=...` and drivers use first) straight to port 6379,
+# which the notebook may reach: a node joining without the token must be refused there too.
+GCS = r"""
+import json, os, time
+from urllib.parse import urlsplit
+host = urlsplit(os.environ["RAY_DASHBOARD_URL"]).hostname
+t0 = time.monotonic()
+try:
+    from ray._raylet import GcsClient
+    nodes = GcsClient(address=f"{host}:6379").get_all_node_info(timeout=20)
+    out = {"ok": True, "nodes": len(nodes)}
+except BaseException as e:
+    out = {"ok": False, "error": type(e).__name__, "message": str(e)[:300]}
+out["seconds"] = round(time.monotonic() - t0, 1)
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
 def result(output: str) -> dict[str, Any]:
     assert "RESULT " in output, output[-3000:]
     return json.loads(output.rsplit("RESULT ", 1)[1].splitlines()[0])
@@ -144,6 +163,8 @@ async def test_generated_head_requires_the_token(k8s_emu_factory, ray_spawner_fa
         "no_auth": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", py, "-c", CLIENT], 90),
         "wrong": in_pod(emu, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", py, "-c", CLIENT], 90),
         "http": in_pod(emu, nb, [py, "-c", HTTP, wrong], 60),
+        "gcs_right": in_pod(emu, nb, [py, "-c", GCS], 60),
+        "gcs_none": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", py, "-c", GCS], 60),
         "check_ok": in_pod(emu, nb, [py, "-m", "rayspawner.raycheck"], 30),
         "check_wrong": in_pod(emu, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", py, "-m", "rayspawner.raycheck"], 30),
         "check_missing": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", py, "-m", "rayspawner.raycheck"], 30),
@@ -177,13 +198,18 @@ async def test_generated_head_requires_the_token(k8s_emu_factory, ray_spawner_fa
         "/api/jobs/ none": 401, "/api/jobs/ wrong": 403, "/api/jobs/ right": 200,
     }, codes
 
+    gcs = result(done["gcs_right"][1])
+    assert gcs["ok"] and gcs["nodes"] >= 1, gcs
+    gcs_none = result(done["gcs_none"][1])  # "InvalidAuthToken: Authentication token is missing or incorrect"
+    assert not gcs_none["ok"] and gcs_none["error"] == "AuthenticationError", gcs_none
+
     rc, out = done["check_ok"]
     assert rc == 0 and out.startswith("OK: Ray 2."), out
     rc, out = done["check_wrong"]
     assert rc == 1 and "rejected the token" in out and wrong not in out and token not in out, out
     rc, out = done["check_missing"]
     assert rc == 1 and "RAY_AUTH_TOKEN is not set" in out, out
-    for key in ("right", "missing", "no_auth", "wrong", "http", "check_ok", "check_wrong", "check_missing"):
+    for key in done:
         assert token not in done[key][1], f"the token was printed by the {key} client"
 
     await asyncio.wait_for(sp.stop(), 60)
