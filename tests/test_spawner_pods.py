@@ -210,3 +210,14 @@ async def test_poll_recreates_a_deleted_head_then_gives_up(k8s_emu, ray_spawner_
     assert await sp.poll() == 1
     await sp.stop()
     assert ray_objects(k8s_emu) == []
+
+
+def test_crash_loop_is_fatal_only_after_repeated_restarts():
+    from rayspawner.backends.pods import CRASH_LOOP_RESTARTS, pod_problem
+
+    def pod(restarts):
+        waiting = {"reason": "CrashLoopBackOff", "message": "back-off 10s"}
+        return {"status": {"phase": "Running", "containerStatuses": [{"name": "ray-head", "restartCount": restarts, "state": {"waiting": waiting}}]}}
+
+    assert pod_problem(pod(1)) is None
+    assert "keeps crashing" in pod_problem(pod(CRASH_LOOP_RESTARTS))

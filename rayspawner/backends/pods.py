@@ -32,6 +32,8 @@ FATAL_WAITING = {
     "CrashLoopBackOff": "Ray keeps crashing on start",
     "CreateContainerError": "the container cannot be created",
 }
+#: a crash loop is only hopeless after this many restarts (one restart under load is normal)
+CRASH_LOOP_RESTARTS = 3
 WORKER_GROUPS = ("workers", "gpu-workers")
 
 
@@ -44,6 +46,8 @@ def pod_problem(pod: Mapping[str, Any]) -> str | None:
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
+        if reason == "CrashLoopBackOff" and cs.get("restartCount", 0) < CRASH_LOOP_RESTARTS:
+            continue
         if reason in FATAL_WAITING:
             detail = waiting.get("message") or ""
             return f"{FATAL_WAITING[reason]} ({reason}{': ' + detail if detail else ''})"
