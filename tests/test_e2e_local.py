@@ -277,8 +277,8 @@ def test_two_users_ray_profile_end_to_end(hub: Hub) -> None:
     # 4. alice's token does not work on bob's cluster; bob's does
     bob_dash = envs["bob"]["RAY_DASHBOARD_URL"] + "/api/version"
     auth = lambda n: {"Authorization": f"Bearer {envs[n]['RAY_AUTH_TOKEN']}"}  # noqa: E731
-    assert requests.get(bob_dash, timeout=10).status_code == 401
-    assert requests.get(bob_dash, headers=auth("alice"), timeout=10).status_code == 401
+    assert requests.get(bob_dash, timeout=10).status_code == 401  # no token: unauthenticated
+    assert requests.get(bob_dash, headers=auth("alice"), timeout=10).status_code == 403  # wrong token: forbidden
     assert requests.get(bob_dash, headers=auth("bob"), timeout=10).status_code == 200
     with ThreadPoolExecutor(1) as pool:
         wrong = pool.submit(ray_client_with_token, envs["bob"]["RAY_ADDRESS"], envs["alice"]["RAY_AUTH_TOKEN"])
