@@ -114,10 +114,22 @@ class PodsBackend(ClusterBackend):
             await self.kube.create(common.token_secret(spec, token))
 
     async def create(self, spec: RayClusterSpec, owner: dict | None) -> None:
-        if spec.auth_enabled and owner:
-            await self.kube.patch("Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}})
-        for manifest in pods.cluster_objects(spec, owner):
+        """The NetworkPolicy first (no Ray pod exists without it), then everything else at
+        once: the head pod is the spawn's critical path and no longer waits behind the
+        Secret's ownerReference patch, the Service and the Deployments (under a burst of
+        spawns each of those waits its turn at the API server)."""
+        objs = pods.cluster_objects(spec, owner)
+        for manifest in [m for m in objs if m["kind"] == "NetworkPolicy"]:
             await self.kube.create(manifest)
+        calls = [self.kube.create(m) for m in objs if m["kind"] == "Pod"]
+        calls += [self.kube.create(m) for m in objs if m["kind"] not in ("NetworkPolicy", "Pod")]
+        if spec.auth_enabled and owner:
+            calls.append(self.kube.patch("Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}}))
+        # all of them finish (none is left in flight to race a cleanup), then the first error is raised
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     async def recreate_head(self, spec: RayClusterSpec, owner: dict | None) -> None:
         await self.kube.create(pods.head_pod(spec, owner))
