@@ -48,8 +48,10 @@ def test_demo_prints_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert url in text
         password = re.search(r"password: (\S+)", text).group(1)
         # the printed password logs in (any user name)
-        login = requests.post(f"{url}/hub/login", data={"username": "carol", "password": password},
-                              allow_redirects=False, timeout=30)
+        browser = requests.Session()
+        browser.get(f"{url}/hub/login", timeout=30)  # sets the _xsrf cookie the login form posts back
+        login = browser.post(f"{url}/hub/login", allow_redirects=False, timeout=30,
+                             data={"username": "carol", "password": password, "_xsrf": browser.cookies.get("_xsrf", "")})
         assert login.status_code == 302 and "/hub/login" not in login.headers.get("location", ""), login.status_code
         # a Ray server is running when Ctrl-C arrives
         assert api("POST", "/users/dave").status_code == 201
