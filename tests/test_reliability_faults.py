@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from .reliability_helpers import add_nth_fault, hub_start, hub_stop, leftovers, readable, settle, steps_of
+from .reliability_helpers import add_nth_fault, hub_start, hub_stop, readable, settle, steps_of
 
 pytestmark = pytest.mark.asyncio
 

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from .reliability_helpers import hub_start, hub_stop, leftovers, readable, settle
+from .reliability_helpers import hub_start, hub_stop, readable, settle
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
