@@ -1,0 +1,266 @@
+"""One measured phase: a hub-like process spawning and stopping N servers concurrently.
+
+    python -m benchmarks.hub_worker --kind plain|ray --users N --api URL --kubeconfig PATH
+                                    --stats URL --out FILE [--progress] [--hold S]
+
+One event loop, one process, spawner objects built as the tests build them
+(``_mock`` hub, a stand-in user per server) and the kubespawner reflectors shared
+class-wide, as in a real hub. ``plain`` is an unmodified ``kubespawner.KubeSpawner``;
+``ray`` is ``rayspawner.RaySpawner`` with the Ray profile and 2 workers (pods
+backend). Both kinds import both packages so the baseline RSS is the same.
+
+Sequence: warm-up (reflectors, backend detection, the first orphan sweep) → reset
+the emulator's counters → all N ``start()`` concurrently (each with a
+``progress()`` consumer when ``--progress``, like a browser on the spawn page) →
+hold → all N ``stop()`` concurrently → wait until the emulator reports every
+server's objects gone → read the emulator's stats → write JSON (raw samples; the
+orchestrator aggregates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import traceback
+import urllib.request
+from types import SimpleNamespace
+from typing import Any
+
+NOTEBOOK_IMAGE = "quay.io/rayspawner/notebook:2.60.0"
+RAY_OPTIONS = {"profile": "ray", "workers": "2"}
+
+
+def _http(url: str, method: str = "GET") -> dict[str, Any]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _user(name: str, uid: int) -> SimpleNamespace:
+    return SimpleNamespace(name=name, id=uid, url=f"/user/{name}/", escaped_name=name)
+
+
+async def run(a: argparse.Namespace) -> dict[str, Any]:
+    from kubespawner import KubeSpawner
+
+    from rayspawner import RaySpawner
+    from tests.spawner_fixtures import PROFILES
+
+    common: dict[str, Any] = dict(
+        k8s_api_host=a.api, namespace="jhub", start_timeout=a.start_timeout, http_timeout=5,
+        image=NOTEBOOK_IMAGE, api_token="bench-token", oauth_client_id="unused",
+    )
+    if a.kind == "ray":
+        cls: Any = RaySpawner
+        common.update(profile_list=PROFILES, ray_stop_timeout=30)
+    else:
+        cls = KubeSpawner
+
+    def make(i: int, prefix: str = "u") -> Any:
+        name = f"{prefix}{i:04d}"
+        orm = SimpleNamespace(name="", server=None, user_options={}, state=None)
+        sp = cls(_mock=True, user=_user(name, i + 1), orm_spawner=orm, **common)
+        if a.kind == "ray":
+            sp.user_options = dict(RAY_OPTIONS)
+        return sp
+
+    # ---- warm-up: one-off reflector list/watch starts, backend detection, first sweep
+    warm = make(0, prefix="warmup")
+    t = time.monotonic()
+    await warm._start_watching_pods()
+    await warm._start_watching_events()
+    if a.kind == "ray":
+        await warm.load_user_options()  # discovery, ray-pods reflector, orphan sweeper (first sweep now)
+        await asyncio.sleep(1.0)
+    warmup_s = time.monotonic() - t
+    warm_stats = _http(a.stats)
+    _http(a.stats + "/reset", "POST")
+
+    spawners = [make(i) for i in range(a.users)]
+    rss0 = _rss_mb()
+    cpu0 = _cpu()
+    wall0 = time.monotonic()
+    rss_peak = rss0
+    stop_sampling = asyncio.Event()
+
+    async def sample_rss() -> None:
+        nonlocal rss_peak
+        while not stop_sampling.is_set():
+            rss_peak = max(rss_peak, _rss_mb())
+            try:
+                await asyncio.wait_for(stop_sampling.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+
+    sampler = asyncio.ensure_future(sample_rss())
+    lags: list[float] = []
+
+    async def sample_loop_lag() -> None:
+        """How late a 50 ms sleep wakes up: is the hub's event loop itself the bottleneck?"""
+        while not stop_sampling.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.05)
+            lags.append(time.monotonic() - t - 0.05)
+
+    lagger = asyncio.ensure_future(sample_loop_lag())
+    results: list[dict[str, Any]] = [{"user": sp.user.name} for sp in spawners]
+    errors: list[str] = []
+
+    async def consume_progress(sp: Any, r: dict[str, Any]) -> None:
+        n = 0
+        try:
+            async for _ in sp.progress():
+                n += 1
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"progress {sp.user.name}: {type(e).__name__}: {e}")
+        r["progress_events"] = n
+
+    async def spawn(sp: Any, r: dict[str, Any]) -> None:
+        r["start_wall"] = time.time()
+        t0 = time.monotonic()
+        try:
+            fut = sp.start()
+            consumer = asyncio.ensure_future(consume_progress(sp, r)) if a.progress else None
+            await asyncio.wait_for(fut, a.start_timeout + 30)
+            r["spawn_s"] = time.monotonic() - t0
+            r["ok"] = True
+            if consumer:
+                await asyncio.wait_for(consumer, 30)
+        except Exception as e:  # noqa: BLE001
+            r["ok"] = False
+            r["spawn_s"] = time.monotonic() - t0
+            errors.append(f"start {sp.user.name}: {type(e).__name__}: {e}")
+            if len(errors) < 3:
+                traceback.print_exc()
+        r["pod"] = sp.pod_name
+        r["cluster"] = sp._ray_spec.name if a.kind == "ray" and sp._ray_spec else None
+
+    await asyncio.gather(*(spawn(sp, r) for sp, r in zip(spawners, results)))
+    spawn_phase_s = time.monotonic() - wall0
+    cpu_spawn = _cpu() - cpu0
+    await asyncio.sleep(a.hold)
+
+    async def stop(sp: Any, r: dict[str, Any]) -> None:
+        r["stop_wall"] = time.time()
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(sp.stop(), a.start_timeout + 30)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"stop {sp.user.name}: {type(e).__name__}: {e}")
+        r["stop_s"] = time.monotonic() - t0
+
+    cpu1 = _cpu()
+    t_stop = time.monotonic()
+    await asyncio.gather(*(stop(sp, r) for sp, r in zip(spawners, results)))
+    stop_phase_s = time.monotonic() - t_stop
+    cpu_stop = _cpu() - cpu1
+    cpu_total = _cpu() - cpu0
+    busy_wall = time.monotonic() - wall0
+    stop_sampling.set()
+    await sampler
+    await lagger
+    lags.sort()
+    rss_peak = max(rss_peak, _rss_mb())
+
+    # wait (bounded) until the emulator has seen every server's objects go
+    deadline = time.monotonic() + 60
+    while True:
+        stats = _http(a.stats)
+        pods_gone = all(r.get("pod") in stats["pod_gone"] for r in results)
+        clusters_gone = all(not r.get("cluster") or r["cluster"] in stats["cluster_gone"] for r in results)
+        if (pods_gone and clusters_gone) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+
+    for r in results:
+        r["nb_ready_wall"] = stats["pod_ready"].get(r.get("pod") or "")
+        r["nb_gone_wall"] = stats["pod_gone"].get(r.get("pod") or "")
+        if r.get("cluster"):
+            r["head_ready_wall"] = stats["pod_ready"].get(f"{r['cluster']}-head")
+            r["cluster_gone_wall"] = stats["cluster_gone"].get(r["cluster"])
+            r["cluster_left"] = stats["cluster_live"].get(r["cluster"], 0)
+
+    # the reflectors and the sweeper would keep running; stop them so the process exits
+    for task in list(getattr(RaySpawner, "_sweepers", {}).values()):
+        task.cancel()
+    for refl in list(cls.reflectors.values()):
+        await refl.stop()
+
+    return {
+        "kind": a.kind, "users": a.users, "progress": a.progress, "hold_s": a.hold,
+        "warmup_s": warmup_s,
+        "warmup_requests": warm_stats["requests"],
+        "requests": stats["requests"],
+        "watches": stats["watches"],
+        "emu_cpu_s": stats["cpu"],
+        "spawn_phase_s": spawn_phase_s, "stop_phase_s": stop_phase_s,
+        "cpu_s": {"spawn": cpu_spawn, "stop": cpu_stop, "total": cpu_total},
+        "rss_mb": {"baseline": rss0, "peak": rss_peak,
+                   "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "loop_lag_s": {"p50": lags[len(lags) // 2] if lags else None,
+                       "p99": lags[int(len(lags) * 0.99)] if lags else None, "max": lags[-1] if lags else None},
+        "hub_cpu_utilization": cpu_total / busy_wall,
+        "errors": errors,
+        "servers": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.hub_worker")
+    ap.add_argument("--kind", choices=["plain", "ray"], required=True)
+    ap.add_argument("--users", type=int, required=True)
+    ap.add_argument("--api", required=True)
+    ap.add_argument("--kubeconfig", required=True)
+    ap.add_argument("--stats", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--hold", type=float, default=1.0)
+    ap.add_argument("--start-timeout", type=float, default=120.0)
+    ap.add_argument("--profile", default=None, help="write a pyinstrument HTML profile of the hub side here")
+    a = ap.parse_args(argv)
+    # kubespawner's load_config reads the default kubeconfig (then overrides the host)
+    os.environ["KUBECONFIG"] = a.kubeconfig
+    from kubernetes_asyncio.config import kube_config
+
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = a.kubeconfig
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # a hub at INFO logs a few lines per spawn; WARNING keeps the bench about the spawners
+    logging.getLogger("traitlets").setLevel(logging.WARNING)
+    profiler = None
+    if a.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(async_mode="disabled")
+        profiler.start()
+    out = asyncio.run(run(a))
+    if profiler:
+        profiler.stop()
+        with open(a.profile, "w") as f:
+            f.write(profiler.output_html())
+        profiler.last_session.save(a.profile + ".pyisession")
+        with open(a.profile + ".txt", "w") as f:
+            f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+    with open(a.out, "w") as f:
+        json.dump(out, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The spawn benchmark harness at tiny scale: it runs, and its JSON has every field with sane values.
+
+Not a timed test: no assertion on latencies or ratios (see benchmarks/README.md for numbers).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import spawn_bench
+
+DIST = {"n", "p50", "p95", "p99", "max", "mean"}
+SUMMARY_FIELDS = {
+    "kind", "users", "reps", "servers", "spawn_s", "floor_s", "overhead_s", "head_ready_after_notebook_s",
+    "stop_s", "teardown_s", "teardown_not_done", "requests_per_server", "requests_per_server_by_verb",
+    "reflector_requests_during_phase", "warmup_requests", "watches_peak", "cpu_s_per_spawn",
+    "cpu_s_per_spawn_by_rep", "emu_cpu_s_per_spawn", "rss_peak_mb", "rss_growth_mb", "errors", "error_samples",
+    "spawn_phase_s", "load", "hub_loop_lag_p99_s", "hub_loop_lag_max_s", "hub_cpu_utilization",
+}
+RATIO_FIELDS = {"users", "spawn_p50", "spawn_p95", "spawn_p99", "spawn_mean", "floor_mean", "cpu_per_spawn",
+                "rss_peak", "rss_growth"}
+
+
+@pytest.mark.timeout(240)
+def test_spawn_bench_tiny(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = spawn_bench.main(["--users", "3", "--reps", "1", "--out", str(out), "--hold", "0.2", "--jitter", "0.05",
+                           "--sim-delays", json.dumps({"schedule": 0.05, "pull": 0.1, "start": 0.05})])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "ratio ray/plain" in printed and "plain" in printed and "ray" in printed
+
+    data = json.loads(out.read_text())
+    for key in ("date", "command", "machine", "versions", "config", "by_kind", "ratios", "phases"):
+        assert key in data, key
+    assert data["machine"]["nproc"] >= 1 and data["machine"]["cpu"] is not None
+    assert data["config"]["ray_profile"] == {"profile": "ray", "workers": "2"}
+    assert set(data["by_kind"]) == {"plain/3", "ray/3"}
+
+    for key, s in data["by_kind"].items():
+        assert SUMMARY_FIELDS <= set(s), SUMMARY_FIELDS - set(s)
+        assert s["errors"] == 0, s["error_samples"]
+        assert s["servers"] == 3 and s["spawn_s"]["n"] == 3
+        for d in ("spawn_s", "floor_s", "overhead_s", "stop_s", "teardown_s"):
+            assert DIST <= set(s[d]), (key, d)
+        assert 0 < s["spawn_s"]["p50"] <= s["spawn_s"]["p95"] <= s["spawn_s"]["p99"] <= s["spawn_s"]["max"] < 60
+        assert s["floor_s"]["n"] == 3 and s["floor_s"]["mean"] > 0
+        assert s["teardown_s"]["n"] == 3 and s["teardown_not_done"] == 0 and s["teardown_s"]["max"] < 60
+        assert s["cpu_s_per_spawn"] > 0 and s["rss_peak_mb"] > 0 and s["rss_growth_mb"] >= 0
+        assert s["watches_peak"] >= 2
+        assert s["warmup_requests"].get("list pods", 0) >= 1  # the one-off reflector start, reported apart
+
+    plain, ray = data["by_kind"]["plain/3"], data["by_kind"]["ray/3"]
+    assert plain["requests_per_server_by_verb"] == {"create pods": 1.0, "delete pods": 1.0}
+    assert ray["requests_per_server_by_verb"]["create pods"] == 2.0  # notebook + head
+    assert ray["requests_per_server"] > plain["requests_per_server"]
+    assert ray["head_ready_after_notebook_s"]["n"] == 3 and plain["head_ready_after_notebook_s"] is None
+    assert ray["watches_peak"] == plain["watches_peak"] + 1  # the shared Ray-pods watch, not one per user
+
+    (r,) = data["ratios"]
+    assert RATIO_FIELDS <= set(r) and r["users"] == 3
+    assert all(r[k] > 0 for k in RATIO_FIELDS - {"users"})
+    assert len(data["phases"]) == 2 and {p["kind"] for p in data["phases"]} == {"plain", "ray"}
