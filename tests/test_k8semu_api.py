@@ -145,11 +145,18 @@ async def test_patch_types_replace_and_conflict(k8s_emu_client: Any) -> None:
         await v1.replace_namespaced_pod("x", "p", p)
     assert ei.value.status == 409 and body(ei.value)["reason"] == "Conflict"
     assert "the object has been modified" in body(ei.value)["message"]
-    # replace with the current one works; status is ignored on the main resource
-    cur = await v1.read_namespaced_pod("x", "p")
-    cur.metadata.labels["d"] = "5"
-    cur.status.phase = "Failed"
-    new = await v1.replace_namespaced_pod("x", "p", cur)
+    # replace with the current one works; status is ignored on the main resource. The sim kubelet
+    # updates the pod's status meanwhile, so do what real clients do: re-read and retry on 409.
+    for attempt in range(20):
+        cur = await v1.read_namespaced_pod("x", "p")
+        cur.metadata.labels["d"] = "5"
+        cur.status.phase = "Failed"
+        try:
+            new = await v1.replace_namespaced_pod("x", "p", cur)
+            break
+        except ApiException as e:
+            if e.status != 409 or attempt == 19:
+                raise
     assert new.metadata.labels["d"] == "5" and new.status.phase != "Failed"
     # strategic merge on a deployment's spec.replicas
     apps = client.AppsV1Api(k8s_emu_client)
