@@ -8,8 +8,9 @@ they are stopped after each test.
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from kubernetes_asyncio.config import kube_config
@@ -85,3 +86,26 @@ def ray_objects(emu: Any, cluster: str | None = None, namespace: str = "jhub") -
     return sorted(found)
 
 
+RAY = {"profile": "ray", "workers": "2"}
+
+
+async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail the test."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+async def start(sp: Any, options: dict = RAY, timeout: float = 30) -> str:
+    sp.user_options = dict(options)
+    return await asyncio.wait_for(sp.start(), timeout)
+
+
+def env_of(pod: dict) -> dict:
+    """The first container's env of a pod, by name."""
+    return {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from .test_e2e_local import hub  # noqa: F401 - the local-mode hub fixture
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402

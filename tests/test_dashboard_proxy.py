@@ -279,7 +279,7 @@ def test_unreachable_dashboard_gives_502(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------- through JupyterHub (local mode)
-from .test_e2e_local import create_user, hub, start_server, stop_server  # noqa: E402,F401 - the hub fixture
+from .local_hub import create_user, start_server, stop_server  # noqa: E402
 
 
 @pytest.mark.slow

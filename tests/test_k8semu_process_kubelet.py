@@ -14,7 +14,6 @@ import logging
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Callable
 
 import psutil

@@ -17,10 +17,10 @@ from rayspawner.backends.kuberay import KubeRayBackend
 from rayspawner.errors import ClusterStartError
 
 from .spawner_fixtures import ray_objects
+from .spawner_fixtures import RAY, env_of, start, wait_until
 
 pytestmark = pytest.mark.asyncio
 
-RAY = {"profile": "ray", "workers": "2"}
 HUB = "system:serviceaccount:jhub:hub"
 RBAC_DIR = Path(__file__).resolve().parents[1] / "jupyterhub_config" / "rbac"
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
@@ -47,26 +47,6 @@ metadata: {name: hub, namespace: jhub}
 subjects: [{kind: ServiceAccount, name: hub, namespace: jhub}]
 roleRef: {kind: Role, name: hub, apiGroup: rbac.authorization.k8s.io}
 """
-
-
-async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
-
-
-async def start(sp, options=RAY, timeout=30):
-    sp.user_options = dict(options)
-    return await asyncio.wait_for(sp.start(), timeout)
-
-
-def env_of(pod: dict) -> dict:
-    return {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}
 
 
 def leftovers(emu, cluster: str = "") -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from rayspawner.backends.local import MARKER_ROOT, find_processes
-from tests.test_e2e_local import free_port
+from tests.local_hub import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

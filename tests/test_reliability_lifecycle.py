@@ -10,6 +10,8 @@ import asyncio
 
 import pytest
 
+from .spawner_fixtures import wait_until
+
 from .reliability_helpers import hub_start, hub_stop, leftovers, readable, settle
 
 pytestmark = pytest.mark.asyncio
@@ -25,17 +27,6 @@ STOP_POINTS = {
     "kuberay": [("list", "rayclusters"), ("create", "secrets"), ("create", "pods"), ("patch", "secrets"),
                 ("create", "rayclusters"), ("wait", "ready")],
 }
-
-
-async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 def cases():

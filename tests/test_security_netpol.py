@@ -23,7 +23,6 @@ from rayspawner import naming
 from rayspawner.spec import RAY_PORTS
 
 from .netpol import Network, selector_matches
-from .spawner_fixtures import PROFILES
 
 
 NS = "jhub"

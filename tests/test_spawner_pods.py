@@ -13,30 +13,9 @@ from rayspawner.errors import ClusterStartError, InvalidOptions
 from .bad_inputs import BAD_INPUTS, LIMITS
 from .bad_inputs import PROFILES as BAD_PROFILES
 from .spawner_fixtures import ray_objects
+from .spawner_fixtures import RAY, env_of, start, wait_until
 
 pytestmark = pytest.mark.asyncio
-
-RAY = {"profile": "ray", "workers": "2"}
-
-
-async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
-
-
-async def start(sp, options=RAY, timeout=30):
-    sp.user_options = dict(options)
-    return await asyncio.wait_for(sp.start(), timeout)
-
-
-def env_of(pod: dict) -> dict:
-    return {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}
 
 
 async def test_spawn_creates_owned_cluster_and_stop_removes_it(k8s_emu, ray_spawner_factory):
