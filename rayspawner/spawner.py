@@ -260,7 +260,8 @@ class RaySpawner(RayConfig, KubeSpawner):
             return
         backend = self._ray_backend or await self._backend_for(ref.backend or self.ray_backend)
         started = time.monotonic()
-        await backend.delete(ref, self.ray_stop_timeout)
+        # the spec (when known) lets the backend skip objects this cluster never had
+        await backend.delete(self._ray_spec or ref, self.ray_stop_timeout)
         self._ray_prepared = False
         was_running, self._ray_running = self._ray_running, False
         metrics.teardown_done(backend.kind, time.monotonic() - started, was_running)

@@ -171,15 +171,21 @@ class PodsBackend(ClusterBackend):
         return st
 
     async def delete(self, ref: RayClusterSpec | ClusterRef, timeout: float) -> None:
-        ref = ref.ref() if isinstance(ref, RayClusterSpec) else ref
+        """With the spec that created the cluster, only what it created is deleted; with a
+        bare ClusterRef (after a hub restart) every name a cluster can have (404 is fine)."""
+        spec = ref if isinstance(ref, RayClusterSpec) else None
+        ref = spec.ref() if spec else ref
         ns, name = ref.namespace, ref.name
-        deletions = [self.kube.delete("Deployment", ns, naming.worker_deployment(name, g)) for g in WORKER_GROUPS]
+        groups = [g.name for g in spec.worker_groups] if spec else WORKER_GROUPS
+        deletions = [self.kube.delete("Deployment", ns, naming.worker_deployment(name, g)) for g in groups]
         deletions += [
             self.kube.delete("Pod", ns, naming.head_pod(name), grace=5),
             self.kube.delete("Service", ns, naming.head_service(name)),
-            self.kube.delete("NetworkPolicy", ns, naming.network_policy(name)),
-            self.kube.delete("Secret", ns, naming.token_secret(name)),
         ]
+        if not spec or spec.network_policy:
+            deletions.append(self.kube.delete("NetworkPolicy", ns, naming.network_policy(name)))
+        if not spec or spec.auth_enabled:
+            deletions.append(self.kube.delete("Secret", ns, naming.token_secret(name)))
         await asyncio.gather(*deletions)
         deadline = time.monotonic() + timeout
         while self._pods(ref):
