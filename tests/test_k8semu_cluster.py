@@ -32,7 +32,7 @@ def test_pod_lifecycle_status_and_events(k8s_emu: K8sEmu) -> None:
     k8s_emu.create_object(pod("p", initContainers=[{"name": "init", "image": "img:1"}]))
     st = k8s_emu.wait_for(lambda: (s := status(k8s_emu, "p")).get("phase") == "Running" and
                           cond(s, "Ready").get("status") == "True" and s)
-    assert st["podIP"].startswith("10.244.") and st["hostIP"]
+    assert st["podIP"].startswith("127.244.") and st["hostIP"]
     for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready"):
         assert cond(st, t)["status"] == "True", t
     cs = st["containerStatuses"][0]

@@ -44,7 +44,7 @@ def test_get_pods_get_yaml_delete(kubectl: Any, k8s_emu_kuberay: K8sEmu) -> None
     assert "Running" in out
     doc = yaml.safe_load(kubectl("get", "pod", "alpha", "-n", "ns-a", "-o", "yaml").stdout)
     assert doc["kind"] == "Pod" and doc["metadata"]["name"] == "alpha" and doc["status"]["phase"] == "Running"
-    assert doc["status"]["podIP"].startswith("10.244.")
+    assert doc["status"]["podIP"].startswith("127.244.")
     out = kubectl("delete", "pod", "alpha", "-n", "ns-a").stdout
     assert 'pod "alpha" deleted' in out
     assert emu.get_object("pods", "ns-a", "alpha") is None

@@ -53,7 +53,7 @@ async def test_kubespawner_start_running_stop(k8s_emu: K8sEmu, spawner_factory) 
     pod = k8s_emu.get_object("pods", "jhub", spawner.pod_name)
     assert pod is not None and pod["status"]["phase"] == "Running"
     assert url == f"http://{pod['status']['podIP']}:8888"
-    assert pod["status"]["podIP"].startswith("10.244.")
+    assert pod["status"]["podIP"].startswith("127.244.")
     assert await spawner.poll() is None
 
     reasons = [ev["raw_event"]["reason"] for ev in progress if "raw_event" in ev]

@@ -95,9 +95,12 @@ class SimKubelet:
         self._next_ip = 0
 
     def _alloc_ip(self) -> str:
+        """Pod IPs of simulated pods are in 127.244.0.0/16: loopback, so a hub that connects
+        to a simulated notebook (JupyterHub's wait_up) is refused on this machine at once and
+        never sends a packet anywhere else (10.244.x.y would follow the default route)."""
         n = self._next_ip
         self._next_ip += 1
-        return f"10.244.{(n // 250) % 250}.{n % 250 + 2}"
+        return f"127.244.{(n // 250) % 250}.{n % 250 + 2}"
 
     async def _sleep(self, key: str) -> None:
         d = float(self.delays.get(key, 0.0))

@@ -16,7 +16,7 @@ from .store import Store
 log = logging.getLogger("k8semu.node")
 
 NODE_NAME = "k8semu-node"
-HOST_IP = "10.0.0.10"
+HOST_IP = "127.0.0.1"  # the simulated node is this machine (loopback only)
 UNSCHEDULABLE = "k8semu/unschedulable"
 
 
