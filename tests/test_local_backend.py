@@ -139,7 +139,7 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         assert not none["ok"] and not wrong["ok"], (none, wrong)
         dash = envs["bob"]["RAY_DASHBOARD_URL"] + "/api/version"
         assert requests.get(dash, timeout=10).status_code == 401
-        assert requests.get(dash, headers={"Authorization": f"Bearer {clusters['alice'].token}"}, timeout=10).status_code == 401
+        assert requests.get(dash, headers={"Authorization": f"Bearer {clusters['alice'].token}"}, timeout=10).status_code == 403  # wrong token: forbidden (no token: 401)
         assert requests.get(dash, headers={"Authorization": f"Bearer {clusters['bob'].token}"}, timeout=10).status_code == 200
 
         # workers are counted
