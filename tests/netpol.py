@@ -112,9 +112,19 @@ class Network:
 
     @classmethod
     def from_emu(cls, emu: Any, extra_policies: Iterable[Obj] = ()) -> Network:
-        """Everything in a k8semu API server (all namespaces), plus policies not stored there."""
-        return cls(emu.list_objects("pods"), [*emu.list_objects("networkpolicies"), *extra_policies],
-                   emu.list_objects("namespaces"))
+        """Everything in a k8semu API server (all namespaces), plus policies not stored there.
+
+        The sim kubelet gives pods loopback addresses (127.244.a.b) so that nothing a test does
+        leaves the machine; for ipBlock rules they stand for a real cluster's pod network,
+        10.244.a.b (a private range, as z2jh's privateIPs rules expect).
+        """
+        pods = []
+        for pod in emu.list_objects("pods"):
+            ip = (pod.get("status") or {}).get("podIP") or ""
+            if ip.startswith("127.244."):
+                pod = {**pod, "status": {**pod["status"], "podIP": "10.244." + ip[len("127.244."):]}}
+            pods.append(pod)
+        return cls(pods, [*emu.list_objects("networkpolicies"), *extra_policies], emu.list_objects("namespaces"))
 
     def pod(self, namespace: str, name: str) -> Obj:
         for p in self.pods:
