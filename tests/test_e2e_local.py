@@ -127,7 +127,8 @@ def cluster_ports(state: dict) -> set[int]:
 def ray_client_with_token(address: str, token: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-                "RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1"})
+                # Ray Client's own retry knobs: 3 short attempts instead of 5 + 10 + 15 s
+                "RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1", "RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S": "2"})
     r = subprocess.run([sys.executable, "-c", WRONG_TOKEN_CLIENT], env=env, capture_output=True, text=True, timeout=120)
     return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else f"no output: {r.stderr[-500:]}"
 

@@ -107,6 +107,10 @@ print("RESULT " + json.dumps(out), flush=True)
 """
 
 
+# Ray Client's own retry knobs for the refused cases: 3 attempts of 1-2 s instead of 5 + 10 + 15 s
+SHORT_RETRIES = ["RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S=1", "RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S=2"]
+
+
 def result(output: str) -> dict[str, Any]:
     assert "RESULT " in output, output[-3000:]
     return json.loads(output.rsplit("RESULT ", 1)[1].splitlines()[0])
@@ -160,8 +164,8 @@ async def test_generated_head_requires_the_token(k8s_emu_factory, ray_spawner_fa
         # the notebook's mode (RAY_AUTH_MODE=token) without a token: the client refuses to try
         "missing": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", py, "-c", CLIENT], 60),
         # a client with auth off (e.g. another user's plain ray.init): the server must refuse it
-        "no_auth": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", py, "-c", CLIENT], 90),
-        "wrong": in_pod(emu, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", py, "-c", CLIENT], 90),
+        "no_auth": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", *SHORT_RETRIES, py, "-c", CLIENT], 90),
+        "wrong": in_pod(emu, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", *SHORT_RETRIES, py, "-c", CLIENT], 90),
         "http": in_pod(emu, nb, [py, "-c", HTTP, wrong], 60),
         "gcs_right": in_pod(emu, nb, [py, "-c", GCS], 60),
         "gcs_none": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", py, "-c", GCS], 60),
