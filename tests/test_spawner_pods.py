@@ -200,3 +200,26 @@ def test_crash_loop_is_fatal_only_after_repeated_restarts():
 
     assert pod_problem(pod(1)) is None
     assert "keeps crashing" in pod_problem(pod(CRASH_LOOP_RESTARTS))
+
+
+def test_api_errors_become_readable_reasons():
+    import json as _json
+
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from rayspawner.backends.kube import KINDS, api_error
+
+    def exc(status, message):
+        e = ApiException(status=status, reason="x")
+        e.body = _json.dumps({"kind": "Status", "message": message, "code": status})
+        return e
+
+    quota = api_error(exc(403, 'pods "ray-alice-head" is forbidden: exceeded quota: compute, requested: cpu=1, used: cpu=8, limited: cpu=8'),
+                      "create", KINDS["Pod"], "jhub", "ray-alice-head")
+    assert quota.reason_label == "quota" and "Quota exceeded" in quota.message and "limited: cpu=8" in quota.message
+    rbac = api_error(exc(403, 'networkpolicies.networking.k8s.io is forbidden: User "system:serviceaccount:jhub:hub" cannot create'),
+                     "create", KINDS["NetworkPolicy"], "jhub", "ray-alice-ray")
+    assert rbac.reason_label == "forbidden"
+    assert 'apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: ["create"]' in rbac.message
+    other = api_error(exc(422, "spec.containers[0].image: Required value"), "create", KINDS["Pod"], "jhub", "x")
+    assert "422" in other.message and "Required value" in other.message
