@@ -15,7 +15,6 @@ from .bad_inputs import PROFILES as BAD_PROFILES
 from .spawner_fixtures import ray_objects
 from .spawner_fixtures import RAY, env_of, start, wait_until
 
-pytestmark = pytest.mark.asyncio
 
 
 async def test_spawn_creates_owned_cluster_and_stop_removes_it(k8s_emu, ray_spawner_factory):
