@@ -12,6 +12,9 @@ command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ "$want_test" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+  # kubectl (an outside client for the loopback API server); these machines ship one already,
+  # and Debian's package conflicts with it, so only install it where none exists
+  command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
