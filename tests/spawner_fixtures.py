@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio.config import kube_config
+from kubespawner.clients import load_config
 
 from rayspawner.backends import detect
 
@@ -50,6 +51,10 @@ async def ray_spawner_factory(monkeypatch: pytest.MonkeyPatch):
 
     def make(emu: Any, username: str = "alice", server: str = "", **traits: Any) -> Any:
         monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(emu.kubeconfig_path))
+        # kubespawner's load_config is lru_cached per host and sets a process-global default
+        # Configuration: an emulator that reuses an earlier (stopped) one's port would otherwise
+        # leave the global host pointing at whichever emulator configured it last
+        load_config.cache_clear()
         opts: dict[str, Any] = dict(
             k8s_api_host=emu.url, namespace="jhub", start_timeout=30, http_timeout=5,
             image=NOTEBOOK_IMAGE, api_token="test-token", oauth_client_id="unused",

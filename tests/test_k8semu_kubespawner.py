@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
+from kubespawner.clients import load_config
 
 from tests.k8semu import K8sEmu
 
@@ -17,6 +18,7 @@ async def spawner_factory(k8s_emu: K8sEmu, monkeypatch: pytest.MonkeyPatch):
     # kubespawner's load_config (lru_cached per host) loads the default kubeconfig, whose path
     # kubernetes_asyncio read from $KUBECONFIG at import; then it overrides the host.
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(k8s_emu.kubeconfig_path))
+    load_config.cache_clear()  # lru_cached per host: a reused port must still reconfigure the client
     made: list[KubeSpawner] = []
 
     def make(**kw: Any) -> KubeSpawner:
