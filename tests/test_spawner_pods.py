@@ -222,3 +222,17 @@ def test_api_errors_become_readable_reasons():
     assert 'apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: ["create"]' in rbac.message
     other = api_error(exc(422, "spec.containers[0].image: Required value"), "create", KINDS["Pod"], "jhub", "x")
     assert "422" in other.message and "Required value" in other.message
+
+
+async def test_start_without_waiting_for_the_head(k8s_emu, ray_spawner_factory):
+    """ray_wait_for_head=False: start returns with the notebook even while the head is not ready."""
+    never_ready = {"k8semu/not-ready": "true"}
+    sp = ray_spawner_factory(k8s_emu, ray_wait_for_head=False, ray_extra_annotations=never_ready)
+    await start(sp)
+    assert not (await sp._ray_backend.status(sp._ray_spec)).head_ready
+    await sp.stop()
+    waiting = ray_spawner_factory(k8s_emu, ray_wait_for_head=True, ray_extra_annotations=never_ready, start_timeout=5)
+    with pytest.raises(ClusterStartError, match="not ready within"):
+        await start(waiting)
+    await waiting.stop()
+    assert ray_objects(k8s_emu) == []
