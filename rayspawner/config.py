@@ -75,6 +75,31 @@ class RayConfig(Configurable):
         Python versions of both images at start: ``error`` fails the spawn with a message
         naming both versions, ``warn`` shows a warning in the spawn progress, ``off`` skips.""",
     )
+    ray_connect_mode = CaselessStrEnum(
+        ["driver", "client"],
+        default_value="driver",
+        config=True,
+        help="""How the notebook's ``ray.init()`` reaches its cluster.
+
+        ``driver`` (the default): the notebook joins its own cluster as a Ray node that
+        offers no resources (0 CPU, 0 GPU; label ``rayspawner/role=notebook``), run by a
+        native sidecar container in the notebook pod from the notebook's own image, and
+        ``RAY_ADDRESS`` is the head's GCS address (``<cluster>-head-svc...:6379``), so the
+        kernel is a direct driver: ``ray.init()`` is instant and Ray Data, Train and Tune
+        work. Needs the same Ray and Python versions on both sides, and Kubernetes >= 1.29
+        (native sidecars). In local mode the kernel attaches to its local cluster directly.
+
+        ``client``: ``RAY_ADDRESS=ray://<cluster>-head-svc...:10001`` (Ray Client), the
+        fallback. Ray Data does not work through Ray Client, and connecting is slower.
+        """,
+    )
+    ray_notebook_object_store_memory = Unicode(
+        "256Mi",
+        config=True,
+        help="""Driver mode: object store of the notebook's own Ray node (kept in the notebook
+        pod's /dev/shm). It counts against the notebook's memory limit, and holds what the
+        kernel ``ray.put``s and the results it fetches. At least 80Mi (Ray's minimum).""",
+    )
     ray_cluster_domain = Unicode(
         "cluster.local",
         config=True,

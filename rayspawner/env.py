@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import naming
-from .spec import CLIENT_PORT, DASHBOARD_PORT, RayClusterSpec
+from .spec import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, RayClusterSpec
 
 RAY_ADDRESS = "RAY_ADDRESS"
 RAY_API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
@@ -22,10 +22,13 @@ RAY_DASHBOARD_PROXY_PATH = "RAY_DASHBOARD_PROXY_PATH"
 DASHBOARD_PROXY_SUFFIX = "ray-dashboard/"
 
 
-def addresses(host: str, client_port: int = CLIENT_PORT, dashboard_port: int = DASHBOARD_PORT) -> dict[str, str]:
+def addresses(host: str, client_port: int = CLIENT_PORT, dashboard_port: int = DASHBOARD_PORT, *,
+              driver: bool = False, gcs_port: int = GCS_PORT) -> dict[str, str]:
+    """``RAY_ADDRESS`` is the GCS (``host:port``: the kernel is a direct driver) in driver
+    mode, else Ray Client's ``ray://host:port``."""
     dashboard = f"http://{host}:{dashboard_port}"
     return {
-        RAY_ADDRESS: f"ray://{host}:{client_port}",
+        RAY_ADDRESS: f"{host}:{gcs_port}" if driver else f"ray://{host}:{client_port}",
         RAY_API_SERVER_ADDRESS: dashboard,
         RAY_DASHBOARD_URL: dashboard,
     }
@@ -37,7 +40,7 @@ def token_ref(secret_name: str) -> dict[str, Any]:
 
 def notebook_env(spec: RayClusterSpec, *, head_host: str | None = None) -> dict[str, Any]:
     """Env for the notebook pod, in KubeSpawner's ``environment`` form (values may be dicts)."""
-    env: dict[str, Any] = addresses(head_host or spec.head_host)
+    env: dict[str, Any] = addresses(head_host or spec.head_host, driver=spec.driver_mode)
     env[RAY_CLUSTER_NAME] = spec.name
     env[RAY_DASHBOARD_PROXY_PATH] = DASHBOARD_PROXY_SUFFIX
     if spec.auth_enabled:

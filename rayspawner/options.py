@@ -17,7 +17,7 @@ from .config import RayConfig
 from .errors import ConfigError, InvalidOptions
 from .naming import cluster_name
 from .quantities import format_cpu, format_memory, parse_count, parse_cpu, parse_memory
-from .spec import RayClusterSpec, Resources, WorkerGroup
+from .spec import MIN_OBJECT_STORE_BYTES, RayClusterSpec, Resources, WorkerGroup
 
 _IMAGE_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]{1,5})?/)?"
@@ -147,6 +147,19 @@ def _worker_groups(cfg: RayConfig) -> tuple[WorkerGroup, ...]:
     return tuple(groups)
 
 
+def _notebook_object_store(cfg: RayConfig) -> int:
+    try:
+        size = parse_memory(cfg.ray_notebook_object_store_memory, "ray_notebook_object_store_memory")
+    except InvalidOptions as e:  # an admin's setting, not the user's choice
+        raise ConfigError(e.message) from None
+    if size < MIN_OBJECT_STORE_BYTES:
+        raise ConfigError(
+            f"ray_notebook_object_store_memory must be at least 80Mi (Ray's minimum), got "
+            f"{cfg.ray_notebook_object_store_memory!r}."
+        )
+    return size
+
+
 def resolve_spec(
     cfg: RayConfig,
     *,
@@ -200,6 +213,8 @@ def resolve_spec(
         extra_labels=dict(cfg.ray_extra_labels),
         pod_annotations={str(k): str(v) for k, v in cfg.ray_extra_annotations.items()},
         version_check=cfg.ray_version_check,
+        connect_mode=cfg.ray_connect_mode,
+        notebook_object_store_bytes=_notebook_object_store(cfg),
     )
     total = spec.total
     limits = (

@@ -19,6 +19,8 @@ CLIENT_PORT = 10001
 DASHBOARD_PORT = 8265
 METRICS_PORT = 8080
 DASHBOARD_AGENT_PORT = 52365
+#: Ray refuses an object store smaller than this (``ray start --object-store-memory``)
+MIN_OBJECT_STORE_BYTES = 78 * 2**20
 RAY_PORTS = {
     "gcs": GCS_PORT,
     "client": CLIENT_PORT,
@@ -98,6 +100,9 @@ class RayClusterSpec:
     extra_labels: dict[str, str] = field(default_factory=dict)
     pod_annotations: dict[str, str] = field(default_factory=dict)
     version_check: str = "error"
+    #: "driver" (the notebook is a zero-resource node of the cluster) or "client" (Ray Client)
+    connect_mode: str = "driver"
+    notebook_object_store_bytes: int = 256 * 2**20
 
     def ref(self, backend: str = "") -> ClusterRef:
         return ClusterRef(self.name, self.namespace, backend)
@@ -118,6 +123,10 @@ class RayClusterSpec:
     @property
     def network_policy_name(self) -> str:
         return naming.network_policy(self.name)
+
+    @property
+    def driver_mode(self) -> bool:
+        return self.connect_mode == "driver"
 
     @property
     def head_host(self) -> str:
