@@ -44,7 +44,8 @@ import shutil
 import signal
 import ssl
 import subprocess
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -60,7 +61,8 @@ _capability: dict[str, bool] = {}
 # Runs in the pod's netns: hostname, then the hosts file and resolv.conf, then /tmp (last: the
 # pod dir must still be reachable, which is why the kubelet root never lies under /tmp).
 WRAP = 'hostname "$1" && mount --bind "$3" /etc/hosts && mount --bind "$2" /tmp || exit 125; ' \
-    'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; shift 4; exec "$@"'
+    'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; ' \
+    'if [ -n "$5" ]; then mount -t proc proc /proc || exit 125; fi; shift 5; exec "$@"'
 
 
 def _run(argv: list[str], check: bool = True, input_: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -196,15 +198,25 @@ class PodNet:
     netns: str | None = None  # None in loopback mode
     veth: str | None = None
     index: int = 0
+    #: host PID of the sleeping PID 1 that holds the pod's PID namespace (netns mode only)
+    pid_holder: int | None = None
+    holder_proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     def enter_argv(self) -> list[str]:
-        """argv prefix that runs a command inside this pod's network namespace."""
-        return ["nsenter", f"--net={NETNS_DIR / self.netns}"] if self.netns else []
+        """argv prefix that runs a command inside this pod's network (and PID) namespace."""
+        if not self.netns:
+            return []
+        argv = ["nsenter", f"--net={NETNS_DIR / self.netns}"]
+        if self.pid_holder:
+            argv.append(f"--pid=/proc/{self.pid_holder}/ns/pid")
+        return argv
 
     def sandbox_argv(self, hostname: str, tmp: Path, hosts: Path, resolv: Path | None, argv: list[str]) -> list[str]:
-        """argv that runs ``argv`` in this netns with its own hostname, /tmp, hosts and resolv.conf."""
+        """argv that runs ``argv`` in this netns with its own hostname, /tmp, hosts and resolv.conf,
+        and (with a PID namespace) a /proc that shows only the pod's own processes."""
         return [*self.enter_argv(), "unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", WRAP,
-                "k8semu-sandbox", hostname, str(tmp), str(hosts), str(resolv or ""), *argv]
+                "k8semu-sandbox", hostname, str(tmp), str(hosts), str(resolv or ""),
+                "1" if self.pid_holder else "", *argv]
 
 
 def render_hosts(pod_name: str, pod_ip: str, names: dict[str, str]) -> str:
@@ -399,7 +411,9 @@ class BridgeNetwork:
                 ],
                 netns=ns,
             )
+            _start_pid_holder(net)
         except Exception:
+            kill_netns_processes(str(ns))
             _run(["ip", "netns", "del", str(ns)], check=False)
             _run(["ip", "link", "del", str(net.veth)], check=False)
             raise
@@ -415,9 +429,39 @@ class BridgeNetwork:
     @staticmethod
     def _remove_sync(net: PodNet) -> None:
         kill_netns_processes(str(net.netns))
+        if net.holder_proc is not None:
+            try:
+                net.holder_proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                net.holder_proc.kill()
+                net.holder_proc.wait()
         _run(["ip", "netns", "del", str(net.netns)], check=False)
         if net.veth and Path(f"/sys/class/net/{net.veth}").exists():
             _run(["ip", "link", "del", net.veth], check=False)
+
+
+def _start_pid_holder(net: PodNet) -> None:
+    """Give the pod one PID namespace for all its containers, held by a sleeping PID 1 (the
+    pause container's role): what ``shareProcessNamespace: true`` gives a real pod. Ray's
+    driver finds its node's raylet by listing processes, so a sandbox that showed every pod's
+    raylets would attach a notebook's driver to another pod's node; a real pod sees only its own."""
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={NETNS_DIR / str(net.netns)}", "unshare", "--pid", "--fork", "--mount-proc",
+         "sleep", "infinity"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    net.holder_proc = proc
+    for _ in range(500):
+        try:
+            holders = [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "sleep"]
+        except psutil.NoSuchProcess:
+            holders = []
+        if holders:
+            net.pid_holder = holders[0]
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    raise RuntimeError(f"could not create a PID namespace for {net.netns} (unshare --pid exited {proc.poll()})")
 
 
 def make_network(mode: str = "auto") -> BridgeNetwork | LoopbackNetwork:
