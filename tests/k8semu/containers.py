@@ -36,8 +36,10 @@ class ConfigError(Exception):
 class Container:
     """Runtime state of one container."""
 
-    def __init__(self, spec: dict[str, Any], pod_dir: Path) -> None:
+    def __init__(self, spec: dict[str, Any], pod_dir: Path, init: bool = False) -> None:
         self.spec, self.name = spec, spec["name"]
+        # A native sidecar (Kubernetes >= 1.29): an init container with restartPolicy Always.
+        self.sidecar = init and spec.get("restartPolicy") == "Always"
         self.proc: asyncio.subprocess.Process | None = None
         self.restart_count = 0
         self.state: dict[str, Any] = {"waiting": {"reason": "ContainerCreating"}}

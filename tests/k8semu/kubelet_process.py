@@ -8,7 +8,12 @@ node_name="k8semu-node", keep_dirs=False)`` implements :class:`kubelet_api.Kubel
   (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``fieldRef``, ``resourceFieldRef``) and
   ``workingDir``. Images are ignored: this machine's Python environment is used
   (``dirname(sys.executable)`` first on ``PATH``). A missing Secret/ConfigMap/key leaves the
-  container waiting with ``CreateContainerConfigError``, retried. initContainers run first.
+  container waiting with ``CreateContainerConfigError``, retried. initContainers run first, in order.
+- Native sidecars (``initContainers`` entries with ``restartPolicy: Always``, Kubernetes >= 1.29):
+  started in their turn; the next init container follows once the sidecar has started (and its
+  startupProbe, if any, succeeded). They share the pod's sandbox, restart whenever they exit
+  (whatever the pod's restartPolicy), feed their readiness into the pod's Ready condition, and
+  are stopped after the main containers (on deletion and on completion), in reverse order.
 - Sandbox per pod (design and measurements in ``netns.py``): own netns and IP, hostname = pod
   name, private ``/tmp`` (= ``TMPDIR``), ``/etc/hosts`` from ``PodContext.service_hosts()``
   refreshed every ``hosts_refresh_interval`` s. Torn down when the pod reaches a terminal phase.
@@ -26,37 +31,35 @@ node_name="k8semu-node", keep_dirs=False)`` implements :class:`kubelet_api.Kubel
 - kill_pod: SIGTERM each container's process group and descendants, SIGKILL after
   ``min(grace, max_grace_seconds)``, SIGKILL anything left in the netns, remove netns and veth.
   Logs stay under the root until shutdown: ``logs(namespace, name, container, previous=False)``.
-  ``exec_in_pod(namespace, name, argv)`` is ``kubectl exec``.
+  ``exec_in_pod(namespace, name, argv, container=None)`` is ``kubectl exec`` (any container,
+  sidecars included).
 
 Not emulated: images, volumes (mounts are ignored, paths are the host's), resource limits,
-security contexts, lifecycle hooks, sidecar init containers, ephemeral containers. The loopback
+security contexts, lifecycle hooks, ephemeral containers. The loopback
 fallback (no netns) gives every pod 127.0.0.1, so only one pod per port works.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import math
 import os
-import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from .containers import ConfigError, Container, expand, now, parse_quantity  # noqa: F401 - re-exported
 from .kubelet_api import PodContext
-from .netns import (BridgeNetwork, LoopbackNetwork, PodNet, http_probe, kill_netns_processes, make_network,
-                    mountns_available, render_hosts, run_captured, tcp_probe, terminate_tree)
+from .netns import (BridgeNetwork, LoopbackNetwork, PodNet, kill_netns_processes, make_network, mountns_available,
+                    render_hosts, run_captured, terminate_tree)
+from .podenv import PodEnv
+from .probes import Probes
 
 log = logging.getLogger(__name__)
 
-class PodRunner:
+class PodRunner(PodEnv, Probes):
     """Drives one pod: sandbox, init containers, containers, probes, status."""
 
     def __init__(self, kubelet: ProcessKubelet, pod: dict[str, Any], ctx: PodContext) -> None:
@@ -69,7 +72,9 @@ class PodRunner:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir / "tmp", 0o1777)
         self.hosts_path, self.resolv_path = self.dir / "hosts", self.dir / "resolv.conf"
-        self.inits = [Container(c, self.dir) for c in self.spec.get("initContainers", [])]
+        self.inits = [Container(c, self.dir, init=True) for c in self.spec.get("initContainers", [])]
+        self.sidecars = [c for c in self.inits if c.sidecar]
+        self.sidecar_tasks: list[asyncio.Task[None]] = []
         self.mains = [Container(c, self.dir) for c in self.spec.get("containers", [])]
         for c in self.mains if self.inits else []:
             c.state = {"waiting": {"reason": "PodInitializing"}}
@@ -97,7 +102,7 @@ class PodRunner:
         return c
 
     def status(self) -> dict[str, Any]:
-        ready = bool(self.mains) and all(c.ready for c in self.mains) and self.phase == "Running"
+        ready = bool(self.mains) and all(c.ready for c in self.mains + self.sidecars) and self.phase == "Running"
         st: dict[str, Any] = {
             "phase": self.phase,
             "conditions": [
@@ -159,95 +164,7 @@ class PodRunner:
         resolv = self.resolv_path if self.net.netns else None
         return self.net.sandbox_argv(self.name, self.dir / "tmp", self.hosts_path, resolv, argv)
 
-    # -- env -------------------------------------------------------------------------
-    async def _secret_or_cm(self, kind: str, name: str, optional: bool) -> dict[str, str] | None:
-        obj = await (self.ctx.get_secret(name) if kind == "secret" else self.ctx.get_configmap(name))
-        if obj is None and not optional:
-            raise ConfigError(f'{kind} "{name}" not found')
-        if obj is None or kind != "secret":
-            return None if obj is None else dict(obj.get("data") or {})
-        return {**{k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()},
-                **(obj.get("stringData") or {})}
-
-    def _field(self, path: str) -> str:
-        md, net = self.pod.get("metadata", {}), self.net
-        m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-        if m:
-            return str((md.get(m.group(1)) or {}).get(m.group(2), ""))
-        simple = {
-            "metadata.name": self.name, "metadata.namespace": self.namespace, "metadata.uid": self.uid,
-            "spec.nodeName": self.spec.get("nodeName") or self.k.node_name,
-            "spec.serviceAccountName": self.spec.get("serviceAccountName", "default"),
-            "status.podIP": net.ip if net else "", "status.podIPs": net.ip if net else "",
-            "status.hostIP": net.host_ip if net else "", "status.hostIPs": net.host_ip if net else "",
-        }
-        if path not in simple:
-            raise ConfigError(f"unsupported fieldRef {path!r}")
-        return simple[path]
-
-    def _resource(self, c: Container, ref: dict[str, Any]) -> str:
-        spec = c.spec
-        if ref.get("containerName"):
-            spec = next((x.spec for x in self.inits + self.mains if x.name == ref["containerName"]), spec)
-        kind, _, res = ref["resource"].partition(".")
-        res_map = (spec.get("resources") or {})
-        val = (res_map.get(kind) or {}).get(res) or (res_map.get("limits") or {}).get(res) if kind == "requests" \
-            else (res_map.get(kind) or {}).get(res)
-        if val is None:
-            val = (os.cpu_count() or 1) if res == "cpu" else psutil.virtual_memory().total
-        divisor = parse_quantity(ref.get("divisor", "1"))
-        return str(max(1, math.ceil(parse_quantity(val) / divisor - 1e-9)))
-
-    async def resolve_env(self, c: Container) -> dict[str, str]:
-        tpath = c.spec.get("terminationMessagePath", "/dev/termination-log")
-        venv_bin = os.path.dirname(sys.executable)
-        env: dict[str, str] = {
-            "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
-            "VIRTUAL_ENV": os.path.dirname(venv_bin), "HOME": str(self.dir / "home"), "HOSTNAME": self.name,
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "TMPDIR": "/tmp" if self.k.use_mountns else str(self.dir / "tmp"),
-            "K8SEMU_TERMINATION_MESSAGE_PATH": str(c.term_path),
-        }
-        defined: dict[str, str] = {}
-        for ef in c.spec.get("envFrom") or []:
-            ref = ef.get("secretRef") or ef.get("configMapRef") or {}
-            data = await self._secret_or_cm("secret" if "secretRef" in ef else "configmap", ref.get("name", ""),
-                                            bool(ref.get("optional")))
-            defined.update({ef.get("prefix", "") + k: v for k, v in (data or {}).items()})
-        for e in c.spec.get("env") or []:
-            vf = e.get("valueFrom")
-            if vf is None:
-                defined[e["name"]] = expand(str(e.get("value", "")), defined)
-                continue
-            if "fieldRef" in vf:
-                defined[e["name"]] = self._field(vf["fieldRef"]["fieldPath"])
-            elif "resourceFieldRef" in vf:
-                defined[e["name"]] = self._resource(c, vf["resourceFieldRef"])
-            else:
-                kind = "secret" if "secretKeyRef" in vf else "configmap"
-                ref = vf.get("secretKeyRef") or vf.get("configMapKeyRef") or {}
-                data = await self._secret_or_cm(kind, ref.get("name", ""), bool(ref.get("optional")))
-                if data is None:
-                    continue
-                if ref["key"] not in data:
-                    if ref.get("optional"):
-                        continue
-                    raise ConfigError(f"couldn't find key {ref['key']} in {kind.capitalize()} "
-                                      f"{self.namespace}/{ref.get('name')}")
-                defined[e["name"]] = data[ref["key"]]
-        env.update({k: v.replace(tpath, str(c.term_path)) for k, v in defined.items()})
-        return env
-
     # -- containers ------------------------------------------------------------------
-    def argv(self, c: Container) -> list[str]:
-        cmd, args = list(c.spec.get("command") or []), list(c.spec.get("args") or [])
-        if not cmd:
-            log.warning("%s/%s container %s has no command (image entrypoints are unknown): %s",
-                        self.namespace, self.name, c.name, "running args" if args else "sleeping")
-            cmd = [] if args else ["sleep", "infinity"]
-        tpath = c.spec.get("terminationMessagePath", "/dev/termination-log")
-        return [expand(a, c.env).replace(tpath, str(c.term_path)) for a in cmd + args]
-
     async def start(self, c: Container) -> None:
         """Resolve env (waiting on CreateContainerConfigError), then start the process."""
         last_err = ""
@@ -308,8 +225,9 @@ class PodRunner:
         await asyncio.sleep(delay)
         c.restart_count += 1
 
-    def should_restart(self, code: int) -> bool:
-        return self.policy == "Always" or (self.policy == "OnFailure" and code != 0)
+    def should_restart(self, c: Container, code: int) -> bool:
+        """Sidecars restart whenever they exit, whatever the pod's restartPolicy."""
+        return c.sidecar or self.policy == "Always" or (self.policy == "OnFailure" and code != 0)
 
     async def supervise(self, c: Container) -> None:
         while True:
@@ -327,70 +245,11 @@ class PodRunner:
                 for t in c.probe_tasks:
                     t.cancel()
                 c.probe_tasks = []
-            if not self.should_restart(code):
+            if not self.should_restart(c, code):
                 await self.push()
                 return
             await self.backoff(c)
 
-    # -- probes ----------------------------------------------------------------------
-    async def probe_loop(self, c: Container, kind: str, spec: dict[str, Any]) -> None:
-        scale = self.k.time_scale
-        period = max(0.1, spec.get("periodSeconds", 10) * scale)
-        threshold = spec.get("failureThreshold", 3)
-        timeout = max(spec.get("timeoutSeconds", 1), self.k.min_probe_timeout)
-        label = {"startupProbe": "Startup", "readinessProbe": "Readiness", "livenessProbe": "Liveness"}[kind]
-        if kind != "startupProbe":
-            while not c.started:
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(spec.get("initialDelaySeconds", 0) * scale)
-        fails = successes = 0
-        while True:
-            ok, msg = await self.probe(c, spec, timeout)
-            if ok:
-                fails, successes = 0, successes + 1
-                if kind == "startupProbe":
-                    c.started = True
-                    c.ready = "readinessProbe" not in c.spec
-                    await self.push()
-                    return
-                if kind == "readinessProbe" and not c.ready and successes >= spec.get("successThreshold", 1):
-                    c.ready = True
-                    await self.push()
-            else:
-                fails, successes = fails + 1, 0
-                if fails == 1 or fails % threshold == 0:
-                    await self.event("Unhealthy", f"{label} probe failed: {msg}".strip(), "Warning")
-                if fails >= threshold:
-                    if kind == "readinessProbe" and c.ready:
-                        c.ready = False
-                        await self.push()
-                    elif kind != "readinessProbe":
-                        await self.event("Killing", f"Container {c.name} failed {label.lower()} probe, "
-                                         "will be restarted")
-                        await self.kill_tree(c, self.grace())
-                        return
-            await asyncio.sleep(period)
-
-    async def probe(self, c: Container, spec: dict[str, Any], timeout: float) -> tuple[bool, str]:
-        assert self.net is not None
-        try:
-            if "exec" in spec:
-                rc, out = await self.exec(spec["exec"].get("command", []), c.env, timeout)
-                return rc == 0, out.strip()[-500:]
-            if "httpGet" in spec or "tcpSocket" in spec:
-                h = spec.get("httpGet") or spec["tcpSocket"]
-                port = h.get("port")
-                if isinstance(port, str) and not port.isdigit():
-                    port = next((p["containerPort"] for p in c.spec.get("ports", []) if p.get("name") == port), 0)
-                host = h.get("host") or self.net.ip
-                if "tcpSocket" in spec:
-                    return await tcp_probe(host, int(port), timeout)
-                return await http_probe(host, int(port), h.get("path", "/"), h.get("httpHeaders", []),
-                                        h.get("scheme", "HTTP").upper() == "HTTPS", timeout)
-            log.warning("probe %s not supported, treated as success", list(spec))
-            return True, ""
-        except (OSError, asyncio.TimeoutError, ValueError) as e:
-            return False, f"{type(e).__name__}: {e}"
 
     async def exec(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str]:
         """Run ``argv`` inside the pod's sandbox (like ``kubectl exec``); (returncode, output)."""
@@ -417,6 +276,9 @@ class PodRunner:
             self.resolv_path.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
             self.hosts_task = asyncio.create_task(self._refresh_hosts())
             for c in self.inits:
+                if c.sidecar:
+                    await self.start_sidecar(c)
+                    continue
                 while True:
                     await self.start(c)
                     await self.push()
@@ -431,6 +293,7 @@ class PodRunner:
                 await self.push()
             self.initialized, self.phase = True, "Running"
             await asyncio.gather(*(self.supervise(c) for c in self.mains))
+            await self.stop_sidecars(self.grace())
             codes = [c.state.get("terminated", {}).get("exitCode", 0) for c in self.mains]
             self.phase = "Succeeded" if all(x == 0 for x in codes) else "Failed"
             await self.push()
@@ -443,7 +306,37 @@ class PodRunner:
             await self.push()
         finally:
             if self.phase in ("Succeeded", "Failed"):
+                await self.stop_sidecars(self.grace())
+                await self.push()
                 await self.release()
+
+    async def start_sidecar(self, c: Container) -> None:
+        """Start a native sidecar and return once it has started (its startupProbe, if any,
+        succeeded): the next init container does not wait for it to exit."""
+        task = asyncio.create_task(self.supervise(c), name=f"k8semu-sidecar-{self.namespace}/{self.name}/{c.name}")
+        self.sidecar_tasks.append(task)
+        while not c.started:
+            if task.done():
+                task.result()  # supervise never returns for a sidecar: re-raise its failure
+                raise RuntimeError(f"sidecar {c.name} stopped before it started")
+            await asyncio.sleep(0.05)
+        await self.push()
+
+    async def stop_sidecars(self, grace: float) -> None:
+        """Stop sidecars after the main containers, in reverse order of definition."""
+        for t in self.sidecar_tasks:
+            t.cancel()  # no more restarts
+        await asyncio.gather(*self.sidecar_tasks, return_exceptions=True)
+        self.sidecar_tasks = []
+        for c in reversed(self.sidecars):
+            if c.proc is None or c.proc.returncode is not None:
+                continue
+            await self.event("Killing", f"Stopping container {c.name}")
+            await self.kill_tree(c, grace)
+            try:
+                await asyncio.wait_for(self.wait_exit(c), 5)
+            except asyncio.TimeoutError:
+                log.error("%s/%s: sidecar %s did not die", self.namespace, self.name, c.name)
 
     async def release(self) -> None:
         """Tear the sandbox down (netns, leftover processes), as the kubelet does for a pod
@@ -455,23 +348,30 @@ class PodRunner:
             await self.k.network.remove_pod(self.net)
 
     async def stop(self, grace: float) -> None:
+        """Pod deletion: main (and running init) containers first, then the sidecars with what
+        is left of the grace period (at least 2 s, as the kubelet gives them)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self.task:
             self.task.cancel()
         if self.hosts_task:
             self.hosts_task.cancel()
-        live = [c for c in self.inits + self.mains if c.proc and c.proc.returncode is None]
+        for t in self.sidecar_tasks:
+            t.cancel()
+        live = [c for c in self.inits + self.mains if not c.sidecar and c.proc and c.proc.returncode is None]
         for c in live:
             await self.event("Killing", f"Stopping container {c.name}")
         await asyncio.gather(*(self.kill_tree(c, grace) for c in live))
-        for t in [t for c in live for t in c.probe_tasks]:
-            t.cancel()
-        if self.net and self.net.netns:
-            await asyncio.to_thread(kill_netns_processes, self.net.netns)
         for c in live:
             try:
                 await asyncio.wait_for(c.proc.wait(), 5)  # type: ignore[union-attr]
             except asyncio.TimeoutError:
                 log.error("%s/%s: container %s did not die", self.namespace, self.name, c.name)
+        await self.stop_sidecars(max(deadline - loop.time(), min(grace, 2.0)))
+        for t in [t for c in self.inits + self.mains for t in c.probe_tasks]:
+            t.cancel()
+        if self.net and self.net.netns:
+            await asyncio.to_thread(kill_netns_processes, self.net.netns)
         if self.task:
             await asyncio.gather(self.task, return_exceptions=True)
         if self.net and not self.released:
@@ -578,5 +478,7 @@ class ProcessKubelet:
                           timeout: float = 60.0) -> tuple[int, str]:
         """Run ``argv`` in the pod's sandbox with the container's env: (returncode, stdout+stderr)."""
         r = self.pods[(namespace, name)]
-        c = next((x for x in r.mains if container in (None, x.name)), None)
-        return await r.exec(argv, c.env if c else None, timeout)
+        c = next((x for x in r.mains + r.inits if container in (None, x.name)), None)
+        if c is None:
+            raise KeyError(f"container {container} is not valid for pod {name}")
+        return await r.exec(argv, c.env, timeout)

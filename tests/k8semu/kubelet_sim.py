@@ -8,6 +8,10 @@ understood only by the emulator (see README.md):
 - ``k8semu/exit-after: "<s>"``  -> containers terminate after <s> seconds of running
 - ``k8semu/exit-code: "<n>"``   -> with that exit code (default 0); restartPolicy honoured
 - ``k8semu/not-ready: "true"``  -> containers run but never become ready
+
+Native sidecars (init containers with ``restartPolicy: Always``) are reported started,
+ready and running as soon as they start; the next init container follows at once; they
+count toward the pod's Ready condition and are terminated when the pod completes.
 """
 
 from __future__ import annotations
@@ -45,13 +49,16 @@ class _PodState:
         self.start_time = now_iso()
         spec = pod.get("spec") or {}
         self.init = {c["name"]: _waiting(c, "PodInitializing") for c in spec.get("initContainers") or []}
+        # Native sidecars (Kubernetes >= 1.29): init containers with restartPolicy Always keep running.
+        self.sidecars = [c["name"] for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
         self.main = {c["name"]: _waiting(c, "ContainerCreating") for c in spec.get("containers") or []}
         self.initialized = not self.init
         self.reason: str | None = None
 
     def status(self) -> dict[str, Any]:
         ts = now_iso()
-        ready = self.phase == "Running" and all(s["ready"] for s in self.main.values())
+        ready = self.phase == "Running" and all(s["ready"] for s in [*self.main.values(),
+                                                                        *(self.init[n] for n in self.sidecars)])
         done = self.phase in ("Succeeded", "Failed")
         conds = [
             {"type": "Initialized", "status": "True" if self.initialized else "False"},
@@ -64,7 +71,8 @@ class _PodState:
                 c["reason"] = "PodCompleted" if done else "ContainersNotReady"
                 if not done:
                     c["message"] = "containers with unready status: [" + " ".join(
-                        n for n, s in self.main.items() if not s["ready"]) + "]"
+                        n for n, s in [*self.main.items(), *((n, self.init[n]) for n in self.sidecars)]
+                        if not s["ready"]) + "]"
         st: dict[str, Any] = {"phase": self.phase, "conditions": conds, "hostIP": HOST_IP,
                               "hostIPs": [{"ip": HOST_IP}], "startTime": self.start_time,
                               "containerStatuses": list(self.main.values()), "qosClass": "BestEffort"}
@@ -121,7 +129,7 @@ class SimKubelet:
         if task is not None:
             task.cancel()
         if st is not None and st.phase == "Running" and grace_period_seconds > 0:
-            for name in st.main:
+            for name in [*st.main, *reversed(st.sidecars)]:  # sidecars last, in reverse order
                 await st.ctx.emit_event("Killing", f"Stopping container {name}")
 
     async def shutdown(self) -> None:
@@ -165,6 +173,10 @@ class SimKubelet:
             await ctx.emit_event("Created", f"Created container {c['name']}")
             await ctx.emit_event("Started", f"Started container {c['name']}")
             st.init[c["name"]].update(state={"running": {"startedAt": now_iso()}}, started=True, containerID=_cid())
+            if c["name"] in st.sidecars:  # started is enough to move on; it keeps running
+                st.init[c["name"]]["ready"] = ann.get(NOT_READY) != "true"
+                await self._push(st)
+                continue
             await self._push(st)
             await self._sleep("init")
             s = st.init[c["name"]]
@@ -220,6 +232,11 @@ class SimKubelet:
                 await self._sleep("restart")
                 continue
             st.phase = "Succeeded" if code == 0 else "Failed"
+            for name in st.sidecars:  # stopped once the main containers are done
+                s = st.init[name]
+                s.update(ready=False, started=False, state={"terminated": {
+                    "exitCode": 0, "reason": "Completed", "startedAt": s["state"].get("running", {}).get("startedAt"),
+                    "finishedAt": now_iso(), "containerID": s.get("containerID")}})
             await self._push(st)
             return
 
