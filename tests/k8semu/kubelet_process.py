@@ -15,7 +15,8 @@ node_name="k8semu-node", keep_dirs=False)`` implements :class:`kubelet_api.Kubel
   (whatever the pod's restartPolicy), feed their readiness into the pod's Ready condition, and
   are stopped after the main containers (on deletion and on completion), in reverse order.
 - Sandbox per pod (design and measurements in ``netns.py``): own netns and IP, hostname = pod
-  name, private ``/tmp`` (= ``TMPDIR``), ``/etc/hosts`` from ``PodContext.service_hosts()``
+  name, private ``/tmp`` (= ``TMPDIR``; this interpreter's venv and the checkout stay visible
+  at their paths if they live under /tmp), ``/etc/hosts`` from ``PodContext.service_hosts()``
   refreshed every ``hosts_refresh_interval`` s. Torn down when the pod reaches a terminal phase.
 - ``terminationMessagePath`` (default ``/dev/termination-log``) maps to a per-container file:
   the path is rewritten in command/args/env values (``K8SEMU_TERMINATION_MESSAGE_PATH`` is set
@@ -52,8 +53,8 @@ from typing import Any
 
 from .containers import ConfigError, Container, expand, now, parse_quantity  # noqa: F401 - re-exported
 from .kubelet_api import PodContext
-from .netns import (BridgeNetwork, LoopbackNetwork, PodNet, kill_netns_processes, make_network, mountns_available,
-                    render_hosts, run_captured, terminate_tree)
+from .netns import (BridgeNetwork, LoopbackNetwork, PodNet, host_paths_under_tmp, kill_netns_processes,
+                    make_network, mountns_available, render_hosts, run_captured, terminate_tree)
 from .podenv import PodEnv
 from .probes import Probes
 
@@ -71,6 +72,8 @@ class PodRunner(PodEnv, Probes):
         for sub in ("logs", "termination", "tmp", "home"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir / "tmp", 0o1777)
+        for keep in kubelet.keep_paths:  # mount points for the host paths a pod must still see
+            (self.dir / "tmp" / keep.relative_to("/tmp")).mkdir(parents=True, exist_ok=True)
         self.hosts_path, self.resolv_path = self.dir / "hosts", self.dir / "resolv.conf"
         self.inits = [Container(c, self.dir, init=True) for c in self.spec.get("initContainers", [])]
         self.sidecars = [c for c in self.inits if c.sidecar]
@@ -162,7 +165,7 @@ class PodRunner(PodEnv, Probes):
         if not self.k.use_mountns:
             return argv
         resolv = self.resolv_path if self.net.netns else None
-        return self.net.sandbox_argv(self.name, self.dir / "tmp", self.hosts_path, resolv, argv)
+        return self.net.sandbox_argv(self.name, self.dir / "tmp", self.hosts_path, resolv, argv, self.k.keep_paths)
 
     # -- containers ------------------------------------------------------------------
     async def start(self, c: Container) -> None:
@@ -402,6 +405,7 @@ class ProcessKubelet:
         self.hosts_refresh_interval, self.node_name, self.keep_dirs = hosts_refresh_interval, node_name, keep_dirs
         self.network: BridgeNetwork | LoopbackNetwork = LoopbackNetwork()
         self.use_mountns = False
+        self.keep_paths: list[Path] = []
         self.pods: dict[tuple[str, str], PodRunner] = {}
         self._ready = False
         self._lock: asyncio.Lock | None = None
@@ -420,6 +424,9 @@ class ProcessKubelet:
             self.network = await asyncio.to_thread(make_network, self.network_mode)
             await self.network.setup()
             self.use_mountns = await asyncio.to_thread(mountns_available)
+            self.keep_paths = host_paths_under_tmp() if self.use_mountns else []
+            if self.keep_paths:
+                log.info("process kubelet: keeping %s visible in the pods' private /tmp", self.keep_paths)
             log.info("process kubelet: mode %s, private mount/uts namespaces %s, root %s",
                      self.mode, self.use_mountns, self.root)
             self._ready = True

@@ -20,7 +20,10 @@ Design (see also ``kubelet_process``):
   a per-pod hosts file is bind-mounted over ``/etc/hosts``
   (``<svc>.<ns>.svc.cluster.local``, ``<svc>.<ns>.svc``, ``<svc>.<ns>``, ``<svc>``, the pod
   name), a resolv.conf with ``nameserver 127.0.0.1`` over ``/etc/resolv.conf`` (unknown
-  names fail at once instead of timing out) and a per-pod directory over ``/tmp``.
+  names fail at once instead of timing out) and a per-pod directory over ``/tmp``. The test
+  interpreter's environment and the checkout stay visible at their paths when they live
+  under /tmp (:func:`host_paths_under_tmp`, bound into the pod's tmp dir before it goes over
+  /tmp): only those paths, so pods still never see each other's (or the host's) /tmp/ray.
   The hosts file is rewritten in place (same inode), so running containers see updates.
   No ``/etc/netns`` directories are used.
 - *Why a private /tmp* (measured with ray 2.60 on this machine): two Ray heads in two
@@ -44,6 +47,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +62,40 @@ MAX_NETS = 255
 
 _capability: dict[str, bool] = {}
 
-# Runs in the pod's netns: hostname, then the hosts file and resolv.conf, then /tmp (last: the
-# pod dir must still be reachable, which is why the kubelet root never lies under /tmp).
-WRAP = 'hostname "$1" && mount --bind "$3" /etc/hosts && mount --bind "$2" /tmp || exit 125; ' \
+# Runs in the pod's netns: hostname, the hosts file and resolv.conf, /proc (if $5: own PID
+# namespace); then each kept host path under /tmp ($7.., $6 of them) is bound onto the same
+# path inside the pod's tmp dir ($2), and that dir with these submounts (--rbind) goes over
+# /tmp. /tmp comes last: the pod dir must still be reachable, which is why the kubelet root
+# never lies under /tmp.
+WRAP = 'hostname "$1" && mount --bind "$3" /etc/hosts || exit 125; ' \
     'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; ' \
-    'if [ -n "$5" ]; then mount -t proc proc /proc || exit 125; fi; shift 5; exec "$@"'
+    'if [ -n "$5" ]; then mount -t proc proc /proc || exit 125; fi; t=$2; n=$6; shift 6; ' \
+    'while [ "$n" -gt 0 ]; do mount --bind "$1" "$t${1#/tmp}" || exit 125; shift; n=$((n-1)); done; ' \
+    'mount --rbind "$t" /tmp || exit 125; exec "$@"'
+
+
+def host_paths_under_tmp() -> list[Path]:
+    """Paths a pod must still see although its private /tmp hides the host's: this
+    interpreter's environment (venv, base and exec prefix, the directory of
+    ``sys.executable``) and the checkout (the directory holding ``tests/``), when they live
+    under /tmp (a CI clone in /tmp/x, a venv in /tmp). Both the path as given and its
+    resolved form are kept; nested paths are covered by their parent."""
+    checkout = Path(__file__).resolve().parents[2]
+    cands = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
+             Path(os.path.dirname(sys.executable)), checkout]
+    tmp = Path("/tmp")
+    found: set[Path] = set()
+    for c in cands:
+        for p in (Path(os.path.abspath(c)), c.resolve()):
+            if p == tmp:
+                log.warning("%s is /tmp itself: not kept visible in pods (their /tmp is private)", c)
+            elif p.is_relative_to(tmp) and p.exists():
+                found.add(p)
+    kept: list[Path] = []
+    for p in sorted(found, key=lambda x: len(x.parts)):
+        if not any(p.is_relative_to(k) for k in kept):
+            kept.append(p)
+    return kept
 
 
 def _run(argv: list[str], check: bool = True, input_: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -211,12 +244,14 @@ class PodNet:
             argv.append(f"--pid=/proc/{self.pid_holder}/ns/pid")
         return argv
 
-    def sandbox_argv(self, hostname: str, tmp: Path, hosts: Path, resolv: Path | None, argv: list[str]) -> list[str]:
+    def sandbox_argv(self, hostname: str, tmp: Path, hosts: Path, resolv: Path | None, argv: list[str],
+                     keep: list[Path] | tuple[Path, ...] = ()) -> list[str]:
         """argv that runs ``argv`` in this netns with its own hostname, /tmp, hosts and resolv.conf,
-        and (with a PID namespace) a /proc that shows only the pod's own processes."""
+        and (with a PID namespace) a /proc that shows only the pod's own processes. ``keep``:
+        host paths under /tmp that stay visible (their mount points already made under ``tmp``)."""
         return [*self.enter_argv(), "unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", WRAP,
                 "k8semu-sandbox", hostname, str(tmp), str(hosts), str(resolv or ""),
-                "1" if self.pid_holder else "", *argv]
+                "1" if self.pid_holder else "", str(len(keep)), *map(str, keep), *argv]
 
 
 def render_hosts(pod_name: str, pod_ip: str, names: dict[str, str]) -> str:
