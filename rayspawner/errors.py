@@ -3,7 +3,9 @@
 Anything raised as :class:`RaySpawnerError` is shown as-is on the spawn page,
 returned as the REST API's error message and logged; nothing else about the
 failure (tracebacks, API bodies) reaches the user. It subclasses tornado's
-``HTTPError`` so JupyterHub relays its status code (400 for bad input).
+``HTTPError`` so JupyterHub relays its status code (400 for bad input), logs
+it as one line without a traceback, and (below 500) does not count it towards
+``consecutive_failure_limit``.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ class RaySpawnerError(web.HTTPError):
         return self.message
 
 
-class InvalidOptions(RaySpawnerError):
+class InvalidOptions(RaySpawnerError, ValueError):
     """The user's choices (or the admin's profile) are invalid or over a limit.
 
-    Raised before anything is created.
+    Raised before anything is created. Also a ``ValueError``: KubeSpawner's
+    ``load_user_options`` raises ValueError for bad options and its callers
+    (and upstream's tests) catch that; as an ``HTTPError`` it is still a 400
+    with this message on the spawn page and in the REST API.
     """
 
     status = 400

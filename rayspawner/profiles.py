@@ -110,5 +110,33 @@ class ProfileListMixin(Configurable):
             self._validate_user_options(profile_list)
             if profile_list:
                 self._load_profile(options.get("profile"), profile_list)
+        except InvalidOptions:
+            raise  # already a message for the user (and a ValueError: not to be wrapped twice)
         except (ValueError, KeyError, TraitError, StopIteration) as e:
             raise InvalidOptions(f"Invalid server options: {e}") from None
+
+
+def options_may_enable_ray(spawner: Any, user_options: dict) -> bool:
+    """Whether ``user_options`` choose a profile that can turn Ray on (no I/O, no side effects).
+
+    For a stored server the hub has no Ray state for (its spawn was cut short), so
+    nothing is applied: any ``ray_enabled`` override in the chosen profile or one of
+    its options counts. A callable ``profile_list`` is not called (it may do I/O and
+    would run on every hub start for every server): such servers count only once
+    their spawn resolves a Ray cluster.
+    """
+    if getattr(spawner, "ray_enabled", False):
+        return True
+    profile_list = spawner.profile_list
+    if not profile_list or callable(profile_list):
+        return False
+    profiles = spawner._get_initialized_profile_list(spawner._sorted_dict_values(profile_list))
+    slug = user_options.get("profile") if isinstance(user_options, dict) else None
+    profile = next((p for p in profiles if (p.get("slug") == slug if slug else p.get("default"))), None)
+    if profile is None:
+        return False
+    overrides = [profile.get("kubespawner_override") or {}]
+    for option in (profile.get("profile_options") or {}).values():
+        overrides += [c.get("kubespawner_override") or {} for c in (option.get("choices") or {}).values()]
+        overrides.append((option.get("unlisted_choice") or {}).get("kubespawner_override") or {})
+    return any(bool(o.get("ray_enabled")) for o in overrides)

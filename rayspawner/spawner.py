@@ -41,6 +41,7 @@ from .env import notebook_env
 from .errors import ClusterStartError, ConfigError, InvalidOptions, RaySpawnerError
 from .manifests.common import owner_reference, version_init_container, wants_version_check
 from .options import check_user_options, resolve_spec
+from .profiles import options_may_enable_ray
 from .reflector_index import pod_events
 from .spec import ClusterRef, RayClusterSpec
 from .versions_check import compare_versions
@@ -89,27 +90,39 @@ class RaySpawner(RayConfig, KubeSpawner):
         }
 
     async def load_user_options(self) -> None:
-        self._ensure_sweeper()
-        await self.load_ray_options()
+        """KubeSpawner's profile handling, then the Ray spec and its backend.
+
+        Bad input raises InvalidOptions: a ValueError (KubeSpawner's contract) and an
+        HTTP 400 with the user's message. With Ray off this makes no API request.
+        """
+        try:
+            await self.load_ray_options()
+        except InvalidOptions as e:
+            # the user's mistake, not the hub's: one line, no traceback (JupyterHub adds its own line)
+            self.log.warning("Refused server options for %s: %s", self._log_name, e.message)
+            raise
         if self._ray_spec:
             self._ray_backend = await self._backend_for(self.ray_backend)
             self._ray_ref = self._ray_spec.ref(self._ray_backend.kind)
             self.log.info("Ray cluster %s for %s (%s backend)", self._ray_spec.name, self._log_name, self._ray_backend.kind)
+            self._ray_in_use()
 
     async def load_ray_options(self) -> RayClusterSpec | None:
         """Apply the chosen profile and validate everything; no I/O.
 
         Raises InvalidOptions (HTTP 400) with a message for the user.
         """
+        self._ray_spec = None  # a refused respawn must not act on an earlier server's spec
         profile_list = self._sorted_dict_values(self.profile_list)
         if callable(profile_list):
             profile_list = await profile_list(self) if asyncio.iscoroutinefunction(profile_list) else profile_list(self)
         check_user_options(self.user_options or {}, self._get_initialized_profile_list(profile_list or []))
         try:
             await super().load_user_options()
+        except InvalidOptions:
+            raise  # a ValueError too, already worded for the user
         except (ValueError, KeyError, TraitError) as e:
             raise InvalidOptions(f"Invalid server options: {e}") from None
-        self._ray_spec = None
         if self.ray_enabled:
             self._ray_spec = resolve_spec(
                 self,
@@ -322,7 +335,12 @@ class RaySpawner(RayConfig, KubeSpawner):
                 raise r
 
     async def poll(self):
-        self._ensure_sweeper()
+        if not self._ray_use_checked:
+            # once per spawner object: at hub start-up JupyterHub polls every stored server,
+            # including one whose Ray spawn the previous hub process died in (no state yet)
+            self._ray_use_checked = True
+            if self._ray_ref or options_may_enable_ray(self, self.user_options or {}):
+                self._ray_in_use()
         start = getattr(self, "_start_future", None)
         if start is not None and not start.done():
             return None  # JupyterHub polls a pending server only to stop it: stop() cancels the start
@@ -363,12 +381,27 @@ class RaySpawner(RayConfig, KubeSpawner):
 
     # ------------------------------------------------------------ orphan sweep
     _sweepers: dict = {}
+    _ray_use_checked: bool = False
+
+    def _ray_in_use(self) -> None:
+        """This hub process has (or had) a Ray cluster in this namespace: sweep it.
+
+        Called where Ray comes into use: a Ray spawn's options (load_user_options), a
+        stored server with a cluster (load_state), a stored server whose Ray spawn was
+        cut short (first poll). Never for Ray-off servers, so a hub without Ray makes
+        exactly KubeSpawner's API requests (its RBAC allows no more).
+        """
+        self._ensure_sweeper()
 
     def _ensure_sweeper(self) -> None:
         """Start this process's periodic orphan sweep for the namespace (once)."""
         if self.ray_orphan_sweep_interval <= 0:
             return
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # load_state outside the event loop: the first poll starts it
+            self._ray_use_checked = False
+            return
         key = (id(loop), self.namespace)
         task = RaySpawner._sweepers.get(key)
         if task is None or task.done():
@@ -396,6 +429,16 @@ class RaySpawner(RayConfig, KubeSpawner):
 
     # --------------------------------------------------------------- progress
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """KubeSpawner's notebook events merged with the spawn's steps.
+
+        Every event carries an integer ``progress`` that never decreases (JupyterHub's
+        progress bar and upstream's tests rely on it; KubeSpawner's slow-spawn message
+        has none). Steps, in words a user understands, come from the reflectors (no API
+        requests): notebook scheduled / started / ready; the Ray head starting /
+        accepting connections; workers joined k/N; in driver mode the notebook joining
+        its cluster. Unlike KubeSpawner's, this runs until the start is done even when
+        ``events_enabled`` is off, so the steps are still shown.
+        """
         queue: asyncio.Queue = asyncio.Queue()
         notebook_events = super().progress()
 
@@ -407,28 +450,120 @@ class RaySpawner(RayConfig, KubeSpawner):
                 await queue.put(None)
 
         pump_task = asyncio.ensure_future(pump())
-        last = ""
+        reported = 0
+        sent: dict[str, str] = {}  # step key -> the last message sent for it
+
+        def stamp(event: dict[str, Any], floor: int) -> dict[str, Any]:
+            nonlocal reported
+            value = event.get("progress")
+            own = int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+            reported = min(100, max(reported, own, floor))
+            return {**event, "progress": reported}
+
+        pump_done = False
         try:
             while True:
+                start = self._start_future
+                finishing = start is not None and start.done()  # one more pass after the start ends
                 try:
-                    event = await asyncio.wait_for(queue.get(), 0.5)
+                    event = await asyncio.wait_for(queue.get(), 0.5) if not pump_done else ...
                 except asyncio.TimeoutError:
                     event = ...
                 if event is None:
+                    pump_done = True
+                elif event is not ...:
+                    yield stamp(event, 0)
+                steps, floor = await self._spawn_steps()
+                for key, message in steps:
+                    if sent.get(key) != message:
+                        sent[key] = message
+                        yield stamp({"message": message}, floor)
+                if finishing and pump_done:
                     break
-                if event is not ...:
-                    yield event
-                message = await self._cluster_message()
-                if message and message != last:
-                    last = message
-                    yield {"message": message}
-            message = self._ray_failure or await self._cluster_message(final=True)
-            if message and message != last:
-                yield {"message": message}
+                if pump_done:
+                    await asyncio.sleep(0.5)
+            if self._ray_failure:
+                yield stamp({"message": self._ray_failure}, 0)
+                return
+            final = await self._cluster_message(final=True) if self._ray_spec else self._notebook_final_message()
+            if final:
+                yield stamp({"message": final}, 95)
         finally:
             pump_task.cancel()
 
+    #: the notebook pod's Ray node sidecar in driver mode (manifests' NOTEBOOK_NODE_CONTAINER, once it exists)
+    _NOTEBOOK_NODE_CONTAINER = "ray-node"
+
+    def _notebook_pod(self) -> dict | None:
+        reflector = self.pod_reflector
+        pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector is not None else None
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return None  # an earlier server's pod on its way out says nothing about this spawn
+        return pod
+
+    def _notebook_joined(self, pod: dict | None) -> bool | None:
+        """None: not expected (Ray Client mode, or no Ray node sidecar in the pod);
+        else whether the sidecar reports ready (its ``ray start`` joined the cluster)."""
+        spec = self._ray_spec
+        if not spec or not spec.driver_mode or pod is None:
+            return None
+        name = self._NOTEBOOK_NODE_CONTAINER
+        if not any(c.get("name") == name for c in pod.get("spec", {}).get("initContainers") or []):
+            return None
+        statuses = (pod.get("status") or {}).get("initContainerStatuses") or []
+        return any(cs.get("name") == name and cs.get("ready") for cs in statuses)
+
+    async def _spawn_steps(self) -> tuple[list[tuple[str, str]], int]:
+        """The steps reached so far as (key, message), and the progress they are worth."""
+        steps: list[tuple[str, str]] = []
+        done, total = 0.0, 3.0
+        pod = self._notebook_pod()
+        status = (pod or {}).get("status") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        if conditions.get("PodScheduled") == "True" or (pod or {}).get("spec", {}).get("nodeName"):
+            node = (pod or {}).get("spec", {}).get("nodeName")
+            steps.append(("notebook-scheduled", f"Notebook scheduled on node {node}" if node else "Notebook scheduled"))
+            done += 1
+            if any("running" in (cs.get("state") or {}) for cs in status.get("containerStatuses") or [] if cs.get("name") == "notebook"):
+                steps.append(("notebook-started", "Notebook container started"))
+                done += 1
+            if conditions.get("Ready") == "True":
+                steps.append(("notebook-ready", "Notebook ready"))
+                done += 1
+        spec, backend = self._ray_spec, self._ray_backend
+        if spec and backend:
+            total += 4
+            try:
+                st = await backend.status(spec)
+            except RaySpawnerError:
+                st = None
+            if st is not None:
+                steps.append(("cluster", self._describe_cluster(spec, st)))
+                done += (1 if st.exists else 0) + (2 if st.head_ready else 0)
+                done += min(1.0, st.workers_ready / st.workers_desired) if st.workers_desired else (1 if st.head_ready else 0)
+            joined = self._notebook_joined(pod)
+            if joined is not None:
+                total += 1
+                if joined:
+                    steps.append(("joined", f"Your notebook joined its Ray cluster {spec.name}"))
+                    done += 1
+        return steps, int(10 + 85 * done / total)
+
+    def _describe_cluster(self, spec: RayClusterSpec, st: ClusterStatus) -> str:
+        message = st.message(spec)
+        if st.warnings:
+            message += " — " + "; ".join(st.warnings[:2])
+        if self._ray_version_warning:
+            message += f" Warning: {self._ray_version_warning}"
+        return message
+
+    def _notebook_final_message(self) -> str:
+        pod = self._notebook_pod()
+        conditions = {c.get("type"): c.get("status") for c in ((pod or {}).get("status") or {}).get("conditions") or []}
+        return "Notebook ready; connecting to your server" if conditions.get("Ready") == "True" else ""
+
     async def _cluster_message(self, final: bool = False) -> str:
+        """The cluster's state in one line; ``final``: the spawn's closing message."""
         spec, backend = self._ray_spec, self._ray_backend
         if not spec or not backend:
             return ""
@@ -436,11 +571,12 @@ class RaySpawner(RayConfig, KubeSpawner):
             st = await backend.status(spec)
         except RaySpawnerError:
             return ""
-        message = st.message(spec)
-        if st.warnings:
-            message += " — " + "; ".join(st.warnings[:2])
-        if final and st.head_ready:
-            message = f"Ray cluster {spec.name} is ready ({st.workers_ready}/{st.workers_desired} workers so far); ray.init() connects to it."
+        if not (final and st.head_ready):
+            return self._describe_cluster(spec, st)
+        joined = self._notebook_joined(self._notebook_pod())
+        you = {True: "; your notebook joined it", False: "; your notebook is still joining it", None: ""}[joined]
+        message = (f"Ray cluster {spec.name} is ready: head accepting connections, workers joined "
+                   f"{st.workers_ready}/{st.workers_desired}{you}. ray.init() connects to it.")
         if self._ray_version_warning:
             message += f" Warning: {self._ray_version_warning}"
         return message
@@ -460,6 +596,7 @@ class RaySpawner(RayConfig, KubeSpawner):
             if not self._ray_running:
                 self._ray_running = True
                 metrics.reattached(self._ray_ref.backend or "unknown")
+            self._ray_in_use()
 
     def clear_state(self) -> None:
         super().clear_state()

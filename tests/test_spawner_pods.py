@@ -46,7 +46,8 @@ async def test_spawn_creates_owned_cluster_and_stop_removes_it(k8s_emu, ray_spaw
         assert labels[naming.LABEL_COMPONENT] in ("ray-head", "ray-worker")
 
     env = env_of(notebook)
-    assert env["RAY_ADDRESS"]["value"] == "ray://ray-alice-head-svc.jhub.svc.cluster.local:10001"
+    # driver mode (the default): the kernel is a direct driver on the notebook's own Ray node
+    assert env["RAY_ADDRESS"]["value"] == "ray-alice-head-svc.jhub.svc.cluster.local:6379"
     assert env["RAY_DASHBOARD_URL"]["value"] == "http://ray-alice-head-svc.jhub.svc.cluster.local:8265"
     assert env["RAY_API_SERVER_ADDRESS"]["value"] == env["RAY_DASHBOARD_URL"]["value"]
     assert env["RAY_CLUSTER_NAME"]["value"] == "ray-alice"
@@ -91,7 +92,7 @@ async def test_named_servers_and_users_are_independent(k8s_emu, ray_spawner_fact
     await asyncio.gather(start(a), start(a2), start(b))
     names = {n for k, n in ray_objects(k8s_emu) if k == "services"}
     assert names == {"ray-alice-head-svc", "ray-alice--big-head-svc", "ray-bob-head-svc"}
-    assert env_of(k8s_emu.get_object("pods", "jhub", b.pod_name))["RAY_ADDRESS"]["value"].startswith("ray://ray-bob-head-svc.")
+    assert env_of(k8s_emu.get_object("pods", "jhub", b.pod_name))["RAY_ADDRESS"]["value"].startswith("ray-bob-head-svc.")
     await a.stop()
     assert ray_objects(k8s_emu, "ray-alice") == []
     assert ray_objects(k8s_emu, "ray-alice--big") and ray_objects(k8s_emu, "ray-bob")
@@ -150,8 +151,9 @@ async def test_progress_reports_cluster_until_ready(k8s_emu_factory, ray_spawner
     assert ray_msgs, messages
     assert any("head" in m and "ready" not in m.split("head")[1][:7] for m in ray_msgs[:-1]) or len(ray_msgs) >= 2
     assert "is ready" in ray_msgs[-1]
-    ready_at = next(i for i, m in enumerate(messages) if "head ready" in m or "is ready" in m)
+    ready_at = next(i for i, m in enumerate(messages) if "accepting connections" in m)
     assert all("is ready" not in m for m in messages[:ready_at])
+    assert any("head starting" in m for m in messages[:ready_at]), messages  # the step before, in words
     assert any("Pulling" in m or "pulling" in m for m in messages)
     await sp.stop()
 

@@ -39,10 +39,17 @@ class ClusterStatus:
     warnings: list[str] = field(default_factory=list)
 
     def message(self, spec: RayClusterSpec) -> str:
+        """The cluster's current step, one line in words a user understands (progress page)."""
         if self.head_failed:
             return f"Ray cluster {spec.name}: {self.head_failed}"
-        head = "ready" if self.head_ready else (self.phase or "starting")
-        return f"Ray cluster {spec.name}: head {head}, workers ready {self.workers_ready}/{self.workers_desired}"
+        if not self.exists:
+            return f"Ray cluster {spec.name}: being created"
+        if self.phase == "terminating":
+            return f"Ray cluster {spec.name}: being removed"
+        if not self.head_ready:
+            return f"Ray cluster {spec.name}: head starting ({self.phase or 'starting'})"
+        return (f"Ray cluster {spec.name}: head accepting connections, "
+                f"workers joined {self.workers_ready}/{self.workers_desired}")
 
 
 class ClusterBackend(abc.ABC):
