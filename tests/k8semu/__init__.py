@@ -50,6 +50,19 @@ def _log_reader(kubelet: Any) -> Callable[[dict[str, Any], str | None], Any] | N
     return None
 
 
+def _exec_starter(kubelet: Any) -> Callable[..., Any] | None:
+    """pods/exec support: ProcessKubelet.exec_stream; None (a 400 answer) for the sim kubelet."""
+    if not hasattr(kubelet, "exec_stream"):
+        return None
+
+    async def start(pod: dict[str, Any], container: str, argv: list[str], stdin: bool, stdout: bool,
+                    stderr: bool, tty: bool) -> Any:
+        md = pod["metadata"]
+        return await kubelet.exec_stream(md["namespace"], md["name"], argv, container, stdin=stdin,
+                                         stdout=stdout, stderr=stderr, tty=tty)
+    return start
+
+
 class K8sEmu:
     """A loopback Kubernetes API server running on its own thread and event loop.
 
@@ -163,6 +176,7 @@ class K8sEmu:
                 self._create_sync(doc)
         self.api = ApiServer(self.store, self.registry, self.faults, authorizer)
         self.api.pod_logs = _log_reader(self.kubelet)
+        self.api.pod_exec = _exec_starter(self.kubelet)
         Scheduler(self.store, self.kubelet, self.sim_delays, self.jitter)
         self._controllers = start_controllers(self.store, kuberay=self.kuberay)
         self._runner = web.AppRunner(self.api.app(), handle_signals=False, access_log=None,

@@ -481,6 +481,27 @@ class ProcessKubelet:
             path = path.with_suffix(".previous.log")
         return path.read_text(errors="replace") if path and path.exists() else ""
 
+    async def exec_stream(self, namespace: str, name: str, argv: list[str], container: str | None = None,
+                          stdin: bool = False, stdout: bool = True, stderr: bool = True,
+                          tty: bool = False) -> asyncio.subprocess.Process:
+        """Start ``argv`` in the pod's sandbox with a running container's env and pipes for the
+        streams asked for (``pods/exec``); raises LookupError if there is no such container."""
+        r = self.pods.get((namespace, name))
+        if r is None or r.net is None:
+            raise LookupError(f"pod {namespace}/{name} is not running on this node")
+        c = next((x for x in r.mains + r.inits if container in (None, x.name)), None)
+        if c is None or c.proc is None or c.proc.returncode is not None:
+            raise LookupError(f'container not found ("{container}")')
+        pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+        cwd = c.spec.get("workingDir") or ""
+        proc = await asyncio.create_subprocess_exec(
+            *r.sandbox_argv(argv), env=c.env, cwd=cwd if os.path.isdir(cwd) else str(r.dir / "home"),
+            stdin=pipe if stdin else null, stdout=pipe if stdout else null,
+            stderr=(asyncio.subprocess.STDOUT if stdout else null) if tty else (pipe if stderr else null),
+            start_new_session=True)
+        log.info("%s/%s: exec in %s pid %s: %s", namespace, name, c.name, proc.pid, argv)
+        return proc
+
     async def exec_in_pod(self, namespace: str, name: str, argv: list[str], container: str | None = None,
                           timeout: float = 60.0) -> tuple[int, str]:
         """Run ``argv`` in the pod's sandbox with the container's env: (returncode, stdout+stderr)."""

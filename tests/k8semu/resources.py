@@ -43,7 +43,7 @@ class ResourceType:
 
 
 CORE = [
-    ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "log"), ("all",)),
+    ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "log", "exec"), ("all",)),
     ResourceType("", "v1", "services", "Service", True, ("svc",), ("status",), ("all",)),
     ResourceType("", "v1", "secrets", "Secret"),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from . import errors
 from .errors import ApiError
+from .exec_ws import serve_exec
 from .faults import Faults
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from .rbac import Authorizer
@@ -90,6 +91,8 @@ class ApiServer:
         self.log_lock = threading.Lock()
         self.watches = WatchCounter()
         self.pod_logs: Callable[[dict[str, Any], str | None], Any] | None = None
+        # (pod, container, argv, stdin, stdout, stderr, tty) -> awaitable asyncio Process
+        self.pod_exec: Callable[..., Any] | None = None
         self.address = "127.0.0.1:0"
         self._stopping = False
 
@@ -112,7 +115,7 @@ class ApiServer:
                 entry["categories"] = list(t.categories)
             resources.append(entry)
             for sub in t.subresources:
-                verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
+                verbs = {"log": ["get"], "exec": ["create", "get"]}.get(sub, ["get", "patch", "update"])
                 resources.append({"name": f"{t.plural}/{sub}", "singularName": "", "namespaced": t.namespaced,
                                   "kind": t.kind, "verbs": verbs})
         return {"kind": "APIResourceList", "apiVersion": "v1",
@@ -218,6 +221,10 @@ class ApiServer:
         q = request.query
         watch = legacy_watch or q.get("watch") in ("true", "1", "True")
         m = request.method
+        if sub == "exec":  # a websocket GET or SPDY POST; authorized as create since Kubernetes 1.31
+            if m not in ("GET", "POST"):
+                raise errors.method_not_allowed()
+            return ReqInfo(rtype, ns, name, sub, "create"), False
         if m == "GET":
             verb = "watch" if watch else ("get" if name else "list")
         elif m == "POST" and name is None:
@@ -260,6 +267,8 @@ class ApiServer:
                     raise err
             if info.verb == "watch":
                 return await self.watch(request, info, drop=bool(fault and fault.drop_watch))
+            if info.sub == "exec":
+                return await serve_exec(self, request, info)
             return await self.dispatch(request, info)
         except ApiError as e:
             return _error(e)

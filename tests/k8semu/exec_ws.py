@@ -1,0 +1,133 @@
+"""``pods/exec`` over websockets, as ``kubectl exec`` (>= 1.30) and ``kubernetes_asyncio``'s
+``WsApiClient`` use it.
+
+``GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec?command=..&command=..&container=c
+&stdin=1&stdout=1&stderr=1&tty=0`` upgraded to a websocket with subprotocol
+``v5.channel.k8s.io`` or ``v4.channel.k8s.io``. Every message is binary: one channel byte,
+then data. Channels: 0 stdin (client to server), 1 stdout, 2 stderr, 3 the final Status
+(``{"metadata":{},"status":"Success"}``, or Failure with ``reason: NonZeroExitCode`` and
+``details.causes[{reason: ExitCode, message: "<n>"}]``), 4 resize (ignored). v5 adds
+``[255, <channel>]`` from the client: close that stream (stdin EOF). After the Status the
+server closes the websocket; the client reads the error channel to EOF.
+
+Not served: SPDY (kubectl <= 1.29, or a newer kubectl's fallback) and the v1-v3/base64
+protocols; those get a 400 Status that says so. A tty request gets no pty (stderr is merged
+into stdout, as with a tty). The command runs through the kubelet's ``exec_stream`` (the
+process kubelet; the simulated kubelet has none: 400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from .errors import ApiError
+from .netns import terminate_tree
+
+if TYPE_CHECKING:
+    from .server import ApiServer, ReqInfo
+
+log = logging.getLogger("k8semu.exec")
+
+PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "t")
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def exit_status(code: int, argv: list[str]) -> dict[str, Any]:
+    """The channel-3 Status of a finished command, as the kubelet writes it."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+            "message": f"command terminated with non-zero exit code: error executing command {argv}, "
+                       f"exit code {code}",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+
+
+async def serve_exec(api: ApiServer, request: web.Request, info: ReqInfo) -> web.StreamResponse:
+    q = request.query
+    argv = q.getall("command", [])
+    if not argv:
+        raise _bad("you must specify at least 1 command")
+    stdin, stdout, stderr, tty = (_flag(q.get(k)) for k in ("stdin", "stdout", "stderr", "tty"))
+    pod = api.store.get(info.rtype, info.namespace, info.name)
+    spec = pod.get("spec") or {}
+    names = [c["name"] for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])]
+    container = q.get("container") or (names[0] if names else "")
+    if container not in names:
+        raise _bad(f"container {container} is not valid for pod {info.name}")
+    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        raise _bad(f"cannot exec into a container in a completed pod; current phase is {pod['status']['phase']}")
+    if api.pod_exec is None:
+        raise _bad("k8semu: pods/exec needs the process kubelet (K8sEmu(kubelet=\"process\")); "
+                   "the simulated kubelet runs no processes")
+    upgrade = request.headers.get("Upgrade", "").lower()
+    offered = [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", []) for p in h.split(",")]
+    if upgrade != "websocket":
+        raise _bad(f"k8semu: pods/exec is served over websockets ({', '.join(PROTOCOLS)}) only, not "
+                   f"{upgrade or 'a plain request'}; kubectl >= 1.30 uses websockets")
+    if not any(p in PROTOCOLS for p in offered):
+        raise _bad(f"k8semu: pods/exec supports the subprotocols {', '.join(PROTOCOLS)}; offered: {offered}")
+    try:
+        proc = await api.pod_exec(pod, container, argv, stdin, stdout, stderr, tty)
+    except LookupError as e:
+        raise ApiError(500, "InternalError", f"unable to upgrade connection: {e}")
+    ws = web.WebSocketResponse(protocols=PROTOCOLS, max_msg_size=0)
+    try:
+        await ws.prepare(request)
+        log.info("exec %s/%s -c %s %s (%s, pid %s)", info.namespace, info.name, container, argv, ws.ws_protocol,
+                 proc.pid)
+        await _stream(ws, proc, argv)
+    finally:
+        if proc.returncode is None:
+            await terminate_tree(proc.pid, 0)
+            await proc.wait()
+    return ws
+
+
+async def _stream(ws: web.WebSocketResponse, proc: asyncio.subprocess.Process, argv: list[str]) -> None:
+    async def pump(stream: asyncio.StreamReader | None, channel: int) -> None:
+        while stream is not None and (chunk := await stream.read(65536)):
+            await ws.send_bytes(bytes([channel]) + chunk)
+
+    async def read_client() -> None:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY or not msg.data:
+                continue
+            channel, data = msg.data[0], msg.data[1:]
+            if channel == STDIN and proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+            elif channel == CLOSE and data[:1] == bytes([STDIN]) and proc.stdin is not None:
+                proc.stdin.close()
+
+    output = asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR))
+    client = asyncio.ensure_future(read_client())
+    try:
+        await asyncio.wait({output, client}, return_when=asyncio.FIRST_COMPLETED)
+        if not output.done():  # the client went away first
+            log.info("exec client disconnected; stopping %s", argv)
+            await terminate_tree(proc.pid, 0)
+            output.cancel()
+            return
+        rc = await proc.wait()
+        code = 128 - rc if rc < 0 else rc
+        await ws.send_bytes(bytes([ERROR]) + json.dumps(exit_status(code, argv)).encode())
+        await ws.close()
+    except ConnectionError:
+        log.info("exec connection lost: %s", argv)
+    finally:
+        client.cancel()
+        output.cancel()
+        await asyncio.gather(client, output, return_exceptions=True)
