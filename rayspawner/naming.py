@@ -94,6 +94,11 @@ def network_policy(cluster: str) -> str:
 TOKEN_KEY = "auth_token"
 
 
+def notebook_network_policy(cluster: str) -> str:
+    """The policy that opens the notebook pod for its own cluster's Ray traffic."""
+    return f"{cluster}-notebook"
+
+
 def label_value(value: str) -> str:
     """A label-safe rendering of a user or server name, exactly as KubeSpawner
     labels the notebook pod (so selectors can match both)."""

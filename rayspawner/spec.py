@@ -27,6 +27,15 @@ RAY_PORTS = {
     "dashboard": DASHBOARD_PORT,
     "metrics": METRICS_PORT,
 }
+# Every other port a Ray node listens on, pinned on every node (head, workers and the
+# notebook's own node), so the NetworkPolicies can name them instead of opening all ports.
+NODE_MANAGER_PORT = 6380
+OBJECT_MANAGER_PORT = 6381
+DASHBOARD_AGENT_GRPC_PORT = 6382
+RUNTIME_ENV_AGENT_PORT = 6383
+#: one port per Ray worker process (task/actor); outside Ray Client's 10001, as Ray requires
+MIN_WORKER_PORT = 10002
+MAX_WORKER_PORT = 10999
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,9 @@ class RayClusterSpec:
     #: "driver" (the notebook is a zero-resource node of the cluster) or "client" (Ray Client)
     connect_mode: str = "driver"
     notebook_object_store_bytes: int = 256 * 2**20
+    #: policy types that already isolate the notebook pod (e.g. Zero-to-JupyterHub's singleuser
+    #: NetworkPolicy), which the notebook-side policy must open for Ray traffic; () = none
+    notebook_policy_types: tuple[str, ...] = ("Ingress", "Egress")
 
     def ref(self, backend: str = "") -> ClusterRef:
         return ClusterRef(self.name, self.namespace, backend)

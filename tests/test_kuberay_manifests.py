@@ -275,7 +275,9 @@ def test_raycluster_semantics(name: str) -> None:
     # head service pinned, and it is what the notebook's RAY_ADDRESS points at
     head = body["headGroupSpec"]
     assert head["headService"]["metadata"]["name"] == f"{spec.name}-head-svc"
-    assert notebook_env(spec)["RAY_ADDRESS"] == f"ray://{spec.name}-head-svc.jhub.svc.cluster.local:10001"
+    host = f"{spec.name}-head-svc.jhub.svc.cluster.local"
+    expected = f"{host}:6379" if spec.connect_mode == "driver" else f"ray://{host}:10001"
+    assert notebook_env(spec)["RAY_ADDRESS"] == expected
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
     # every pod template: our labels (the ray-pods reflector selects on managed-by), hardening, limits
     for group, template in kuberay.pod_templates(rc):
@@ -371,5 +373,8 @@ def test_cluster_objects_signature_matches_pods_backend() -> None:
     assert inspect.signature(kuberay.cluster_objects) == inspect.signature(pods.cluster_objects)
     spec = next(iter(ALL_SPECS.values()))
     kinds = [o["kind"] for o in kuberay.cluster_objects(spec, None)]
-    assert kinds == (["NetworkPolicy"] if spec.network_policy else []) + ["RayCluster"]
+    policies = ["NetworkPolicy", "NetworkPolicy"] if spec.network_policy and spec.notebook_selector else \
+        ["NetworkPolicy"] if spec.network_policy else []
+    assert kinds == policies + ["RayCluster"]
+    assert kinds == [o["kind"] for o in kuberay.cluster_objects(spec, None)]
     assert "ownerReferences" not in kuberay.raycluster(spec, None)["metadata"]

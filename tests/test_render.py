@@ -45,7 +45,9 @@ def test_render_prints_every_object_valid(config, backend):
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
     kinds = [d["kind"] for d in docs]
-    expected = ["Pod", "Secret", "NetworkPolicy"] + (["Service", "Pod", "Deployment"] if backend == "pods" else ["RayCluster"])
+    # the cluster's policy and the notebook side's (rendered as for an isolated notebook, as under z2jh)
+    expected = ["Pod", "Secret", "NetworkPolicy", "NetworkPolicy"] + (
+        ["Service", "Pod", "Deployment"] if backend == "pods" else ["RayCluster"])
     assert sorted(kinds) == sorted(expected)
     for d in docs:
         if d["kind"] != "RayCluster":
@@ -54,8 +56,15 @@ def test_render_prints_every_object_valid(config, backend):
     assert set(secret["data"].values()) == {"<redacted>"}
     notebook = docs[0]
     env = {e["name"]: e for e in notebook["spec"]["containers"][0]["env"]}
-    assert env["RAY_ADDRESS"]["value"] == "ray://ray-alice-head-svc.jhub.svc.cluster.local:10001"
+    # driver mode (the default): a direct driver through the notebook's own Ray node, a sidecar
+    assert env["RAY_ADDRESS"]["value"] == "ray-alice-head-svc.jhub.svc.cluster.local:6379"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "ray-alice-ray-token"
+    assert notebook["spec"]["shareProcessNamespace"] is True
+    node = next(c for c in notebook["spec"]["initContainers"] if c["name"] == "ray-node")
+    assert node["restartPolicy"] == "Always" and node["image"] == notebook["spec"]["containers"][0]["image"]
+    assert "--num-cpus=0" in node["command"][2] and "--num-gpus=0" in node["command"][2]
+    node_env = {e["name"]: e for e in node["env"]}
+    assert node_env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "ray-alice-ray-token"
 
 
 def test_render_plain_profile_has_no_ray_objects(config):

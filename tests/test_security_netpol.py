@@ -20,7 +20,16 @@ import pytest
 import yaml
 
 from rayspawner import naming
-from rayspawner.spec import RAY_PORTS
+from rayspawner.spec import (
+    DASHBOARD_AGENT_GRPC_PORT,
+    DASHBOARD_AGENT_PORT,
+    MAX_WORKER_PORT,
+    MIN_WORKER_PORT,
+    NODE_MANAGER_PORT,
+    OBJECT_MANAGER_PORT,
+    RAY_PORTS,
+    RUNTIME_ENV_AGENT_PORT,
+)
 
 from .netpol import Network, selector_matches
 
@@ -29,11 +38,19 @@ NS = "jhub"
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "jupyterhub_config" / "z2jh" / "values.yaml"
 RAY = {"profile": "ray", "workers": "2"}
-#: what the notebook needs: GCS (ray.init(address=...) drivers), Ray Client, dashboard/Jobs API
-NOTEBOOK_PORTS = [RAY_PORTS["gcs"], RAY_PORTS["client"], RAY_PORTS["dashboard"]]
-#: every port a Ray node listens on: the four fixed ones, the dashboard agent, node manager /
-#: object manager (random by default) and the worker port range
-ALL_RAY_PORTS = sorted({*RAY_PORTS.values(), 52365, 10002, 12345, 19999, 45678})
+#: what a notebook in driver mode (the default) needs on its Ray pods: GCS, Ray Client, dashboard /
+#: Jobs API, and, as a node and a direct driver, the raylets' node and object managers and the
+#: worker port range (samples: both ends and the middle)
+CLIENT_NOTEBOOK_PORTS = [RAY_PORTS["gcs"], RAY_PORTS["client"], RAY_PORTS["dashboard"]]
+NOTEBOOK_PORTS = sorted([*CLIENT_NOTEBOOK_PORTS, NODE_MANAGER_PORT, OBJECT_MANAGER_PORT, MIN_WORKER_PORT, 10500,
+                         MAX_WORKER_PORT])
+#: what the cluster's pods need on the notebook's own node: node and object managers, dashboard
+#: agent (HTTP and gRPC) and the worker range (the driver's own core worker listens there)
+NOTEBOOK_NODE_PORTS = sorted([NODE_MANAGER_PORT, OBJECT_MANAGER_PORT, DASHBOARD_AGENT_PORT, DASHBOARD_AGENT_GRPC_PORT,
+                              MIN_WORKER_PORT, 10500, MAX_WORKER_PORT])
+#: every port a Ray node listens on (the pinned ones) and some it never should (outside the ranges)
+ALL_RAY_PORTS = sorted({*RAY_PORTS.values(), *NOTEBOOK_NODE_PORTS, RUNTIME_ENV_AGENT_PORT, MAX_WORKER_PORT + 1,
+                        12345, 19999, 45678})
 OTHER_PORTS = [22, 80, 443, 8888]
 #: the labels z2jh's KubeSpawner config gives notebook pods (chart matchLabels: app, release, component)
 Z2JH_LABELS = {"app": "jupyterhub", "heritage": "jupyterhub", "release": "jhub", "chart": "jupyterhub-4.3.1"}
@@ -138,14 +155,21 @@ async def test_cluster_policy_semantics(backend, k8s_emu_factory, ray_spawner_fa
     for src, dst in itertools.permutations(["A.head", "A.worker0", "A.worker1"], 2):
         assert reachable(net, r, src, dst, ALL_RAY_PORTS) == ALL_RAY_PORTS, (src, dst)
 
+    # A's Ray pods reach A's notebook (its own Ray node) on exactly that node's ports
+    for src in ("A.head", "A.worker0", "A.worker1"):
+        assert reachable(net, r, src, "A.notebook", ALL_RAY_PORTS + OTHER_PORTS) == NOTEBOOK_NODE_PORTS, src
     # A's Ray pods reach no other user's pods or bystanders (DNS ports aside, see below)
     for src in ("A.head", "A.worker0"):
-        for dst in ("B.head", "B.worker0", "B.notebook", "A2.head", "A2.notebook", "A.notebook", "random", "intruder", "hub"):
+        for dst in ("B.head", "B.worker0", "B.notebook", "A2.head", "A2.notebook", "random", "intruder", "hub"):
             assert reachable(net, r, src, dst, ALL_RAY_PORTS + OTHER_PORTS) == [], (src, dst)
         # cluster DNS: kube-system on 53, OpenShift's DNS pods on 5353 (the Service's 53 is DNAT'ed)
         for proto in ("UDP", "TCP"):
             assert reachable(net, r, src, "coredns", [53], proto) == [53], (src, proto)
             assert reachable(net, r, src, "dns-default", [5353], proto) == [5353], (src, proto)
+
+    # no notebook-side policy: nothing else isolates these notebook pods, so there is nothing to open
+    names = [p["metadata"]["name"] for p in net.policies]
+    assert not any(n.endswith("-notebook") for n in names), names
 
     # the Ray pods' own DNS/egress rules never open ingress to them
     for src in r:
@@ -235,48 +259,87 @@ def shipped_values() -> dict[str, Any]:
     return yaml.safe_load(VALUES.read_text())
 
 
-def test_z2jh_values_open_exactly_the_notebook_ports():
-    """The values' egress rule and the cluster policy's notebook ports must agree."""
-    rules = shipped_values()["singleuser"]["networkPolicy"]["egress"]
+def test_z2jh_values_need_no_ray_egress_rule():
+    """The notebook-side policy opens what the chart's singleuser policy closes, so the shipped
+    values add no rule for Ray (an all-clusters rule would let any notebook reach any Ray pod's
+    ports as far as the notebook's own policy is concerned)."""
+    rules = (shipped_values()["singleuser"]["networkPolicy"].get("egress")) or []
     ray_rules = [r for r in rules if any((p.get("podSelector") or {}).get("matchLabels", {}).get(naming.LABEL_MANAGED_BY)
                                          == naming.MANAGED_BY for p in r.get("to") or [])]
-    assert len(ray_rules) == 1, rules
-    assert sorted(p["port"] for p in ray_rules[0]["ports"]) == sorted(NOTEBOOK_PORTS)
-    assert all(p.get("protocol", "TCP") == "TCP" for p in ray_rules[0]["ports"])
+    assert ray_rules == []
+
+
+def own_ray_traffic(src: str, dst: str, port: int) -> bool:
+    """Traffic the notebook-side policy exists for: a server's notebook and its own Ray pods."""
+    (s_key, s_role), (d_key, d_role) = src.split(".", 1) if "." in src else (src, ""), \
+        dst.split(".", 1) if "." in dst else (dst, "")
+    if s_key != d_key or not s_role or not d_role:
+        return False
+    if s_role == "notebook" and d_role != "notebook":
+        return port in NOTEBOOK_PORTS
+    if d_role == "notebook" and s_role != "notebook":
+        return port in NOTEBOOK_NODE_PORTS
+    return False
 
 
 @pytest.mark.parametrize("backend", ["pods", "kuberay"])
 @pytest.mark.asyncio
 async def test_z2jh_singleuser_policy_with_ours(backend, k8s_emu_factory, ray_spawner_factory):
-    values = shipped_values()
-    z2jh = z2jh_singleuser_policy(values)
-    without_rule = z2jh_singleuser_policy({**values, "singleuser": {**values["singleuser"], "networkPolicy": {
-        **values["singleuser"]["networkPolicy"], "egress": []}}})
+    z2jh = z2jh_singleuser_policy(shipped_values())
     emu = k8s_emu_factory(kuberay=backend == "kuberay")
     bystanders(emu)
+    emu.create_object(z2jh)  # there before the spawns: the spawner sees the notebook pods isolated
     spawners = await spawn_all(emu, ray_spawner_factory, backend, ray_orphan_sweep_interval=0,
                                common_labels=dict(Z2JH_LABELS))
-    ours = await settled(emu, spawners)
-    both = Network.from_emu(emu, [z2jh])
-    chart_default = Network.from_emu(emu, [without_rule])
-    r = who(ours, spawners)
-    assert z2jh in both.selecting(r["A.notebook"], "Egress") and z2jh not in both.selecting(r["A.head"], "Egress")
+    both = await settled(emu, spawners)
+    namespaces = emu.list_objects("namespaces")
+    chart_only = Network(both.pods, [p for p in both.policies if p["metadata"]["name"] == "singleuser"], namespaces)
+    r = who(both, spawners)
+    mine = [p for p in both.policies if p["metadata"]["name"] == f"{spawners['A']._ray_spec.name}-notebook"]
+    assert len(mine) == 1 and mine[0]["spec"]["policyTypes"] == ["Ingress", "Egress"], mine
+    assert z2jh["metadata"]["name"] in [p["metadata"]["name"] for p in both.selecting(r["A.notebook"], "Egress")]
 
-    # with the shipped values A's notebook still reaches A's head on the notebook ports
-    assert reachable(both, r, "A.notebook", "A.head", ALL_RAY_PORTS) == sorted(NOTEBOOK_PORTS)
-    # without the values' egress rule the chart's policy would cut it off (why the rule is needed)
-    assert reachable(chart_default, r, "A.notebook", "A.head", ALL_RAY_PORTS) == []
+    # A's notebook reaches A's head and workers on the notebook ports, and they reach its Ray node
+    for ray_pod in ("A.head", "A.worker0", "A.worker1"):
+        assert reachable(both, r, "A.notebook", ray_pod, ALL_RAY_PORTS) == NOTEBOOK_PORTS, ray_pod
+        assert reachable(both, r, ray_pod, "A.notebook", ALL_RAY_PORTS + OTHER_PORTS) == NOTEBOOK_NODE_PORTS, ray_pod
+    # the chart's policy alone would cut both directions (why the notebook-side policy exists)
+    assert reachable(chart_only, r, "A.notebook", "A.head", ALL_RAY_PORTS) == []
+    assert reachable(chart_only, r, "A.head", "A.notebook", ALL_RAY_PORTS) == []
 
-    # nothing else opened: every allowed connection under both policies is allowed under ours alone
+    # nothing else opened: every connection allowed now is allowed by the chart alone, or is a
+    # server's own notebook <-> Ray traffic on the ports listed above
     for (src, s), (dst, d) in itertools.product(r.items(), r.items()):
         if src == dst:
             continue
         for port, proto in [(p, "TCP") for p in ALL_RAY_PORTS + OTHER_PORTS] + [(53, "UDP")]:
-            if both.allowed(s, d, port, proto):
-                assert ours.allowed(s, d, port, proto), (src, dst, port, proto, both.explain(s, d, port, proto))
+            if both.allowed(s, d, port, proto) and not chart_only.allowed(s, d, port, proto):
+                assert proto == "TCP" and own_ray_traffic(src, dst, port), (src, dst, port, both.explain(s, d, port, proto))
     for src in ("B.notebook", "A2.notebook"):
         assert reachable(both, r, src, "A.head", ALL_RAY_PORTS) == []
+    for src in ("B.head", "B.worker0", "A2.head", "random", "intruder"):
+        assert reachable(both, r, src, "A.notebook", ALL_RAY_PORTS) == [], src
     assert reachable(both, r, "A.notebook", "hub", [8081]) == [8081]
+
+
+@pytest.mark.asyncio
+async def test_client_mode_opens_only_the_client_ports(k8s_emu_factory, ray_spawner_factory):
+    """ray_connect_mode = "client": no notebook node, so the cluster never connects back to
+    the notebook, and the notebook reaches only GCS, Ray Client and the dashboard."""
+    z2jh = z2jh_singleuser_policy(shipped_values())
+    emu = k8s_emu_factory()
+    bystanders(emu)
+    emu.create_object(z2jh)
+    sp = ray_spawner_factory(emu, "alice", ray_connect_mode="client", ray_orphan_sweep_interval=0,
+                             common_labels=dict(Z2JH_LABELS))
+    sp.user_options = dict(RAY)
+    await asyncio.wait_for(sp.start(), 30)
+    net = await settled(emu, {"A": sp})
+    r = who(net, {"A": sp})
+    mine = [p for p in net.policies if p["metadata"]["name"] == f"{sp._ray_spec.name}-notebook"]
+    assert len(mine) == 1 and mine[0]["spec"]["policyTypes"] == ["Egress"], mine
+    assert reachable(net, r, "A.notebook", "A.head", ALL_RAY_PORTS) == sorted(CLIENT_NOTEBOOK_PORTS)
+    assert reachable(net, r, "A.head", "A.notebook", ALL_RAY_PORTS + OTHER_PORTS) == []
 
 
 # ----------------------------------------------------------------- the evaluator itself

@@ -270,6 +270,7 @@ class KubeRayBackend(ClusterBackend):
         await asyncio.gather(
             self.kube.delete("RayCluster", ns, name),
             self.kube.delete("NetworkPolicy", ns, naming.network_policy(name)),
+            self.kube.delete("NetworkPolicy", ns, naming.notebook_network_policy(name)),
             self.kube.delete("Secret", ns, naming.token_secret(name)),
         )
         deadline = time.monotonic() + timeout

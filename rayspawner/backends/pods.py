@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import naming
-from ..manifests import common, pods
+from ..manifests import common, notebook, pods
 from ..reflector_index import ReflectorIndex
 from ..spec import ClusterRef, RayClusterSpec
 from .base import ClusterBackend, ClusterStatus
@@ -184,6 +184,8 @@ class PodsBackend(ClusterBackend):
         ]
         if not spec or spec.network_policy:
             deletions.append(self.kube.delete("NetworkPolicy", ns, naming.network_policy(name)))
+        if not spec or notebook.network_policy(spec, None):
+            deletions.append(self.kube.delete("NetworkPolicy", ns, naming.notebook_network_policy(name)))
         if not spec or spec.auth_enabled:
             deletions.append(self.kube.delete("Secret", ns, naming.token_secret(name)))
         await asyncio.gather(*deletions)

@@ -8,7 +8,19 @@ from typing import Any
 
 from .. import naming
 from ..env import ray_node_env
-from ..spec import DASHBOARD_AGENT_PORT, RAY_PORTS, RayClusterSpec, Resources
+from ..spec import (
+    DASHBOARD_AGENT_GRPC_PORT,
+    DASHBOARD_AGENT_PORT,
+    MAX_WORKER_PORT,
+    METRICS_PORT,
+    MIN_WORKER_PORT,
+    NODE_MANAGER_PORT,
+    OBJECT_MANAGER_PORT,
+    RAY_PORTS,
+    RUNTIME_ENV_AGENT_PORT,
+    RayClusterSpec,
+    Resources,
+)
 
 Manifest = dict[str, Any]
 Owner = dict[str, Any]
@@ -97,6 +109,32 @@ def ray_start_resources(spec: RayClusterSpec, res: Resources) -> dict[str, str]:
         "memory": str(res.memory_bytes - store),
         "object-store-memory": str(store),
     }
+
+
+def node_port_params() -> dict[str, str]:
+    """Every port ``ray start`` lets us pin on a node (head, worker or the notebook's),
+    as options without dashes. Only the head adds GCS, Ray Client and dashboard ports."""
+    return {
+        "node-manager-port": str(NODE_MANAGER_PORT),
+        "object-manager-port": str(OBJECT_MANAGER_PORT),
+        "dashboard-agent-listen-port": str(DASHBOARD_AGENT_PORT),
+        "dashboard-agent-grpc-port": str(DASHBOARD_AGENT_GRPC_PORT),
+        "runtime-env-agent-port": str(RUNTIME_ENV_AGENT_PORT),
+        "metrics-export-port": str(METRICS_PORT),
+        "min-worker-port": str(MIN_WORKER_PORT),
+        "max-worker-port": str(MAX_WORKER_PORT),
+    }
+
+
+def wait_for_gcs(spec: RayClusterSpec) -> str:
+    """Shell lines that wait until the head's GCS accepts connections (``ray start
+    --address`` gives up at once when the head is not up yet)."""
+    return (
+        f"until python -c 'import socket; socket.create_connection((\"{spec.head_host}\", {RAY_PORTS['gcs']}), 2)' "
+        "2>/dev/null; do\n"
+        "  echo 'rayspawner: waiting for the Ray head (GCS)'; sleep 1\n"
+        "done\n"
+    )
 
 
 def ray_container(spec: RayClusterSpec, name: str, res: Resources) -> Manifest:
@@ -198,23 +236,59 @@ def wants_version_check(spec: RayClusterSpec) -> bool:
 DNS_PORTS = (53, 5353)
 
 
-def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
-    """Ingress to the Ray pods only from the same cluster and from its notebook.
+def tcp_ports(*ports: int) -> list[Manifest]:
+    return [{"protocol": "TCP", "port": p} for p in ports]
 
-    Egress only to the same cluster's pods and DNS (plus admin extras). DNS egress names
-    ports, not peers (cluster DNS lives in kube-system, openshift-dns or elsewhere, and
-    node-local caches on link-local IPs), so it is open to any destination on the DNS ports.
+
+#: the Ray worker processes' port range (every core worker, the driver's included)
+WORKER_PORT_RANGE: Manifest = {"protocol": "TCP", "port": MIN_WORKER_PORT, "endPort": MAX_WORKER_PORT}
+
+
+def notebook_to_cluster_ports(spec: RayClusterSpec) -> list[Manifest]:
+    """Ports of the Ray pods the notebook connects to. Ray Client needs GCS, client and
+    dashboard; a direct driver (and the notebook's own node) also the raylets' node and
+    object managers and the worker processes."""
+    ports = tcp_ports(RAY_PORTS["gcs"], RAY_PORTS["client"], RAY_PORTS["dashboard"])
+    if spec.driver_mode:
+        ports += [*tcp_ports(NODE_MANAGER_PORT, OBJECT_MANAGER_PORT), dict(WORKER_PORT_RANGE)]
+    return ports
+
+
+def cluster_to_notebook_ports() -> list[Manifest]:
+    """Ports of the notebook's own Ray node (driver mode) the cluster's pods connect to:
+    its raylet's node and object managers, its dashboard agent (the head's dashboard asks
+    every node's agent) and the driver's and the node's worker processes."""
+    return [
+        *tcp_ports(NODE_MANAGER_PORT, OBJECT_MANAGER_PORT, DASHBOARD_AGENT_PORT, DASHBOARD_AGENT_GRPC_PORT),
+        dict(WORKER_PORT_RANGE),
+    ]
+
+
+def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
+    """The Ray pods' policy: ingress only from the same cluster and from its notebook (on
+    :func:`notebook_to_cluster_ports`); egress only to the same cluster, to the notebook's
+    own node in driver mode (:func:`cluster_to_notebook_ports`) and DNS (plus admin extras).
+
+    DNS egress names ports, not peers (cluster DNS lives in kube-system, openshift-dns or
+    elsewhere, and node-local caches on link-local IPs), so it is open to any destination on
+    the DNS ports.
     """
-    same_cluster = {"podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name}}}
-    ports = [{"protocol": "TCP", "port": p} for p in sorted(RAY_PORTS.values()) if p != RAY_PORTS["metrics"]]
-    ingress: list[Manifest] = [{"from": [same_cluster]}]
+    def same_cluster() -> Manifest:  # fresh dicts per use: YAML output without anchors
+        return {"podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name}}}
+
+    def notebook() -> Manifest:
+        return {"podSelector": {"matchLabels": dict(spec.notebook_selector)}}
+
+    ingress: list[Manifest] = [{"from": [same_cluster()]}]
     if spec.notebook_selector:
-        ingress.append({"from": [{"podSelector": {"matchLabels": dict(spec.notebook_selector)}}], "ports": ports})
+        ingress.append({"from": [notebook()], "ports": notebook_to_cluster_ports(spec)})
     ingress.extend(dict(r) for r in spec.extra_ingress)
     egress: list[Manifest] = [
-        {"to": [same_cluster]},
+        {"to": [same_cluster()]},
         {"ports": [{"protocol": proto, "port": port} for port in DNS_PORTS for proto in ("UDP", "TCP")]},
     ]
+    if spec.notebook_selector and spec.driver_mode:
+        egress.append({"to": [notebook()], "ports": cluster_to_notebook_ports()})
     egress.extend(dict(r) for r in spec.extra_egress)
     return {
         "apiVersion": "networking.k8s.io/v1",

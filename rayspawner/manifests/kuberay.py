@@ -38,7 +38,7 @@ from typing import Any
 
 from .. import naming
 from ..spec import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RayClusterSpec, WorkerGroup
-from . import common
+from . import common, notebook
 from .common import Manifest, Owner
 
 API_VERSION = "ray.io/v1"
@@ -89,8 +89,7 @@ def _head_readiness_probe() -> Manifest:
 def _start_params(spec: RayClusterSpec, group: WorkerGroup | None) -> dict[str, str]:
     """``rayStartParams`` (all strings, as the CRD requires)."""
     res = group.resources if group else spec.head
-    params = common.ray_start_resources(spec, res)
-    params["metrics-export-port"] = str(METRICS_PORT)
+    params = {**common.ray_start_resources(spec, res), **common.node_port_params()}
     params["disable-usage-stats"] = "true"  # KubeRay turns "true" into a bare flag
     if group is None:
         params.update({
@@ -207,5 +206,6 @@ def cluster_objects(spec: RayClusterSpec, owner: Owner | None) -> list[Manifest]
     objs: list[Manifest] = []
     if spec.network_policy:
         objs.append(network_policy(spec, owner))
+    objs.extend(p for p in [notebook.network_policy(spec, owner)] if p)
     objs.append(raycluster(spec, owner))
     return objs

@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 
 from .. import naming
-from ..spec import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RAY_PORTS, RayClusterSpec, Resources, WorkerGroup
-from . import common
+from ..spec import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, RAY_PORTS, RayClusterSpec, Resources, WorkerGroup
+from . import common, notebook
 from .common import Manifest, Owner
 
 READY_FILE = '"${TMPDIR:-/tmp}/rayspawner-head-ready"'
@@ -48,8 +48,8 @@ WARMUP = (
 
 
 def _ray_resources_args(spec: RayClusterSpec, res: Resources) -> list[str]:
-    args = [f"--{k}={v}" for k, v in common.ray_start_resources(spec, res).items()]
-    return [*args, "--disable-usage-stats"]
+    params = {**common.ray_start_resources(spec, res), **common.node_port_params()}
+    return [*(f"--{k}={v}" for k, v in params.items()), "--disable-usage-stats"]
 
 
 def head_command(spec: RayClusterSpec) -> list[str]:
@@ -59,7 +59,6 @@ def head_command(spec: RayClusterSpec) -> list[str]:
         f"--ray-client-server-port={CLIENT_PORT}",
         "--dashboard-host=0.0.0.0",
         f"--dashboard-port={DASHBOARD_PORT}",
-        f"--metrics-export-port={METRICS_PORT}",
         *_ray_resources_args(spec, spec.head),
     ]
     script = (
@@ -73,14 +72,8 @@ def head_command(spec: RayClusterSpec) -> list[str]:
 
 
 def worker_command(spec: RayClusterSpec, group: WorkerGroup) -> list[str]:
-    head = spec.head_host
-    wait = (
-        f"until python -c 'import socket; socket.create_connection((\"{head}\", {GCS_PORT}), 2)' 2>/dev/null; do\n"
-        "  echo 'rayspawner: waiting for the Ray head (GCS)'; sleep 1\n"
-        "done\n"
-    )
-    start = ["ray", "start", f"--address={head}:{GCS_PORT}", "--block", *_ray_resources_args(spec, group.resources)]
-    return ["/bin/sh", "-c", wait + "exec " + shlex.join(start)]
+    start = ["ray", "start", f"--address={spec.head_host}:{GCS_PORT}", "--block", *_ray_resources_args(spec, group.resources)]
+    return ["/bin/sh", "-c", common.wait_for_gcs(spec) + "exec " + shlex.join(start)]
 
 
 def _container(spec: RayClusterSpec, name: str, command: list[str], res: Resources) -> Manifest:
@@ -154,6 +147,7 @@ def cluster_objects(spec: RayClusterSpec, owner: Owner | None) -> list[Manifest]
     objs: list[Manifest] = []
     if spec.network_policy:
         objs.append(common.network_policy(spec, owner))
+    objs.extend(p for p in [notebook.network_policy(spec, owner)] if p)
     objs.append(head_service(spec, owner))
     objs.append(head_pod(spec, owner))
     objs.extend(worker_deployment(spec, g, owner) for g in spec.worker_groups)
