@@ -174,8 +174,10 @@ class RayConfig(Configurable):
         config=True,
         help="""Seconds between orphan sweeps (0 disables): the hub deletes rayspawner-labelled
         objects whose notebook pod is gone, or that have no owner (a hub crash mid-spawn).
-        The first sweep runs as soon as the hub creates its first RaySpawner (at start-up
-        when servers are running). Objects not labelled managed-by=rayspawner are never touched.""",
+        The sweep starts once Ray is in use in this hub process: a Ray spawn, a stored server
+        with a Ray cluster (at start-up), or a server whose profile can enable Ray; a hub
+        without Ray profiles makes only KubeSpawner's own API requests. Objects not labelled
+        managed-by=rayspawner are never touched.""",
     )
     ray_orphan_grace_seconds = Int(
         120, config=True, help="Objects younger than this are never swept (a spawn may be in progress)."

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import time
 from typing import Any, AsyncIterator
 
-from kubernetes_asyncio.client import V1Container
+from kubernetes_asyncio.client import ApiClient, V1Container, V1Pod, V1Volume, V1VolumeMount
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.objects import get_k8s_model
@@ -35,10 +36,12 @@ from . import metrics, naming
 from .backends.base import ClusterBackend, ClusterStatus
 from .backends.pods import reported_versions
 from .backends.detect import kuberay_served, select_backend
+from .backends.isolation import notebook_isolation
 from .backends.kube import KINDS, KINDS_BY_PLURAL, KubeClient, api_error, transient, with_retries
 from .config import RayConfig
 from .env import notebook_env
 from .errors import ClusterStartError, ConfigError, InvalidOptions, RaySpawnerError
+from .manifests import notebook as notebook_manifests
 from .manifests.common import owner_reference, version_init_container, wants_version_check
 from .options import check_user_options, resolve_spec
 from .profiles import options_may_enable_ray
@@ -182,11 +185,29 @@ class RaySpawner(RayConfig, KubeSpawner):
         if spec and wants_version_check(spec):
             probe = get_k8s_model(V1Container, version_init_container(self.image, self.image_pull_policy))
             pod.spec.init_containers = [*(pod.spec.init_containers or []), probe]
+        if spec and spec.driver_mode:
+            await self._add_notebook_node(spec, pod)
         return pod
+
+    @staticmethod
+    async def _add_notebook_node(spec: RayClusterSpec, pod: V1Pod) -> None:
+        """Driver mode: the notebook pod joins its cluster as a node (manifests/notebook.py)."""
+        container = pod.spec.containers[0]
+        async with ApiClient() as api:
+            serialized = api.sanitize_for_serialization(container)
+        sidecar, volumes, mounts = notebook_manifests.pod_additions(spec, serialized)
+        pod.spec.init_containers = [*(pod.spec.init_containers or []), get_k8s_model(V1Container, sidecar)]
+        pod.spec.volumes = [*(pod.spec.volumes or []), *(get_k8s_model(V1Volume, v) for v in volumes)]
+        container.volume_mounts = [*(container.volume_mounts or []), *(get_k8s_model(V1VolumeMount, m) for m in mounts)]
+        pod.spec.share_process_namespace = True
 
     async def _make_create_pod_request(self, pod, request_timeout):
         spec, backend = self._ray_spec, self._ray_backend
         if spec and backend and not self._ray_prepared:
+            if spec.network_policy and spec.notebook_selector:
+                # the pod's final labels are known only now (after modify_pod_hook)
+                types = await notebook_isolation(self._kube(), self.namespace, pod.metadata.labels or {})
+                spec = self._ray_spec = dataclasses.replace(spec, notebook_policy_types=types)
             await backend.prepare(spec)
             self._ray_prepared = True
         try:
@@ -491,9 +512,6 @@ class RaySpawner(RayConfig, KubeSpawner):
         finally:
             pump_task.cancel()
 
-    #: the notebook pod's Ray node sidecar in driver mode (manifests' NOTEBOOK_NODE_CONTAINER, once it exists)
-    _NOTEBOOK_NODE_CONTAINER = "ray-node"
-
     def _notebook_pod(self) -> dict | None:
         reflector = self.pod_reflector
         pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector is not None else None
@@ -507,11 +525,10 @@ class RaySpawner(RayConfig, KubeSpawner):
         spec = self._ray_spec
         if not spec or not spec.driver_mode or pod is None:
             return None
-        name = self._NOTEBOOK_NODE_CONTAINER
+        name = notebook_manifests.NOTEBOOK_NODE_CONTAINER
         if not any(c.get("name") == name for c in pod.get("spec", {}).get("initContainers") or []):
             return None
-        statuses = (pod.get("status") or {}).get("initContainerStatuses") or []
-        return any(cs.get("name") == name and cs.get("ready") for cs in statuses)
+        return notebook_manifests.node_ready(pod)
 
     async def _spawn_steps(self) -> tuple[list[tuple[str, str]], int]:
         """The steps reached so far as (key, message), and the progress they are worth."""

@@ -27,6 +27,7 @@ from tornado import web
 
 from rayspawner import RaySpawner
 from rayspawner.errors import InvalidOptions
+from rayspawner.manifests.notebook import NOTEBOOK_NODE_CONTAINER
 
 from .spawner_fixtures import NOTEBOOK_IMAGE, RAY, user
 
@@ -121,14 +122,7 @@ async def test_progress_events_have_monotonic_integer_progress(k8s_emu_factory, 
 
 async def test_progress_says_when_the_notebook_joined_its_cluster(k8s_emu, ray_spawner_factory):
     """Driver mode: the notebook pod's Ray node sidecar turning ready is a step of its own."""
-    def ensure_sidecar(spawner: Any, pod: Any) -> Any:
-        # the driver-mode manifest adds the sidecar; a stand-in where it does not (yet)
-        if not any(c.name == "ray-node" for c in pod.spec.init_containers or []):
-            sidecar = V1Container(name="ray-node", image=NOTEBOOK_IMAGE, restart_policy="Always")
-            pod.spec.init_containers = [*(pod.spec.init_containers or []), sidecar]
-        return pod
-
-    sp = ray_spawner_factory(k8s_emu, modify_pod_hook=ensure_sidecar)
+    sp = ray_spawner_factory(k8s_emu)
     events = await _progress_of(sp, RAY)
     _check_shape(events)
     messages = [e["message"] for e in events]

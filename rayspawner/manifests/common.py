@@ -25,6 +25,9 @@ from ..spec import (
 Manifest = dict[str, Any]
 Owner = dict[str, Any]
 
+#: the head's "I have been ready once" marker (its readiness probe checks it)
+READY_FILE = '"${TMPDIR:-/tmp}/rayspawner-head-ready"'
+
 
 def owner_reference(pod_name: str, uid: str) -> Owner:
     """An ownerReference to the notebook pod: Kubernetes' garbage collector removes

@@ -39,7 +39,7 @@ from typing import Any
 from .. import naming
 from ..spec import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RayClusterSpec, WorkerGroup
 from . import common, notebook
-from .common import Manifest, Owner
+from .common import READY_FILE, Manifest, Owner
 
 API_VERSION = "ray.io/v1"
 KIND = "RayCluster"
@@ -57,7 +57,6 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: the API server's usual ports, for the autoscaler's egress
 API_SERVER_PORTS = (443, 6443)
 
-READY_FILE = '"${TMPDIR:-/tmp}/rayspawner-head-ready"'
 
 # One Ray Client round trip against the local head: the first connect to a fresh
 # head is flaky, so the head is only "ready" (HeadPodReady) once one has worked.
@@ -71,12 +70,12 @@ CLIENT_WARMUP_ONCE = (
 ) % CLIENT_PORT
 
 
-def _head_readiness_probe() -> Manifest:
-    """Ready = a Ray Client round trip succeeded once (remembered in a file), and GCS is healthy."""
-    script = (
-        f"if [ ! -f {READY_FILE} ]; then python -c \"$1\" && touch {READY_FILE} || exit 1; fi; "
-        f"python -c \"$2\" {common.GCS_HEALTH}"
-    )
+def _head_readiness_probe(spec: RayClusterSpec) -> Manifest:
+    """Ready = GCS is healthy and, in client mode, a Ray Client round trip succeeded once
+    (remembered in a file). Drivers talk to the GCS directly: no round trip for them."""
+    script = f"python -c \"$2\" {common.GCS_HEALTH}"
+    if not spec.driver_mode:
+        script = f"if [ ! -f {READY_FILE} ]; then python -c \"$1\" && touch {READY_FILE} || exit 1; fi; " + script
     return {
         "exec": {"command": ["/bin/sh", "-c", script, "probe", CLIENT_WARMUP_ONCE, common.HTTP_PROBE]},
         "initialDelaySeconds": 3,
@@ -114,7 +113,7 @@ def _template(spec: RayClusterSpec, container: Manifest, group: WorkerGroup | No
 def head_group(spec: RayClusterSpec) -> Manifest:
     container = common.ray_container(spec, "ray-head", spec.head)
     container["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in HEAD_PORTS]
-    container["readinessProbe"] = _head_readiness_probe()
+    container["readinessProbe"] = _head_readiness_probe(spec)
     container["livenessProbe"] = common.http_probe([common.GCS_HEALTH], period=10, failures=6, delay=30)
     template = _template(spec, container, None)
     if spec.autoscaling:

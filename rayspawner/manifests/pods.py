@@ -12,19 +12,20 @@ import shlex
 from .. import naming
 from ..spec import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, RAY_PORTS, RayClusterSpec, Resources, WorkerGroup
 from . import common, notebook
-from .common import Manifest, Owner
+from .common import READY_FILE, Manifest, Owner
 
-READY_FILE = '"${TMPDIR:-/tmp}/rayspawner-head-ready"'
 
-# Run once on the head after it starts: a first Ray Client connection (with
-# retries), because the first connect to a fresh head is flaky. Only then is
-# the head marked ready, so the user's own ray.init() is never the first.
-WARMUP = (
+# Run once on the head after it starts; only then is the head marked ready. It waits for
+# the GCS and the dashboard (and, for Ray Client, that port). In client mode it then makes
+# a first Ray Client connection (with retries), because the first connect to a fresh head
+# is flaky, so that the user's own ray.init() is never the first. Driver mode needs no such
+# round trip: a driver talks to the GCS directly.
+HEAD_UP = (
     "import socket, sys, time, urllib.request as u\n"
     "deadline = time.time() + 600\n"
     "def up():\n"
     "    try:\n"
-    "        socket.create_connection(('127.0.0.1', %(client)d), 1).close()\n"
+    "        socket.create_connection(('127.0.0.1', %(port)d), 1).close()\n"
     "        u.urlopen('http://127.0.0.1:%(dashboard)d/api/gcs_healthz', timeout=2).read()\n"
     "        return True\n"
     "    except Exception:\n"
@@ -32,10 +33,12 @@ WARMUP = (
     "while not up():\n"
     "    if time.time() > deadline: sys.exit('rayspawner: the Ray head did not come up')\n"
     "    time.sleep(0.5)\n"
+)
+CLIENT_WARMUP = (
     "import ray\n"
     "while True:\n"
     "    try:\n"
-    "        ray.init('ray://127.0.0.1:%(client)d', logging_level='ERROR')\n"
+    "        ray.init('ray://127.0.0.1:%(port)d', logging_level='ERROR')\n"
     "        ray.get(ray.remote(lambda: 1).options(num_cpus=0).remote())\n"
     "        ray.shutdown()\n"
     "        break\n"
@@ -44,7 +47,14 @@ WARMUP = (
     "        if time.time() > deadline: raise\n"
     "        print('rayspawner: client warm-up retry:', type(e).__name__, flush=True)\n"
     "        time.sleep(1)\n"
-) % {"client": CLIENT_PORT, "dashboard": DASHBOARD_PORT}
+)
+
+
+def head_warmup(spec: RayClusterSpec) -> str:
+    """The script that decides when the head is ready (see :data:`HEAD_UP`)."""
+    if spec.driver_mode:
+        return HEAD_UP % {"port": GCS_PORT, "dashboard": DASHBOARD_PORT}
+    return (HEAD_UP + CLIENT_WARMUP) % {"port": CLIENT_PORT, "dashboard": DASHBOARD_PORT}
 
 
 def _ray_resources_args(spec: RayClusterSpec, res: Resources) -> list[str]:
@@ -68,7 +78,7 @@ def head_command(spec: RayClusterSpec) -> list[str]:
         f'python -c "$1" && touch {READY_FILE}\n'
         "wait $pid\n"
     )
-    return ["/bin/sh", "-c", script, "ray-head", WARMUP]
+    return ["/bin/sh", "-c", script, "ray-head", head_warmup(spec)]
 
 
 def worker_command(spec: RayClusterSpec, group: WorkerGroup) -> list[str]:
