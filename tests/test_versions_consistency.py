@@ -216,6 +216,32 @@ def test_pyproject_extras_pin_the_same_ray() -> None:
     )
 
 
+#: the Ray libraries notebook users run first (driver mode makes them work from a bare ray.init())
+RAY_LIBRARIES = {"data", "train", "tune"}
+
+
+def ray_extras(text: str) -> list[set[str]]:
+    """The extras of every ``ray[...]`` requirement in a file."""
+    return [set(m.group(1).split(",")) for m in re.finditer(r"\bray\[([a-z,]+)\]\s*==", text)]
+
+
+def test_images_and_local_extra_ship_the_same_ray_libraries() -> None:
+    """A driver and the workers it uses import the same libraries: the notebook image, the Ray
+    image and local mode all install ray with Data, Train and Tune, not just ray[default]."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    local = " ".join(project["optional-dependencies"]["local"])
+    found = {
+        "pyproject local extra": ray_extras(local),
+        "notebook image": ray_extras((IMAGES / "notebook" / "Containerfile").read_text()),
+        "ray image": ray_extras((IMAGES / "ray" / "Containerfile").read_text()),
+    }
+    for where, extras in found.items():
+        assert len(extras) == 1, f"{where}: expected one pinned ray[...] requirement, found {extras}"
+        assert RAY_LIBRARIES <= extras[0], f"{where}: ray{sorted(extras[0])} lacks {sorted(RAY_LIBRARIES - extras[0])}"
+    assert len({frozenset(e[0]) for e in found.values()}) == 1, found
+    assert ray_extras('pip install "ray[default]==2.60.0"') == [{"default"}]
+
+
 # Version mentions in prose and config: (regex, what, group -> normalised version)
 RAY_PATTERNS = [
     re.compile(r"\bray(?:\[[a-z,]+\])?==([0-9][0-9a-z.]*[0-9a-z])", re.I),
