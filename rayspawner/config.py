@@ -157,7 +157,9 @@ class RayConfig(Configurable):
         True,
         config=True,
         help="""Return from start only when the Ray head accepts clients (as well as the
-        notebook being ready). Workers never block the start.""",
+        notebook being ready) and, in driver mode, the notebook's own Ray node has joined,
+        so the first ``ray.init()`` works at once. Workers never block the start. False:
+        return as soon as the notebook is ready; the notebook's node joins when it can.""",
     )
     ray_stop_timeout = Int(
         60, config=True, help="Seconds stop waits for every Ray object of the server to be gone."

@@ -246,6 +246,7 @@ class RaySpawner(RayConfig, KubeSpawner):
                 remaining = max(5.0, self.start_timeout - (time.monotonic() - started))
                 if self.ray_wait_for_head:
                     status = await self._ray_backend.wait_ready(self._ray_spec, remaining)
+                    await self._wait_notebook_joined(started + remaining)
                 else:
                     status = await self._ray_backend.status(self._ray_spec)
                 await self._check_versions(status, started + remaining)
@@ -262,6 +263,21 @@ class RaySpawner(RayConfig, KubeSpawner):
                 except Exception as cleanup_error:  # keep the original error for the user
                     self.log.error("Cleaning up Ray cluster of %s failed: %s", self._log_name, cleanup_error)
             raise
+
+    async def _wait_notebook_joined(self, deadline: float) -> None:
+        """Driver mode: "ready" means a bare ray.init() works at once, so the notebook's own
+        Ray node (which joins only once the head is up) must have joined too."""
+        spec = self._ray_spec
+        if not spec or not spec.driver_mode:
+            return
+        while not notebook_manifests.node_ready(self._notebook_pod()):
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"Your notebook could not join its Ray cluster {spec.name}: the head is ready, but the "
+                    f"notebook's Ray node (container {notebook_manifests.NOTEBOOK_NODE_CONTAINER!r}) never "
+                    "reported ready. Usually a NetworkPolicy blocks the notebook pod from its Ray pods, or the "
+                    "notebook image lacks Ray; see that container's log.", reason="notebook_node")
+            await asyncio.sleep(0.2)
 
     async def _check_versions(self, status: ClusterStatus, deadline: float) -> None:
         spec = self._ray_spec

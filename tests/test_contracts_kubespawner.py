@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kubernetes_asyncio.client import V1Container
 from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 from kubespawner.clients import load_config
@@ -27,7 +26,6 @@ from tornado import web
 
 from rayspawner import RaySpawner
 from rayspawner.errors import InvalidOptions
-from rayspawner.manifests.notebook import NOTEBOOK_NODE_CONTAINER
 
 from .spawner_fixtures import NOTEBOOK_IMAGE, RAY, user
 

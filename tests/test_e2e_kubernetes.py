@@ -1,11 +1,14 @@
-"""The Kubernetes path end to end, with real Ray: RaySpawner → loopback API server →
-its process kubelet runs the generated head and worker pods as real processes, each in
-its own network namespace → a process in the notebook pod's sandbox, with only the env
-the spawner injected, runs ``ray.init()`` and the smoke test across head and worker.
+"""The Kubernetes path end to end, with real Ray, in driver mode (the default): RaySpawner →
+loopback API server → its process kubelet runs the generated head, two worker pods and the
+notebook pod (with its Ray node sidecar) as real processes, each pod in its own network and
+PID namespace → processes in the notebook container's sandbox, with only the env the spawner
+injected, run a bare ``ray.init()`` as a direct driver: the seed smoke test, Ray Data, Tune,
+a 50 MB put/get, ``ray job submit``, and Ray Client against the same head.
 
-Also exercised: the version check (a ``ray_image`` different from the notebook image
-makes both images report their Ray/Python versions through init containers), and that
-stop leaves no process, no object and no network namespace behind.
+Also exercised: the version check (a ``ray_image`` different from the notebook image makes
+both images report their Ray/Python versions through init containers), a "kernel restart"
+(a second driver process), the notebook's Ray node dying while another driver's job runs,
+and that stop leaves no process, no object and no network namespace behind.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from rayspawner.manifests.notebook import NOTEBOOK_NODE_CONTAINER
 from tests.k8semu.kubelet_process import ProcessKubelet
 from tests.k8semu.netns import netns_available
 
@@ -35,43 +39,133 @@ pytestmark = [
 NS = "jhub"
 PROFILES = [{
     "display_name": "Ray", "slug": "ray", "default": True,
-    "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 1, "ray_head_memory": "1Gi",
+    "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 2, "ray_head_memory": "1Gi",
                              "ray_worker_memory": "1Gi", "ray_head_cpu": "1", "ray_worker_cpu": "1"},
 }]
 
-SMOKE = r"""
+# What a user runs first, from a bare ray.init() (RAY_ADDRESS and the token come from the env).
+WORKLOAD = r"""
 import json, platform, time
 from collections import Counter
+import numpy as np
 import ray
 
-for attempt in range(4):
-    try:
-        ray.init()  # no arguments: RAY_ADDRESS and the token come from the notebook's env
-        break
-    except ConnectionError as e:  # FIELD-NOTES: the per-client server may fail to start under load
-        if "Starting Ray client server failed" not in str(e) or attempt == 3:
-            raise
-        time.sleep(2)
+t0 = time.monotonic()
+ray.init()
+init_seconds = time.monotonic() - t0
+me = ray.get_runtime_context().get_node_id()
+
+deadline = time.time() + 180
+while ray.cluster_resources().get("CPU", 0) < 3 and time.time() < deadline:
+    time.sleep(1)  # the workers join a little after the head is ready
+nodes = [n for n in ray.nodes() if n["Alive"]]
+notebook = [n for n in nodes if (n.get("Labels") or {}).get("rayspawner/role") == "notebook"]
 
 @ray.remote
 def f(x):
     s = 0
     for i in range(20000):
         s += i * i
-    return x + (platform.node(),)
+    return platform.node(), ray.get_runtime_context().get_node_id()
 
-deadline = time.time() + 180
-while ray.cluster_resources().get("CPU", 0) < 2 and time.time() < deadline:
-    time.sleep(1)  # the worker joins the head a little after the head is ready
-counts = Counter(ray.get([f.remote(()) for _ in range(1000)]))
-print("RESULT " + json.dumps({"counts": {k[0]: v for k, v in counts.items()},
-                              "cpus": ray.cluster_resources().get("CPU")}), flush=True)
+t0 = time.monotonic()
+tasks = Counter(ray.get([f.remote(i) for i in range(1000)]))
+smoke_seconds = time.monotonic() - t0
+
+data_nodes = Counter()
+def double(batch):
+    return {"id": batch["id"] * 2, "node": [ray.get_runtime_context().get_node_id()] * len(batch["id"])}
+rows = ray.data.range(20000).map_batches(double).take_all()
+data_sum = sum(r["id"] for r in rows)
+data_nodes.update(r["node"] for r in rows)
+
+from ray import tune
+def objective(config):
+    return {"score": config["x"] ** 2, "node": ray.get_runtime_context().get_node_id()}
+results = tune.Tuner(objective, param_space={"x": tune.grid_search([1, 2, 3, 4])},
+                     tune_config=tune.TuneConfig(metric="score", mode="max")).fit()
+best = results.get_best_result().config["x"]
+
+@ray.remote
+def size(a):
+    return int(a.nbytes), ray.get_runtime_context().get_node_id()
+big = np.ones(50 * 2**20, dtype=np.uint8)
+t0 = time.monotonic()
+back = ray.get(ray.put(big))
+remote_size, remote_node = ray.get(size.remote(ray.put(big)))
+put_get_seconds = time.monotonic() - t0
+
+print("RESULT " + json.dumps({
+    "init_seconds": init_seconds, "driver_node": me,
+    "nodes": [{"id": n["NodeID"], "cpu": n["Resources"].get("CPU", 0), "gpu": n["Resources"].get("GPU", 0),
+               "memory": n["Resources"].get("memory", 0), "labels": n.get("Labels") or {}} for n in nodes],
+    "notebook_node": notebook[0]["NodeID"] if len(notebook) == 1 else None,
+    "task_hosts": dict(Counter(h for (h, _), c in tasks.items() for _ in range(c))),
+    "task_nodes": sorted({n for (_, n) in tasks}), "smoke_seconds": smoke_seconds,
+    "data_sum": data_sum, "data_nodes": sorted(data_nodes), "tune_best": best,
+    "put_get": [int(back.nbytes), remote_size], "remote_node": remote_node, "put_get_seconds": put_get_seconds,
+}), flush=True)
+"""
+
+RESTARTED_KERNEL = r"""
+import json, ray
+ray.init()
+print("RESULT " + json.dumps({"driver_node": ray.get_runtime_context().get_node_id(),
+                              "sum": sum(ray.get([ray.remote(lambda x: x).remote(i) for i in range(10)]))}), flush=True)
+"""
+
+# A Ray job (another driver, on the head) that outlives the notebook's Ray node.
+JOB = r"""
+import json, os, time, urllib.request as u
+from ray.job_submission import JobSubmissionClient
+client = JobSubmissionClient()  # RAY_API_SERVER_ADDRESS and the token from the env
+job = client.submit_job(entrypoint="python -c \"import ray, time; ray.init(); "
+                                   "[ray.get(ray.remote(lambda: time.sleep(1)).remote()) for _ in range(25)]; print('job done')\"")
+print("RESULT " + json.dumps({"job": job}), flush=True)
+"""
+
+JOB_STATUS = r"""
+import json, sys
+from ray.job_submission import JobSubmissionClient
+client = JobSubmissionClient()
+logs = client.get_job_logs(sys.argv[1])
+print("RESULT " + json.dumps({"status": client.get_job_status(sys.argv[1]).value, "done": "job done" in logs,
+                              "logs": logs[-500:]}), flush=True)
+"""
+
+CLIENT = r"""
+import json, ray, time
+addr = "ray://" + __import__("os").environ["RAY_ADDRESS"].split(":")[0] + ":10001"
+for attempt in range(4):
+    try:
+        ray.init(addr)
+        break
+    except ConnectionError as e:  # FIELD-NOTES: a fresh head's first client server may fail to start
+        if attempt == 3:
+            raise
+        time.sleep(2)
+print("RESULT " + json.dumps({"sum": sum(ray.get([ray.remote(lambda x: x).remote(i) for i in range(10)]))}), flush=True)
+"""
+
+KILL_NODE = r"""
+import psutil
+killed = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"]
+for pid in killed:
+    psutil.Process(pid).kill()
+print("killed", killed)
 """
 
 
-async def in_pod(emu: Any, pod: str, argv: list[str], timeout: float) -> tuple[int, str]:
-    fut = asyncio.run_coroutine_threadsafe(emu.kubelet.exec_in_pod(NS, pod, argv, timeout=timeout), emu.loop)
+async def in_pod(emu: Any, pod: str, argv: list[str], timeout: float, container: str | None = None) -> tuple[int, str]:
+    fut = asyncio.run_coroutine_threadsafe(emu.kubelet.exec_in_pod(NS, pod, argv, container=container, timeout=timeout),
+                                           emu.loop)
     return await asyncio.wrap_future(fut)
+
+
+async def run_py(emu: Any, pod: str, script: str, *args: str, timeout: float = 300) -> dict[str, Any]:
+    rc, out = await in_pod(emu, pod, ["python", "-c", script, *args], timeout)
+    assert rc == 0 and "RESULT " in out, out[-4000:]
+    return json.loads(out.rsplit("RESULT ", 1)[1].splitlines()[0])
 
 
 def netns_names() -> set[str]:
@@ -79,7 +173,7 @@ def netns_names() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-async def test_spawn_smoke_test_stop_on_real_ray(k8s_emu_factory, ray_spawner_factory):
+async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     before = netns_names()
     emu = k8s_emu_factory(kubelet=ProcessKubelet(time_scale=1.0))
     sp = ray_spawner_factory(
@@ -101,15 +195,62 @@ async def test_spawn_smoke_test_stop_on_real_ray(k8s_emu_factory, ray_spawner_fa
     versions = json.loads(head["status"]["initContainerStatuses"][0]["state"]["terminated"]["message"])
     assert versions["ray"] == "2.60.0"
     assert sp._ray_version_warning is None
+    try:
+        r = await run_py(emu, sp.pod_name, WORKLOAD)
+    except AssertionError:
+        print(emu.kubelet.logs(NS, sp.pod_name, NOTEBOOK_NODE_CONTAINER)[-3000:])
+        raise
+    print("driver mode:", {k: r[k] for k in ("init_seconds", "smoke_seconds", "put_get_seconds")})
 
-    rc, out = await in_pod(emu, sp.pod_name, ["python", "-c", SMOKE], 300)
-    assert rc == 0, out[-3000:]
-    result = json.loads(out.rsplit("RESULT ", 1)[1].splitlines()[0])
-    counts = result["counts"]
-    assert sum(counts.values()) == 1000
-    worker_pods = [p["metadata"]["name"] for p in emu.list_objects("pods", NS, label_selector=f"ray.io/cluster={name},app.kubernetes.io/component=ray-worker")]
-    assert set(counts) <= {f"{name}-head", *worker_pods}
-    assert result["cpus"] == 2.0  # head 1 CPU + worker 1 CPU, as the spawner sized them
+    # head + 2 workers + the notebook's own node, which offers nothing to schedule on
+    assert len(r["nodes"]) == 4, r["nodes"]
+    nb = r["notebook_node"]
+    assert nb is not None, r["nodes"]
+    nb_info = next(n for n in r["nodes"] if n["id"] == nb)
+    assert nb_info["cpu"] == 0 and nb_info["gpu"] == 0 and nb_info["memory"] == 0, nb_info
+    assert sum(n["cpu"] for n in r["nodes"]) == 3.0  # head 1 CPU + 2 workers, as the spawner sized them
+    # the kernel is a direct driver attached to the notebook's own node (not the head's)
+    assert r["driver_node"] == nb
+    # nothing the user ran landed on the notebook, and it spread over the cluster's pods
+    assert sum(r["task_hosts"].values()) == 1000
+    worker_pods = [p["metadata"]["name"] for p in emu.list_objects(
+        "pods", NS, label_selector=f"ray.io/cluster={name},app.kubernetes.io/component=ray-worker")]
+    assert set(r["task_hosts"]) <= {f"{name}-head", *worker_pods} and len(r["task_hosts"]) >= 2, r["task_hosts"]
+    assert nb not in r["task_nodes"] and nb not in r["data_nodes"]
+    assert r["data_sum"] == 2 * sum(range(20000))
+    assert r["tune_best"] == 4
+    assert r["put_get"] == [50 * 2**20, 50 * 2**20] and r["remote_node"] != nb
+
+    # a "kernel restart": a new driver process attaches again, instantly
+    again = await run_py(emu, sp.pod_name, RESTARTED_KERNEL)
+    assert again == {"driver_node": nb, "sum": 45}
+    # Ray Client still reaches the same head (the fallback mode's path)
+    assert (await run_py(emu, sp.pod_name, CLIENT))["sum"] == 45
+
+    # another driver's job (ray job submit) survives the notebook's Ray node dying; the kubelet
+    # restarts the sidecar, which rejoins, and a new kernel attaches to it
+    job = (await run_py(emu, sp.pod_name, JOB))["job"]
+    rc, out = await in_pod(emu, sp.pod_name, ["python", "-c", KILL_NODE], 30, container=NOTEBOOK_NODE_CONTAINER)
+    assert rc == 0 and "killed [" in out and "killed []" not in out, out
+    deadline = time.monotonic() + 120
+    while True:
+        status = await run_py(emu, sp.pod_name, JOB_STATUS, job)
+        if status["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(2)
+    assert status["status"] == "SUCCEEDED" and status["done"], status
+    deadline = time.monotonic() + 120
+    while True:
+        try:  # fails while the sidecar restarts (no raylet in the pod), then attaches to the new node
+            rejoined = await run_py(emu, sp.pod_name, RESTARTED_KERNEL, timeout=60)
+            if rejoined["driver_node"] != nb:
+                break
+        except AssertionError:
+            pass
+        assert time.monotonic() < deadline, "the notebook's Ray node never rejoined"
+        await asyncio.sleep(2)
+    assert rejoined["sum"] == 45
 
     t0 = time.monotonic()
     await asyncio.wait_for(sp.stop(), 120)

@@ -145,4 +145,5 @@ def test_version_comparison_messages():
     msg = compare_versions(same, {"ray": "2.50.0", "python": "3.12"}, "nb:1", "ray:1")
     assert "Ray 2.60.0 in the notebook but Ray 2.50.0 in the cluster" in msg
     assert "Python 3.11 in the notebook but Python 3.12 in the cluster" in msg and "ray_image" in msg
+    assert "Ray Client" in msg and "would not help" in msg  # the fallback mode is no way out
     assert "has no Ray installed" in compare_versions({"ray": None, "python": "3.11"}, same, "nb:1", "ray:1")

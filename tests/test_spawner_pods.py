@@ -9,6 +9,7 @@ import pytest
 
 from rayspawner import naming
 from rayspawner.errors import ClusterStartError, InvalidOptions
+from rayspawner.manifests.notebook import NOTEBOOK_NODE_CONTAINER, node_ready
 
 from .bad_inputs import BAD_INPUTS, LIMITS
 from .bad_inputs import PROFILES as BAD_PROFILES
@@ -238,3 +239,39 @@ async def test_start_without_waiting_for_the_head(k8s_emu, ray_spawner_factory):
         await start(waiting)
     await waiting.stop()
     assert ray_objects(k8s_emu) == []
+
+
+async def test_driver_mode_adds_the_notebook_node_and_client_mode_does_not(k8s_emu, ray_spawner_factory):
+    driver = ray_spawner_factory(k8s_emu, "alice")
+    client = ray_spawner_factory(k8s_emu, "bob", ray_connect_mode="client")
+    await asyncio.gather(start(driver), start(client))
+    pod = k8s_emu.get_object("pods", "jhub", driver.pod_name)
+    node = next(c for c in pod["spec"]["initContainers"] if c["name"] == NOTEBOOK_NODE_CONTAINER)
+    assert node["restartPolicy"] == "Always" and pod["spec"]["shareProcessNamespace"] is True
+    assert node["image"] == pod["spec"]["containers"][0]["image"]
+    assert "--address=ray-alice-head-svc.jhub.svc.cluster.local:6379" in node["command"][2]
+    mounts = {m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert {"/tmp/ray", "/dev/shm"} <= mounts and {m["mountPath"] for m in node["volumeMounts"]} == {"/tmp/ray", "/dev/shm"}
+    assert node_ready(pod)  # the spawn waited for it (ray_wait_for_head)
+
+    pod = k8s_emu.get_object("pods", "jhub", client.pod_name)
+    assert not any(c["name"] == NOTEBOOK_NODE_CONTAINER for c in pod["spec"].get("initContainers") or [])
+    assert not pod["spec"].get("shareProcessNamespace")
+    assert env_of(pod)["RAY_ADDRESS"]["value"] == "ray://ray-bob-head-svc.jhub.svc.cluster.local:10001"
+    await asyncio.gather(driver.stop(), client.stop())
+    assert ray_objects(k8s_emu) == []
+
+
+async def test_a_notebook_that_cannot_join_fails_the_spawn_readably(k8s_emu, ray_spawner_factory):
+    """Driver mode: the head is ready but the notebook's Ray node never is (a NetworkPolicy in the
+    way, say): the spawn fails with a message saying so, and nothing is left behind."""
+    sp = ray_spawner_factory(k8s_emu, start_timeout=6,
+                             extra_annotations={"k8semu/not-ready-containers": NOTEBOOK_NODE_CONTAINER})
+    sp.user_options = dict(RAY)
+    with pytest.raises(ClusterStartError) as err:
+        await asyncio.wait_for(sp.start(), 30)
+    assert "could not join its Ray cluster ray-alice" in err.value.message
+    assert NOTEBOOK_NODE_CONTAINER in err.value.message
+    await sp.stop()
+    assert ray_objects(k8s_emu) == []
+    assert k8s_emu.get_object("pods", "jhub", sp.pod_name) is None

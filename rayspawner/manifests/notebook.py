@@ -85,7 +85,8 @@ def node_container(spec: RayClusterSpec, notebook: Manifest) -> Manifest:
             "limits": {"cpu": NODE_RESOURCES["cpu_limit"], "memory": memory},
         },
         "securityContext": security,
-        "readinessProbe": common.http_probe([common.RAYLET_HEALTH], period=5, failures=3, delay=3),
+        # polled often: the spawn waits for it (the kernel's first ray.init() needs this node)
+        "readinessProbe": common.http_probe([common.RAYLET_HEALTH], period=2, failures=3, delay=2),
         "volumeMounts": [],
     }
     if notebook.get("imagePullPolicy"):

@@ -8,6 +8,7 @@ understood only by the emulator (see README.md):
 - ``k8semu/exit-after: "<s>"``  -> containers terminate after <s> seconds of running
 - ``k8semu/exit-code: "<n>"``   -> with that exit code (default 0); restartPolicy honoured
 - ``k8semu/not-ready: "true"``  -> containers run but never become ready
+- ``k8semu/not-ready-containers: "a,b"`` -> those sidecar init containers run but never become ready
 
 Native sidecars (init containers with ``restartPolicy: Always``) are reported started,
 ready and running as soon as they start; the next init container follows at once; they
@@ -33,6 +34,7 @@ IMAGE_PULL = "k8semu/image-pull"
 EXIT_AFTER = "k8semu/exit-after"
 EXIT_CODE = "k8semu/exit-code"
 NOT_READY = "k8semu/not-ready"
+NOT_READY_CONTAINERS = "k8semu/not-ready-containers"
 
 
 def _cid() -> str:
@@ -174,7 +176,8 @@ class SimKubelet:
             await ctx.emit_event("Started", f"Started container {c['name']}")
             st.init[c["name"]].update(state={"running": {"startedAt": now_iso()}}, started=True, containerID=_cid())
             if c["name"] in st.sidecars:  # started is enough to move on; it keeps running
-                st.init[c["name"]]["ready"] = ann.get(NOT_READY) != "true"
+                unready = ann.get(NOT_READY) == "true" or c["name"] in (ann.get(NOT_READY_CONTAINERS) or "").split(",")
+                st.init[c["name"]]["ready"] = not unready
                 await self._push(st)
                 continue
             await self._push(st)
