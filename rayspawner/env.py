@@ -49,9 +49,11 @@ def notebook_env(spec: RayClusterSpec, *, head_host: str | None = None) -> dict[
     return env
 
 
-def local_notebook_env(name: str, host: str, client_port: int, dashboard_port: int, token: str | None) -> dict[str, str]:
-    """Env for a local-process notebook (local mode has no Secrets: the process env is private)."""
-    env = addresses(host, client_port, dashboard_port)
+def local_notebook_env(name: str, host: str, client_port: int, dashboard_port: int, token: str | None,
+                       *, driver: bool = False, gcs_port: int = GCS_PORT) -> dict[str, str]:
+    """Env for a local-process notebook (local mode has no Secrets: the process env is private).
+    ``driver``: the kernel attaches to the cluster's GCS directly (same host, no extra node)."""
+    env = addresses(host, client_port, dashboard_port, driver=driver, gcs_port=gcs_port)
     env[RAY_CLUSTER_NAME] = name
     env[RAY_DASHBOARD_PROXY_PATH] = DASHBOARD_PROXY_SUFFIX
     if token:

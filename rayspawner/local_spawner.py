@@ -9,12 +9,19 @@ that need not exist) plus:
   :func:`~rayspawner.options.resolve_spec` limits as RaySpawner; bad input is a
   400 before anything starts (``apply_user_options`` time);
 - a Ray cluster per server from :class:`~rayspawner.backends.local.LocalBackend`,
-  started concurrently with the notebook; ``start`` returns once a Ray Client
-  can connect; the notebook gets ``RAY_ADDRESS=ray://127.0.0.1:<port>``, the
-  dashboard URLs and the cluster's token in its environment;
+  started concurrently with the notebook; ``start`` returns once Ray reports the
+  head and every requested worker ALIVE (local mode waits for workers too: they
+  boot in seconds here); the notebook gets ``RAY_ADDRESS=127.0.0.1:<GCS port>``
+  (``ray_connect_mode = "driver"``: the kernel is a direct driver on the head's
+  node) or ``ray://127.0.0.1:<port>`` (``"client"``), the dashboard URLs and the
+  cluster's token in its environment;
 - ``stop`` tears everything down (notebook, its kernels, every Ray process of
   the cluster, its ports and temp dir); ``poll`` reports the server failed when
-  its Ray head is gone.
+  its Ray head is gone or a worker failed past its restarts, and tears the
+  cluster down when the notebook is gone (also after a hub restart: JupyterHub
+  then only polls, it never calls ``stop``);
+- a periodic sweep (``ray_orphan_sweep_interval``) removes clusters under
+  ``local_temp_root`` that no live server owns.
 
 Demo/development use only, like SimpleLocalProcessSpawner: no isolation
 between users beyond Ray's token.
@@ -23,6 +30,7 @@ between users beyond Ray's token.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import secrets
@@ -30,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
+
+import psutil
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Int, Unicode, default, validate
@@ -44,6 +54,19 @@ from .spec import RayClusterSpec
 
 SERVER_MARKER = "RAYSPAWNER_SERVER_ID"
 _backends: dict[tuple, LocalBackend] = {}
+
+
+def _route_logs_to_hub(hub_log: logging.Logger) -> None:
+    """Send the ``rayspawner`` loggers' INFO lines to the hub's log handlers: in JupyterHub
+    only its own logger has handlers, and records of other loggers would reach Python's
+    last-resort handler (WARNING and up, on stderr) only."""
+    ours = logging.getLogger("rayspawner")
+    if ours.handlers or logging.getLogger().handlers or not hub_log.handlers or hub_log.name == "rayspawner":
+        return  # already routed, or someone configured logging (pytest, basicConfig)
+    for handler in hub_log.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
 
 
 def detected_gpus() -> int:
@@ -90,6 +113,14 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         Ray client server failed"; the server is ready only once one succeeded.""",
     )
 
+    local_worker_restart_limit = Int(
+        3,
+        config=True,
+        help="""How many times a Ray worker node that dies (or does not join its cluster within
+        2 minutes) is restarted. Past that, a spawn in progress fails with a message naming the
+        worker, and a running server is reported failed by poll.""",
+    )
+
     local_max_parallel_starts = Int(
         1,
         config=True,
@@ -102,6 +133,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     _ray_cluster: LocalCluster | None = None
     _ray_options_loaded: bool = False
     _server_marker: str = ""
+    _notebook_phase: str = ""
 
     @default("cmd")
     def _cmd_default(self) -> list[str]:
@@ -123,12 +155,17 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     @property
     def backend(self) -> LocalBackend:
         lo, hi = (int(x) for x in self.local_port_range.split("-"))
-        key = (self.local_temp_root, lo, hi, self.local_client_warmup_attempts, self.local_max_parallel_starts)
+        key = (self.local_temp_root, lo, hi, self.local_client_warmup_attempts, self.local_max_parallel_starts,
+               self.local_worker_restart_limit)
         if key not in _backends:
+            _route_logs_to_hub(self.log)
             _backends[key] = LocalBackend(temp_root=self.local_temp_root, port_range=(lo, hi),
                                           warmup_attempts=self.local_client_warmup_attempts,
-                                          max_parallel_starts=self.local_max_parallel_starts)
-        return _backends[key]
+                                          max_parallel_starts=self.local_max_parallel_starts,
+                                          worker_restart_limit=self.local_worker_restart_limit)
+        backend = _backends[key]
+        backend.start_sweeper(self.ray_orphan_sweep_interval, self.ray_orphan_grace_seconds)
+        return backend
 
     # ------------------------------------------------------------ options
     async def load_user_options(self) -> None:
@@ -179,6 +216,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             await self.load_user_options()
         self._ray_options_loaded = False
         self._server_marker = secrets.token_hex(6)
+        self._notebook_phase = ""
         spec = self._ray_spec
         if spec is None:
             return await super().start()
@@ -187,7 +225,10 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         try:
             self._ray_cluster = await backend.prepare(spec)
             create = asyncio.ensure_future(backend.create(spec, None, timeout=self.start_timeout))
+            self._notebook_phase = "starting"
             url = await super().start()  # the notebook starts while the head does
+            self._notebook_phase = "started"
+            backend.set_owner(spec.name, self.pid)
             await create
             if self.ray_wait_for_head:
                 remaining = max(10.0, self.start_timeout - (time.monotonic() - started) - 5)
@@ -208,14 +249,17 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     async def _stop_notebook(self, now: bool = False) -> None:
         if self.pid:
             await super().stop(now)
-        marker = self._server_marker
+        await self._kill_marked(self._server_marker)
+
+    async def _kill_marked(self, marker: str) -> None:
         if marker:  # kernels and anything else the notebook started
             left = await kill_processes(lambda: find_processes(SERVER_MARKER, marker), 20, what=self._log_name)
             if left:
                 self.log.error("Processes of %s never died: %s", self._log_name, left)
 
-    async def _teardown_cluster(self) -> None:
-        cluster, self._ray_cluster = self._ray_cluster, None
+    async def _teardown_cluster(self, cluster: LocalCluster | None = None) -> None:
+        if cluster is None:
+            cluster, self._ray_cluster = self._ray_cluster, None
         if cluster:
             started = time.monotonic()
             await self.backend.delete(cluster.name, self.ray_stop_timeout)
@@ -230,38 +274,74 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                 raise r
 
     async def poll(self):
+        # SimpleLocalProcessSpawner.poll clears the state of a dead notebook, and JupyterHub
+        # then never calls stop (also after a hub restart): the cluster goes down here.
+        cluster, marker = self._ray_cluster, self._server_marker
         status = await super().poll()
-        cluster = self._ray_cluster
-        if status is not None or not cluster or not cluster.head_ready:
-            return status  # (a cluster still starting is start()'s business)
+        if status is not None:
+            if cluster:
+                self.log.info("The notebook of %s is gone (status %s); tearing down Ray cluster %s",
+                              self._log_name, status, cluster.name)
+                self._ray_cluster = None
+                await asyncio.gather(self._kill_marked(marker), self._teardown_cluster(cluster))
+            return status
+        if not cluster or not cluster.head_ready:
+            return None  # (a cluster still starting is start()'s business)
         if not self.backend.head_alive(cluster.name):
             self.log.error("The Ray head of %s (cluster %s, pid %s) is gone; reporting the server as failed",
                            self._log_name, cluster.name, cluster.head.pid)
             return 1
+        if cluster.workers:
+            await self.backend.status(cluster.name)  # restarts workers that died
+            failed = self.backend.failed_workers(cluster.name)
+            if failed:
+                self.log.error("Ray cluster %s of %s: worker(s) failed for good (%s); reporting the server "
+                               "as failed", cluster.name, self._log_name,
+                               "; ".join(f"{r}: {w}" for r, w in failed.items()))
+                return 1
         return None
 
     # ----------------------------------------------------------- progress
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
-        last = ""
+        """Plain-words steps with a rising ``progress``: head starting, head accepting
+        connections, notebook started, workers joined k/N, and any worker restarts."""
+        sent: set[str] = set()
+        pct = 0
+        seen_events = 0
         while True:
             spec, cluster = self._ray_spec, self._ray_cluster
-            if not spec:
+            if not spec or not cluster:
                 return
-            if cluster:
-                st = await self.backend.status(spec)
-                if st.head_failed:
-                    msg, pct = st.message(spec), 100
-                elif st.head_ready:
-                    msg = (f"Ray cluster {spec.name} is ready (workers {st.workers_ready}/{st.workers_desired}); "
-                           "ray.init() connects to it.")
-                    pct = 90 + (10 * st.workers_ready // max(1, st.workers_desired))
-                else:
-                    msg, pct = f"Ray cluster {spec.name}: head {st.phase or 'starting'}, workers 0/{st.workers_desired}", 40
-                if msg != last:
-                    last = msg
-                    yield {"progress": pct, "message": msg}
-                if st.head_failed or (st.head_ready and st.workers_ready >= st.workers_desired):
-                    return
+            st = await self.backend.status(spec)
+            steps: list[tuple[int, str]] = []
+            if st.head_failed:
+                steps.append((100, st.message(spec)))
+            elif st.head_ready:
+                steps.append((40, f"Ray head of {spec.name} is accepting connections"))
+            else:
+                steps.append((10, f"Ray head of {spec.name}: {st.phase or 'starting'}"))
+            if self._notebook_phase == "started":
+                steps.append((30, "Notebook server started"))
+            if st.head_ready and st.workers_desired:
+                steps.append((50 + 40 * st.workers_ready // st.workers_desired,
+                              f"Ray workers joined {st.workers_ready}/{st.workers_desired}"))
+            for event in cluster.events[seen_events:]:
+                steps.append((pct, f"Ray cluster {spec.name}: {event}"))
+            seen_events = len(cluster.events)
+            for warning in st.warnings:
+                steps.append((pct, f"Ray cluster {spec.name}: {warning}"))
+            done = st.head_ready and st.workers_ready >= st.workers_desired
+            if done:
+                steps.append((95, f"Ray cluster {spec.name} is ready (head + {st.workers_desired} worker(s) "
+                                  "alive); ray.init() in a notebook connects to it"))
+            for step_pct, msg in sorted(steps, key=lambda x: x[0]):
+                if msg in sent:
+                    continue
+                sent.add(msg)
+                pct = max(pct, step_pct)
+                yield {"progress": pct, "message": msg}
+            if st.head_failed or done:
+                return
             await asyncio.sleep(1)
 
     # -------------------------------------------------------------- state
@@ -279,6 +359,11 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         self._server_marker = state.get("server_marker", self._server_marker)
         if state.get("ray_local"):
             self._ray_cluster = self.backend.adopt(state["ray_local"])
+            if self.pid and not psutil.pid_exists(self.pid):
+                # the notebook died while the hub was down: JupyterHub's start-up poll
+                # tears the cluster down; say why in the log now
+                self.log.info("Notebook of %s (pid %s) is gone; its Ray cluster %s will be torn down",
+                              self._log_name, self.pid, self._ray_cluster.name)
 
     def clear_state(self) -> None:
         super().clear_state()

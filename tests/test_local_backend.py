@@ -51,8 +51,8 @@ def run_client(env: dict[str, str], token: str | None) -> dict:
     return json.loads(line[7:])
 
 
-def spec_for(user: str, workers: int):
-    cfg = RayConfig(ray_worker_replicas=workers, ray_head_memory="1Gi", ray_worker_memory="1Gi")
+def spec_for(user: str, workers: int, **kw):
+    cfg = RayConfig(ray_worker_replicas=workers, ray_head_memory="1Gi", ray_worker_memory="1Gi", **kw)
     return resolve_spec(cfg, username=user, servername="", namespace="local", notebook_image="local")
 
 
@@ -91,24 +91,76 @@ def test_port_blocks_skip_listening_ports(tmp_path: Path) -> None:
         s.close()
 
 
-def test_state_never_holds_the_token() -> None:
+def test_state_never_holds_the_token_and_env_follows_the_mode() -> None:
     from rayspawner.backends.local import LocalNode
 
     c = LocalCluster("ray-x", "abcd1234", "/tmp/rsp/abcd1234", "/tmp/rsp", [LocalNode("head", 24000, 1)], token="s3cret")
     state = c.to_state()
     assert "s3cret" not in json.dumps(state) and "s3cret" not in repr(c)
     assert LocalCluster.from_state(state).token is None
-    assert c.notebook_env()["RAY_ADDRESS"] == "ray://127.0.0.1:24001"
+    assert c.notebook_env()["RAY_ADDRESS"] == "127.0.0.1:24000"  # driver mode: the GCS
     assert c.notebook_env()["RAY_AUTH_TOKEN"] == "s3cret"
+    c.driver = False
+    assert c.notebook_env()["RAY_ADDRESS"] == "ray://127.0.0.1:24001"
+    assert LocalCluster.from_state(c.to_state()).notebook_env()["RAY_ADDRESS"] == "ray://127.0.0.1:24001"
+    # a state saved before nodes had their own temp dirs still loads
+    old = {**state, "nodes": [{"role": "head", "base_port": 24000, "num_cpus": 1, "pid": 7}]}
+    assert LocalCluster.from_state(old).head.pid == 7
+
+
+async def test_every_node_has_its_own_temp_dir_label_and_memory(tmp_path: Path) -> None:
+    from rayspawner.spec import MIN_OBJECT_STORE_BYTES
+
+    backend = LocalBackend(temp_root=str(tmp_path / "r"), port_range=(29000, 29999))
+    spec = spec_for("carol", 2)
+    cluster = await backend.prepare(spec)
+    try:
+        args = [backend._args(cluster, n) for n in cluster.nodes]
+        temp_dirs = [next(a for a in arg if a.startswith("--temp-dir=")) for arg in args]
+        assert len(set(temp_dirs)) == 3, temp_dirs  # own session dirs: no shared socket names
+        # short: <root>/<8 hex>/w<i> keeps Ray's socket paths under ~107 characters
+        assert [t[len("--temp-dir="):] for t in temp_dirs] == [cluster.temp_dir, f"{cluster.temp_dir}/w1", f"{cluster.temp_dir}/w2"]
+        assert [next(a for a in arg if a.startswith("--labels=")) for arg in args] == [
+            "--labels=rayspawner-node=head", "--labels=rayspawner-node=workers-0", "--labels=rayspawner-node=workers-1"]
+        for node, arg in zip(cluster.nodes, args):
+            memory = int(next(a for a in arg if a.startswith("--memory="))[9:])
+            store = int(next(a for a in arg if a.startswith("--object-store-memory="))[22:])
+            assert memory + store == 2**30 and store >= MIN_OBJECT_STORE_BYTES, (node.role, memory, store)
+        info = json.loads(Path(cluster.temp_dir, "cluster.json").read_text())
+        assert info["hub_pid"] == os.getpid() and "token" not in json.dumps(info)
+    finally:
+        backend.blocks.release(n.base_port for n in cluster.nodes)
 
 
 # ------------------------------------------------------------------ real Ray
+DRIVER = """
+import json, time, ray
+t = time.monotonic()
+ray.init()
+took = time.monotonic() - t
+head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
+print("RESULT " + json.dumps({"init_s": took, "node": ray.get_runtime_context().get_node_id(), "head": head,
+      "alive": sum(1 for n in ray.nodes() if n["Alive"]), "cpus": ray.cluster_resources().get("CPU"),
+      "sum": sum(ray.get([ray.remote(lambda x: x * 2).remote(i) for i in range(100)]))}))
+"""
+
+
+def run_driver(env: dict[str, str]) -> dict:
+    child = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    child.update(env)
+    r = subprocess.run([sys.executable, "-c", DRIVER], env=child, capture_output=True, text=True, timeout=180)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, f"driver printed nothing: {r.stdout[-500:]} {r.stderr[-1500:]}"
+    return json.loads(line[7:])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
+    """alice: 2 workers, driver mode; bob: no worker, client mode (Ray Client)."""
     root = f"/tmp/rspt{secrets.token_hex(3)}"
     backend = LocalBackend(temp_root=root)
-    specs = {"alice": spec_for("alice", 1), "bob": spec_for("bob", 0)}
+    specs = {"alice": spec_for("alice", 2), "bob": spec_for("bob", 0, ray_connect_mode="client")}
     try:
         clusters = {u: await backend.prepare(s) for u, s in specs.items()}
         # distinct ports, temp dirs, tokens; short temp dirs
@@ -118,9 +170,22 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         assert clusters["alice"].token != clusters["bob"].token
 
         await asyncio.gather(*(backend.create(s) for s in specs.values()))
-        statuses = await asyncio.gather(*(backend.wait_ready(s, 300) for s in specs.values()))
-        assert all(st.head_ready for st in statuses)
+        # ready = Ray reports the head and every requested worker ALIVE
+        statuses = await asyncio.gather(*(backend.wait_ready(s, 400) for s in specs.values()))
+        assert [(st.head_ready, st.workers_ready) for st in statuses] == [(True, 2), (True, 0)], statuses
         envs = {u: c.notebook_env() for u, c in clusters.items()}
+        assert envs["alice"]["RAY_ADDRESS"] == clusters["alice"].gcs_address
+        assert envs["bob"]["RAY_ADDRESS"].startswith("ray://")
+
+        # every node its own socket names (one shared session dir gave two raylets "raylet.1")
+        a = clusters["alice"]
+        sockets = sorted(str(p) for p in Path(a.temp_dir).glob("**/sockets/raylet*"))
+        assert len(sockets) == 3 and max(len(s) for s in sockets) < 107, sockets
+
+        # readiness started no driver: alice's dashboard lists no job before the user's own
+        auth = {"Authorization": f"Bearer {a.token}"}
+        jobs = requests.get(envs["alice"]["RAY_DASHBOARD_URL"] + "/api/jobs/", headers=auth, timeout=10).json()
+        assert jobs == [], jobs
 
         # the token travels only in environments: never on a command line
         for u, c in clusters.items():
@@ -129,30 +194,45 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
             for p in procs:
                 assert c.token not in " ".join(p.cmdline()), f"token on the command line of {p.pid}"
 
-        # "ready" means a client connects (right token), and it runs tasks
-        good = await asyncio.to_thread(run_client, envs["alice"], clusters["alice"].token)
-        assert good["ok"] and good["sum"] == 9900 and good["cpus"] == 1.0 + 1.0, good
-        # without a token, and with bob's token, alice's cluster refuses
+        # alice: a bare ray.init() is a direct driver on the head's node and sees 3 nodes
+        drv = await asyncio.to_thread(run_driver, envs["alice"])
+        assert drv["node"] in drv["head"] and drv["alive"] == 3 and drv["cpus"] == 3.0 and drv["sum"] == 9900, drv
+        print(f"driver-mode ray.init() took {drv['init_s']:.3f} s")
+        assert drv["init_s"] < 1.0, drv
+
+        # bob (client mode): "ready" means a Ray Client connects (right token) and runs tasks
+        good = await asyncio.to_thread(run_client, envs["bob"], clusters["bob"].token)
+        assert good["ok"] and good["sum"] == 9900 and good["cpus"] == 1.0, good
+        # without a token, and with alice's token, bob's cluster refuses
         none, wrong = await asyncio.gather(
-            asyncio.to_thread(run_client, envs["alice"], None),
-            asyncio.to_thread(run_client, envs["alice"], clusters["bob"].token))
+            asyncio.to_thread(run_client, envs["bob"], None),
+            asyncio.to_thread(run_client, envs["bob"], clusters["alice"].token))
         assert not none["ok"] and not wrong["ok"], (none, wrong)
         dash = envs["bob"]["RAY_DASHBOARD_URL"] + "/api/version"
         assert requests.get(dash, timeout=10).status_code == 401
-        assert requests.get(dash, headers={"Authorization": f"Bearer {clusters['alice'].token}"}, timeout=10).status_code == 403  # wrong token: forbidden (no token: 401)
+        assert requests.get(dash, headers=auth, timeout=10).status_code == 403  # wrong token: forbidden (no token: 401)
         assert requests.get(dash, headers={"Authorization": f"Bearer {clusters['bob'].token}"}, timeout=10).status_code == 200
 
-        # workers are counted
-        for _ in range(60):
-            st = await backend.status(specs["alice"])
-            if st.workers_ready == 1:
+        # a worker whose raylet dies (its `ray start --block` parent lives on) is seen and restarted
+        victim = a.workers[1]
+        raylets = [p for p in find_processes(None, "", cmdline_part=victim.temp_dir + "/") if p.name() == "raylet"]
+        assert len(raylets) == 1, raylets
+        raylets[0].kill()
+        for _ in range(240):  # Ray marks the old node DEAD and the restarted one joins
+            nodes = requests.get(envs["alice"]["RAY_DASHBOARD_URL"] + "/api/v0/nodes?limit=100&detail=true",
+                                 headers=auth, timeout=10).json()["data"]["result"]["result"]
+            alive = sorted(n["labels"]["rayspawner-node"] for n in nodes if n["state"] == "ALIVE")
+            dead = [n["labels"]["rayspawner-node"] for n in nodes if n["state"] == "DEAD"]
+            if alive == ["head", "workers-0", "workers-1"] and dead == ["workers-1"]:
                 break
+            await backend.status(specs["alice"])  # what the spawner's poll and progress do
             await asyncio.sleep(1)
-        assert (st.workers_ready, st.workers_desired) == (1, 1), st
+        assert (alive, dead) == (["head", "workers-0", "workers-1"], ["workers-1"]), nodes
+        assert victim.restarts == 1 and any("workers-1 died" in e for e in a.events), a.events
+        assert (await backend.status(specs["alice"])).workers_ready == 2
 
         # teardown of alice: nothing of hers left, bob untouched
         await backend.delete(specs["alice"], 60)
-        a = clusters["alice"]
         assert not find_processes(MARKER, a.cid, cmdline_part=a.temp_dir)
         assert not ports["alice"] & listening_ports()
         assert not Path(a.temp_dir).exists()

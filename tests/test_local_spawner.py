@@ -105,3 +105,37 @@ def test_args_env_and_defaults() -> None:
 def test_bad_port_range_is_a_config_error() -> None:
     with pytest.raises(Exception, match="LOW-HIGH"):
         spawner(local_port_range="30000-30010")
+
+
+async def test_progress_rises_in_plain_words(monkeypatch) -> None:
+    from rayspawner.backends.base import ClusterStatus
+
+    seq = [ClusterStatus(phase="starting", workers_desired=2),
+           ClusterStatus(head_ready=True, workers_desired=2),
+           ClusterStatus(head_ready=True, workers_ready=1, workers_desired=2),
+           ClusterStatus(head_ready=True, workers_ready=0, workers_desired=2),  # a worker died
+           ClusterStatus(head_ready=True, workers_ready=2, workers_desired=2)]
+    cluster = type("C", (), {"events": []})()
+
+    class Backend:
+        async def status(self, spec):
+            st = seq.pop(0)
+            if st.workers_ready == 0 and st.head_ready and not cluster.events and len(seq) == 1:
+                cluster.events.append("worker workers-1 died (its process exited); restarting it")
+            return st
+
+    monkeypatch.setattr(LocalRaySpawner, "backend", property(lambda self: Backend()))
+    monkeypatch.setattr("rayspawner.local_spawner.asyncio.sleep", _no_sleep)
+    s = await load(spawner(), {"profile": "ray", "workers": "2"})
+    s._ray_cluster, s._notebook_phase = cluster, "started"
+    events = [e async for e in s.progress()]
+    pcts = [e["progress"] for e in events]
+    assert all(isinstance(p, int) for p in pcts) and pcts == sorted(pcts), events
+    text = "\n".join(e["message"] for e in events)
+    for words in ("Ray head of ray-alice: starting", "Notebook server started", "accepting connections",
+                  "Ray workers joined 1/2", "workers-1 died", "Ray workers joined 2/2", "is ready"):
+        assert words in text, (words, text)
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None

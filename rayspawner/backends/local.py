@@ -14,10 +14,21 @@ Each cluster gets:
 - a random token (``RAY_AUTH_MODE=token``) that only ever travels in the
   children's environment: never on a command line, in a log, or in the state.
 
-"Ready" means a Ray Client can connect: after ``ray start`` reports the head
-up, a warm-up ``ray.init()`` runs in a subprocess with bounded retries (the
-first connect to a fresh head can fail with "Starting Ray client server
-failed").
+Each node has its own ``--temp-dir`` (the head's is the cluster's temp dir, worker
+``i``'s is ``<temp dir>/w<i>``): nodes booted back to back in one session dir could
+pick the same unix socket names (``raylet.1``) and one raylet then died with "bind:
+Address already in use" while its ``ray start --block`` parent lived on.
+
+Connect modes: in ``driver`` mode the notebook gets ``RAY_ADDRESS=127.0.0.1:<GCS
+port>`` and its kernel attaches as a direct driver to the head's raylet (Ray prefers
+the head among local raylets of that cluster); in ``client`` mode it gets
+``ray://127.0.0.1:<client port>`` (Ray Client).
+
+"Ready" means Ray itself (the dashboard's node API, with the token) reports the head
+and every requested worker ALIVE; in client mode a warm-up Ray Client connection must
+also have succeeded (the first connect to a fresh head can fail with "Starting Ray
+client server failed"). :mod:`.localstatus` watches the nodes and restarts a worker
+that dies or never joins.
 
 Teardown: SIGTERM the node process groups, SIGKILL stragglers, and kill every
 process that carries the cluster's marker (``RAYSPAWNER_CLUSTER_ID`` in its
@@ -38,14 +49,16 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..env import local_notebook_env
 from ..errors import ClusterStartError
 from ..spec import ClusterRef, RayClusterSpec
+from ..spec import MIN_OBJECT_STORE_BYTES
 from .base import ClusterBackend, ClusterStatus
+from .localstatus import _SITECUSTOMIZE, CLIENT_PORTS_ENV, JOIN_TIMEOUT, NODE_LABEL, cluster_status, warm_up
 from .localproc import (  # noqa: F401 - re-exported for the spawner, the demo and tests
     MARKER,
     MARKER_ROOT,
@@ -54,61 +67,23 @@ from .localproc import (  # noqa: F401 - re-exported for the spawner, the demo a
     _CLIENT_SERVERS,
     _FIXED,
     _WORKER_PORTS,
+    _create_time,
+    _fatal,
     _pid_alive,
+    _tail,
+    _token_of,
     find_processes,
     kill_processes,
     listening_ports,
+    orphans,
     port_blocks,
+    remove_cluster_dir,
     sweep,
 )
 
 log = logging.getLogger(__name__)
 
-_CLIENT_PORTS_ENV = "RAYSPAWNER_CLIENT_SERVER_PORTS"
 _READY_LINE = "Ray runtime started"
-_FAST_FAIL = "Starting Ray client server failed"
-
-# Injected (via PYTHONPATH, into the cluster's processes only) so that the head's
-# Ray Client proxier picks per-connection server ports from this cluster's own
-# block instead of the machine-wide 23000-23999 that every Ray head shares.
-_SITECUSTOMIZE = '''\
-import os, sys
-_r = os.environ.get("RAYSPAWNER_CLIENT_SERVER_PORTS", "")
-if _r:
-    class _RayspawnerPorts:
-        """Set ray.util.client.server.proxier's port range after it is imported."""
-        def find_spec(self, name, path=None, target=None):
-            if name != "ray.util.client.server.proxier":
-                return None
-            import importlib.machinery
-            spec = importlib.machinery.PathFinder.find_spec(name, path)
-            if spec is None or spec.loader is None:
-                return spec
-            orig = spec.loader.exec_module
-            def exec_module(module, _orig=orig):
-                _orig(module)
-                lo, hi = (int(x) for x in _r.split("-"))
-                module.MIN_SPECIFIC_SERVER_PORT, module.MAX_SPECIFIC_SERVER_PORT = lo, hi + 1
-            spec.loader.exec_module = exec_module
-            return spec
-    sys.meta_path.insert(0, _RayspawnerPorts())
-_here = os.path.dirname(os.path.abspath(__file__))
-for _p in sys.path[1:]:
-    _c = os.path.join(os.path.abspath(_p or "."), "sitecustomize.py")
-    if os.path.dirname(_c) != _here and os.path.isfile(_c):
-        exec(compile(open(_c).read(), _c, "exec"), {"__name__": "sitecustomize", "__file__": _c})
-        break
-'''
-
-# Run as `python -c` with the notebook's env: exactly what a user's ray.init() does.
-_PROBE = '''\
-import json, ray
-ray.init(logging_level="ERROR", log_to_driver=False)
-nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-print("RAYSPAWNER_PROBE " + json.dumps({"nodes": nodes, "resources": ray.cluster_resources()}), flush=True)
-ray.shutdown()
-'''
-
 
 # ------------------------------------------------------------------- cluster
 @dataclass
@@ -119,6 +94,11 @@ class LocalNode:
     num_gpus: int = 0
     object_store_bytes: int = 0
     pid: int = 0
+    #: Ray's ``--memory`` (task heap): the profile's memory minus the object store
+    memory_bytes: int = 0
+    #: the node's own ``--temp-dir`` (own session dir, so own socket names)
+    temp_dir: str = ""
+    restarts: int = 0
 
     def port(self, name: str) -> int:
         return self.base_port + _FIXED[name]
@@ -127,6 +107,9 @@ class LocalNode:
     def ports(self) -> list[int]:
         """Every port the node listens on by our choice (fixed services)."""
         return [self.base_port + off for off in _FIXED.values()]
+
+
+_NODE_FIELDS = {f.name for f in fields(LocalNode)}
 
 
 @dataclass
@@ -139,12 +122,27 @@ class LocalCluster:
     temp_root: str
     nodes: list[LocalNode]
     token: str | None = field(default=None, repr=False)
+    #: the kernel is a direct driver (RAY_ADDRESS=host:gcs) rather than a Ray Client
+    driver: bool = True
     head_ready: bool = False
+    #: client mode: a warm-up Ray Client connection succeeded
+    client_ok: bool = False
     failed: str | None = None
     started: float = 0.0
     ready_info: dict = field(default_factory=dict)
+    #: role -> why the worker is given up on (restart limit reached)
+    failed_nodes: dict[str, str] = field(default_factory=dict)
+    #: things the user should see in the spawn progress (a worker restarted, ...)
+    events: list[str] = field(default_factory=list)
+    spawned_at: dict[str, float] = field(default_factory=dict, repr=False)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict, repr=False)
     warmup: asyncio.Task | None = field(default=None, repr=False)
+    #: the task starting the workers one by one, and the worker it is starting
+    boot: asyncio.Task | None = field(default=None, repr=False)
+    booting: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    #: the spec's extra env, for nodes restarted later
+    extra_env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def head(self) -> LocalNode:
@@ -159,32 +157,40 @@ class LocalCluster:
         return f"127.0.0.1:{self.head.port('gcs')}"
 
     def notebook_env(self) -> dict[str, str]:
-        return local_notebook_env(self.name, "127.0.0.1", self.head.port("client"), self.head.port("dashboard"), self.token)
+        return local_notebook_env(self.name, "127.0.0.1", self.head.port("client"), self.head.port("dashboard"),
+                                  self.token, driver=self.driver, gcs_port=self.head.port("gcs"))
 
     def to_state(self) -> dict[str, Any]:
         return {"name": self.name, "cid": self.cid, "temp_dir": self.temp_dir, "temp_root": self.temp_root,
-                "nodes": [asdict(n) for n in self.nodes]}
+                "driver": self.driver, "nodes": [asdict(n) for n in self.nodes]}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LocalCluster:
-        return cls(state["name"], state["cid"], state["temp_dir"], state["temp_root"],
-                   [LocalNode(**n) for n in state["nodes"]], head_ready=True)
+        nodes = [LocalNode(**{k: v for k, v in n.items() if k in _NODE_FIELDS}) for n in state["nodes"]]
+        return cls(state["name"], state["cid"], state["temp_dir"], state["temp_root"], nodes,
+                   driver=bool(state.get("driver", False)), head_ready=True, client_ok=True)
+
+    def write_info(self, **owner: Any) -> None:
+        """``cluster.json`` in the temp dir: what the orphan sweep needs to judge the cluster
+        (its hub's pid, its notebook's pid once known). Never the token."""
+        path = Path(self.temp_dir, "cluster.json")
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            info = {}
+        info.update(self.to_state())
+        info.update(owner)
+        try:
+            path.write_text(json.dumps(info, indent=1))
+        except OSError as e:
+            log.warning("Ray cluster %s: cannot write %s: %s", self.name, path, e)
 
 
-def _tail(path: str, lines: int = 12) -> str:
+def _read(path: str) -> str:
     try:
-        text = Path(path).read_text(errors="replace").strip().splitlines()
+        return Path(path).read_text(errors="replace")
     except OSError:
         return ""
-    keep = [ln for ln in text if ln.strip()][-lines:]
-    return "\n".join(keep)
-
-
-def _fatal(path: str) -> str:
-    """Ray's fatal line ("Check failed: ...") from a C++ log, else its tail."""
-    text = _tail(path, 400)
-    fatal = [ln for ln in text.splitlines() if "Check failed" in ln or "] F " in ln]
-    return (fatal[-1] if fatal else "\n".join(text.splitlines()[-5:]))[-600:]
 
 
 class LocalBackend(ClusterBackend):
@@ -203,6 +209,7 @@ class LocalBackend(ClusterBackend):
         warmup_timeout: float = 60.0,
         extra_env: dict[str, str] | None = None,
         max_parallel_starts: int = 1,
+        worker_restart_limit: int = 3,
     ):
         self.temp_root = temp_root
         self.port_range = port_range
@@ -214,55 +221,72 @@ class LocalBackend(ClusterBackend):
         self.warmup_attempts = warmup_attempts
         self.warmup_timeout = warmup_timeout
         self.extra_env = dict(extra_env or {})
+        self.worker_restart_limit = worker_restart_limit
         self.clusters: dict[str, LocalCluster] = {}
         # Booting heads one at a time: on a small machine two at once can miss Ray's fixed
         # registration windows (raylet 30 s, dashboard agent 15 s).
         self._starts = asyncio.Semaphore(max(1, max_parallel_starts))
+        self._sweeper: asyncio.Task | None = None
 
     @property
     def blocks(self) -> PortBlocks:
         return port_blocks(os.path.join(self.temp_root, ".ports"), *self.port_range)
 
+    @property
+    def starts_busy(self) -> bool:
+        return self._starts.locked()
+
     # ------------------------------------------------------------- prepare
     async def prepare(self, spec: RayClusterSpec) -> LocalCluster:
-        """Choose ports, temp dir and token (nothing runs yet). Idempotent."""
+        """Choose ports, temp dirs and token (nothing runs yet). Idempotent."""
         if spec.name in self.clusters and not self.clusters[spec.name].failed:
             return self.clusters[spec.name]
         roles = [("head", spec.head)]
         for g in spec.worker_groups:
             roles += [(f"{g.name}-{i}", g.resources) for i in range(g.replicas)]
         bases = await asyncio.to_thread(self.blocks.acquire, len(roles))
-        nodes = [
-            LocalNode(role, base, res.ray_num_cpus, res.gpu,
-                      max(78 * 2**20, int(res.memory_bytes * spec.object_store_fraction)))
-            for (role, res), base in zip(roles, bases)
-        ]
         cid = secrets.token_hex(4)
-        cluster = LocalCluster(spec.name, cid, os.path.join(self.temp_root, cid), self.temp_root, nodes,
-                               token=secrets.token_urlsafe(32) if spec.auth_enabled else None)
+        temp_dir = os.path.join(self.temp_root, cid)
+        nodes = []
+        for index, ((role, res), base) in enumerate(zip(roles, bases)):
+            store = max(MIN_OBJECT_STORE_BYTES, int(res.memory_bytes * spec.object_store_fraction))
+            nodes.append(LocalNode(role, base, res.ray_num_cpus, res.gpu, store,
+                                   memory_bytes=max(0, res.memory_bytes - store),
+                                   temp_dir=temp_dir if index == 0 else os.path.join(temp_dir, f"w{index}")))
+        cluster = LocalCluster(spec.name, cid, temp_dir, self.temp_root, nodes,
+                               token=secrets.token_urlsafe(32) if spec.auth_enabled else None,
+                               driver=spec.driver_mode, extra_env=dict(spec.extra_env))
         os.makedirs(cluster.temp_dir, mode=0o700)
         Path(cluster.temp_dir, "site").mkdir()
         Path(cluster.temp_dir, "site", "sitecustomize.py").write_text(_SITECUSTOMIZE)
-        Path(cluster.temp_dir, "cluster.json").write_text(json.dumps(cluster.to_state(), indent=1))
+        cluster.write_info(hub_pid=os.getpid(), created=time.time())
         self.clusters[spec.name] = cluster
-        log.info("Ray cluster %s: temp dir %s, port blocks %s", spec.name, cluster.temp_dir,
-                 ", ".join(f"{n.role}:{n.base_port}" for n in nodes))
         return cluster
 
     def adopt(self, state: dict[str, Any]) -> LocalCluster:
-        """Know a cluster from the spawner's saved state (after a hub restart). No token."""
+        """Know a cluster from the spawner's saved state (after a hub restart). The token,
+        never in the state, is read back from the head's environment where possible."""
         cluster = self.clusters.get(state["name"])
         if cluster is None or cluster.cid != state.get("cid"):
             cluster = LocalCluster.from_state(state)
+            cluster.token = _token_of(cluster.head.pid, cluster.cid)
             self.clusters[cluster.name] = cluster
             self.blocks.adopt(n.base_port for n in cluster.nodes)
+            if os.path.isdir(cluster.temp_dir):
+                cluster.write_info(hub_pid=os.getpid())
         return cluster
+
+    def set_owner(self, name: str, notebook_pid: int) -> None:
+        """Record the notebook's pid (and start time) for the orphan sweep."""
+        cluster = self.clusters.get(name)
+        if cluster and notebook_pid:
+            cluster.write_info(hub_pid=os.getpid(), notebook_pid=notebook_pid,
+                               notebook_started=_create_time(notebook_pid))
 
     def _env(self, cluster: LocalCluster, spec: RayClusterSpec | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "JUPYTERHUB_"))}
         env.update(self.extra_env)
-        if spec:
-            env.update(spec.extra_env)
+        env.update(spec.extra_env if spec else cluster.extra_env)
         env.update({
             MARKER: cluster.cid,
             MARKER_ROOT: cluster.temp_root,
@@ -271,8 +295,12 @@ class LocalBackend(ClusterBackend):
             # machine the agent's imports alone take longer (Ray's own 30 s window still applies)
             "RAY_agent_register_timeout_ms": "60000",
             "RAY_raylet_start_wait_time_s": "60",
+            # the raylet holds a cluster's first driver until a prestarted worker registers
+            # (1.5-2 s here): without that, ray.init() in the kernel returns in ~0.05 s and
+            # the first task pays the worker start instead
+            "RAY_prestart_worker_first_driver": "0",
             "RAY_CLUSTER_NAME": cluster.name,
-            _CLIENT_PORTS_ENV: f"{cluster.head.base_port + _CLIENT_SERVERS[0]}-{cluster.head.base_port + _CLIENT_SERVERS[1]}",
+            CLIENT_PORTS_ENV: f"{cluster.head.base_port + _CLIENT_SERVERS[0]}-{cluster.head.base_port + _CLIENT_SERVERS[1]}",
             "PYTHONPATH": os.pathsep.join(p for p in (os.path.join(cluster.temp_dir, "site"), env.get("PYTHONPATH")) if p),
         })
         if cluster.token:
@@ -286,7 +314,8 @@ class LocalBackend(ClusterBackend):
             "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
             f"--num-cpus={node.num_cpus}", f"--num-gpus={node.num_gpus}",
             f"--object-store-memory={node.object_store_bytes}",
-            f"--temp-dir={cluster.temp_dir}",
+            f"--temp-dir={node.temp_dir or cluster.temp_dir}",
+            f"--labels={NODE_LABEL}={node.role}",
             f"--node-manager-port={p('node_manager')}", f"--object-manager-port={p('object_manager')}",
             f"--metrics-export-port={p('metrics')}", f"--runtime-env-agent-port={p('runtime_env_agent')}",
             f"--dashboard-agent-listen-port={p('dashboard_agent_listen')}",
@@ -294,6 +323,8 @@ class LocalBackend(ClusterBackend):
             f"--min-worker-port={node.base_port + _WORKER_PORTS[0]}",
             f"--max-worker-port={node.base_port + _WORKER_PORTS[1]}",
         ]
+        if node.memory_bytes:
+            args.append(f"--memory={node.memory_bytes}")
         if node is cluster.head:
             args += ["--head", f"--port={p('gcs')}", f"--ray-client-server-port={p('client')}",
                      "--dashboard-host=127.0.0.1", f"--dashboard-port={p('dashboard')}"]
@@ -301,8 +332,12 @@ class LocalBackend(ClusterBackend):
             args += [f"--address={cluster.gcs_address}"]
         return args
 
+    def _out(self, cluster: LocalCluster, node: LocalNode) -> str:
+        return os.path.join(cluster.temp_dir, f"{node.role}.out")
+
     async def _spawn(self, cluster: LocalCluster, node: LocalNode, spec: RayClusterSpec | None) -> None:
-        out = os.path.join(cluster.temp_dir, f"{node.role}.out")
+        out = self._out(cluster, node)
+        os.makedirs(node.temp_dir or cluster.temp_dir, mode=0o700, exist_ok=True)
         with open(out, "ab") as f:
             proc = await asyncio.create_subprocess_exec(
                 *self.ray_command, *self._args(cluster, node), stdin=asyncio.subprocess.DEVNULL,
@@ -311,10 +346,11 @@ class LocalBackend(ClusterBackend):
             )
         node.pid = proc.pid
         cluster.procs[node.role] = proc
-        log.info("Ray cluster %s: started %s (pid %d), log %s", cluster.name, node.role, proc.pid, out)
+        cluster.spawned_at[node.role] = time.monotonic()
+        log.debug("Ray cluster %s: started %s (pid %d), log %s", cluster.name, node.role, proc.pid, out)
 
     async def _wait_started(self, cluster: LocalCluster, node: LocalNode, timeout: float) -> None:
-        out = os.path.join(cluster.temp_dir, f"{node.role}.out")
+        out = self._out(cluster, node)
         deadline = time.monotonic() + timeout
         proc = cluster.procs[node.role]
         while True:
@@ -335,18 +371,38 @@ class LocalBackend(ClusterBackend):
     # -------------------------------------------------------------- create
     async def create(self, spec: RayClusterSpec, owner: dict | None = None, timeout: float = 120.0) -> None:
         """Start head and workers; return once ``ray start`` reports the head up.
-        The Ray Client warm-up then runs in the background (see :meth:`status`)."""
+        Readiness (nodes ALIVE, client warm-up) is :meth:`status`'s business."""
         cluster = await self.prepare(spec)
         cluster.started = time.monotonic()
         try:
             async with self._starts:
                 await self._start_head(cluster, spec, timeout)
-            for node in cluster.workers:
-                await self._spawn(cluster, node, spec)
         except BaseException as e:
             cluster.failed = str(e)
             raise
-        cluster.warmup = asyncio.ensure_future(self._warm_up(cluster, spec))
+        log.info("Ray cluster %s started in %.1f s (%s mode): GCS %s, dashboard 127.0.0.1:%d, "
+                 "%d worker(s), head pid %d, port blocks %s, temp dir %s", cluster.name,
+                 time.monotonic() - cluster.started, "driver" if cluster.driver else "client",
+                 cluster.gcs_address, cluster.head.port("dashboard"), len(cluster.workers), cluster.head.pid,
+                 ",".join(str(n.base_port) for n in cluster.nodes), cluster.temp_dir)
+        cluster.boot = asyncio.ensure_future(self._boot_workers(cluster, spec))
+        if not cluster.driver:
+            cluster.warmup = asyncio.ensure_future(warm_up(self, cluster, spec))
+
+    async def _boot_workers(self, cluster: LocalCluster, spec: RayClusterSpec) -> None:
+        """Start the workers one after the other: several raylets registering at once on a
+        busy machine miss Ray's startup window ("The current node timed out during
+        startup"). A worker that fails here is restarted by :func:`.localstatus.supervise`."""
+        for node in cluster.workers:
+            cluster.booting = node.role
+            await self._spawn(cluster, node, spec)
+            out, proc = self._out(cluster, node), cluster.procs[node.role]
+            deadline = time.monotonic() + JOIN_TIMEOUT
+            while proc.returncode is None and time.monotonic() < deadline:
+                if _READY_LINE in await asyncio.to_thread(_read, out):
+                    break
+                await asyncio.sleep(0.5)
+        cluster.booting = None
 
     async def _start_head(self, cluster: LocalCluster, spec: RayClusterSpec, timeout: float) -> None:
         for attempt in (1, 2, 3):
@@ -363,67 +419,19 @@ class LocalBackend(ClusterBackend):
                             cluster.name, str(e).splitlines()[-1], _fatal(self._session_log(cluster, "raylet.out")))
                 await self._kill(cluster, timeout=30)
 
+    async def restart_worker(self, cluster: LocalCluster, node: LocalNode) -> None:
+        """Kill whatever is left of one worker node and start it again (same ports, temp dir)."""
+        pgids = [node.pid] if node.pid else []
+        await kill_processes(lambda: find_processes(None, "", cmdline_part=node.temp_dir + "/", pgids=pgids),
+                             30, what=f"{cluster.name}/{node.role}")
+        proc = cluster.procs.get(node.role)
+        if proc is not None and proc.returncode is None:
+            await asyncio.gather(proc.wait(), return_exceptions=True)
+        await self._spawn(cluster, node, None)
+
     @staticmethod
     def _session_log(cluster: LocalCluster, name: str) -> str:
         return os.path.join(cluster.temp_dir, "session_latest", "logs", name)
-
-    async def _probe(self, cluster: LocalCluster, spec: RayClusterSpec | None, timeout: float) -> dict:
-        env = self._env(cluster, spec)
-        env.update(cluster.notebook_env())
-        proc = await asyncio.create_subprocess_exec(
-            self.python, "-c", _PROBE, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, cwd=cluster.temp_dir, start_new_session=True)
-        lines: list[str] = []
-
-        async def read() -> dict:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                line = raw.decode(errors="replace").rstrip()
-                lines.append(line)
-                if line.startswith("RAYSPAWNER_PROBE "):
-                    return json.loads(line.split(" ", 1)[1])
-                if _FAST_FAIL in line:  # the client would hang on for ~30 s more; retry now
-                    raise RuntimeError(line.strip()[:300])
-            raise RuntimeError(next((ln for ln in reversed(lines) if "Error" in ln), f"probe exited ({lines[-1:]})")[:300])
-
-        try:
-            result = await asyncio.wait_for(read(), timeout)
-            try:  # let it disconnect cleanly, so the head frees its client server at once
-                await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
-                pass
-            return result
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            await proc.wait()
-
-    async def _warm_up(self, cluster: LocalCluster, spec: RayClusterSpec | None) -> None:
-        last = "none"
-        for attempt in range(1, self.warmup_attempts + 1):
-            if cluster.procs.get("head") and cluster.procs["head"].returncode is not None:
-                cluster.failed = (f"the head exited (code {cluster.procs['head'].returncode}); "
-                                  f"last lines of its log:\n{_tail(os.path.join(cluster.temp_dir, 'head.out'))}")
-                return
-            try:
-                cluster.ready_info = await self._probe(cluster, spec, self.warmup_timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - any failure is retried, then reported
-                log.warning("Ray cluster %s: warm-up client connection %d/%d failed: %s",
-                            cluster.name, attempt, self.warmup_attempts, e)
-                await asyncio.sleep(min(2.0 * attempt, 6.0))
-                last = str(e)
-                continue
-            cluster.head_ready = True
-            log.info("Ray cluster %s: a Ray Client connected after %.1f s (%s)", cluster.name,
-                     time.monotonic() - cluster.started, cluster.ready_info.get("resources"))
-            return
-        cluster.failed = (f"no Ray Client could connect to the head after {self.warmup_attempts} attempts "
-                          f"(last error: {last})")
-
     # -------------------------------------------------------------- status
     def _cluster(self, ref: RayClusterSpec | ClusterRef | str) -> LocalCluster | None:
         name = ref if isinstance(ref, str) else ref.name
@@ -433,37 +441,32 @@ class LocalBackend(ClusterBackend):
         cluster = self._cluster(spec)
         if cluster is None:
             return ClusterStatus()
-        head_alive = _pid_alive(cluster.head.pid, cluster.procs.get("head"))
-        workers_alive = sum(_pid_alive(n.pid, cluster.procs.get(n.role)) for n in cluster.workers)
-        st = ClusterStatus(exists=head_alive, workers_desired=len(cluster.workers), head_host="127.0.0.1")
-        if cluster.failed:
-            st.head_failed = cluster.failed
-            return st
-        if not cluster.head.pid:
-            st.phase = "waiting for another Ray head to finish starting" if self._starts.locked() else "starting"
-        elif not head_alive:
-            st.head_failed = f"the head process (pid {cluster.head.pid}) is gone"
-        elif cluster.head_ready:
-            st.head_ready = True
-            st.phase = "ready"
-            st.workers_ready = min(workers_alive, max(0, await self._alive_nodes(cluster) - 1))
-        else:
-            st.phase = "waiting for a Ray Client to connect"
+        return await cluster_status(self, cluster)
+
+    def failed_workers(self, ref: RayClusterSpec | ClusterRef | str) -> dict[str, str]:
+        cluster = self._cluster(ref)
+        return dict(cluster.failed_nodes) if cluster else {}
+
+    async def wait_ready(self, spec: RayClusterSpec, timeout: float, on_status=None,
+                         interval: float = 0.5) -> ClusterStatus:
+        """Wait until Ray reports the head and every requested worker ALIVE."""
+        deadline = time.monotonic() + timeout
+        st = await super().wait_ready(spec, timeout, on_status, interval)
+        while st.workers_ready < st.workers_desired:
+            failed = self.failed_workers(spec)
+            if failed:
+                raise ClusterStartError(
+                    f"Ray cluster {spec.name}: {len(failed)} worker(s) could not join: "
+                    + "; ".join(f"{role}: {why}" for role, why in failed.items()), reason="crash")
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"Ray cluster {spec.name}: only {st.workers_ready} of {st.workers_desired} workers "
+                    f"joined within {int(timeout)} s.", reason="timeout")
+            await asyncio.sleep(interval)
+            st = await self.status(spec)
+            if on_status:
+                on_status(st)
         return st
-
-    async def _alive_nodes(self, cluster: LocalCluster) -> int:
-        """Alive nodes per the dashboard's state API (authorised with the token)."""
-        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-
-        url = f"http://127.0.0.1:{cluster.head.port('dashboard')}/api/v0/nodes?limit=1000"
-        headers = {"Authorization": f"Bearer {cluster.token}"} if cluster.token else {}
-        try:
-            resp = await AsyncHTTPClient().fetch(url, headers=headers, request_timeout=5)
-            data = json.loads(resp.body)["data"]["result"]["result"]
-            return sum(1 for n in data if n.get("state") == "ALIVE")
-        except (HTTPClientError, OSError, KeyError, ValueError, TypeError) as e:
-            log.debug("Ray cluster %s: dashboard node list unavailable: %s", cluster.name, e)
-            return int(cluster.ready_info.get("nodes", 1))
 
     def head_alive(self, ref: RayClusterSpec | ClusterRef | str) -> bool:
         cluster = self._cluster(ref)
@@ -492,9 +495,10 @@ class LocalBackend(ClusterBackend):
         if cluster is None:
             return
         started = time.monotonic()
-        if cluster.warmup and not cluster.warmup.done():
-            cluster.warmup.cancel()
-            await asyncio.gather(cluster.warmup, return_exceptions=True)
+        for task in (cluster.warmup, cluster.boot):
+            if task and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         stuck = await self._kill(cluster, timeout)
         ports = [p for n in cluster.nodes for p in range(n.base_port, n.base_port + NODE_PORTS)]
         while True:
@@ -509,4 +513,42 @@ class LocalBackend(ClusterBackend):
             await asyncio.to_thread(shutil.rmtree, cluster.temp_dir, True)
             self.blocks.release(n.base_port for n in cluster.nodes)
         self.clusters.pop(cluster.name, None)
-        log.info("Ray cluster %s: torn down in %.1f s", cluster.name, time.monotonic() - started)
+        log.info("Ray cluster %s: teardown done in %.1f s%s", cluster.name, time.monotonic() - started,
+                 " (incomplete)" if stuck or busy else "")
+
+    # ------------------------------------------------------------ orphans
+    async def sweep_orphans(self, grace: float) -> list[str]:
+        """Remove every cluster under the temp root that no live server owns."""
+        owned = {c.cid for c in self.clusters.values()}
+        removed = []
+        for cid in await asyncio.to_thread(orphans, self.temp_root, owned, grace):
+            started = time.monotonic()
+            stuck = await remove_cluster_dir(self.temp_root, cid)
+            if stuck:
+                log.error("Orphaned Ray cluster %s under %s: processes never died: %s", cid, self.temp_root, stuck)
+            else:
+                removed.append(cid)
+                log.info("Orphaned Ray cluster %s under %s (no live server owns it): removed in %.1f s",
+                         cid, self.temp_root, time.monotonic() - started)
+        return removed
+
+    def start_sweeper(self, interval: float, grace: float) -> None:
+        """Run :meth:`sweep_orphans` every ``interval`` seconds (the first after a short
+        delay, so that a restarted hub has adopted its servers' clusters)."""
+        if self._sweeper is not None or interval <= 0:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+
+        async def loop() -> None:
+            await asyncio.sleep(min(interval, 10.0))
+            while True:
+                try:
+                    await self.sweep_orphans(grace)
+                except Exception:  # noqa: BLE001 - a failed sweep must not stop the next
+                    log.exception("Local orphan sweep under %s failed", self.temp_root)
+                await asyncio.sleep(interval)
+
+        self._sweeper = asyncio.ensure_future(loop())

@@ -4,7 +4,9 @@
   and locked with ``flock`` so two clusters (even of two hubs) never share one;
 - :func:`find_processes` / :func:`kill_processes`: every process of a cluster, found by
   an environment marker all Ray children inherit, by temp dir or by process group —
-  never by name, and never ``ray stop`` (which stops every Ray on the machine).
+  never by name, and never ``ray stop`` (which stops every Ray on the machine);
+- :func:`orphans` / :func:`remove_cluster_dir`: clusters under a temp root that no live
+  server owns (a hub crash, a notebook that died while the hub was down), and their removal.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import json
 import logging
 import os
 import random
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -153,7 +157,7 @@ def port_blocks(lock_dir: str, lo: int, hi: int) -> PortBlocks:
 
 
 # ----------------------------------------------------------------- processes
-def find_processes(key: str, value: str, *, cmdline_part: str | None = None,
+def find_processes(key: str | None, value: str, *, cmdline_part: str | None = None,
                    pgids: Iterable[int] = ()) -> list[psutil.Process]:
     """Processes whose environment has ``key=value`` (or whose command line contains
     ``cmdline_part``, or that are in one of ``pgids``); never this process."""
@@ -170,7 +174,7 @@ def find_processes(key: str, value: str, *, cmdline_part: str | None = None,
             if cmdline_part and any(cmdline_part in a for a in proc.info["cmdline"] or ()):
                 found.append(proc)
                 continue
-            if proc.environ().get(key) == value:
+            if key and proc.environ().get(key) == value:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
@@ -223,3 +227,87 @@ def _pid_alive(pid: int, proc: asyncio.subprocess.Process | None = None) -> bool
 async def sweep(temp_root: str, timeout: float = 30.0) -> list[int]:
     """Kill every process of every cluster started under ``temp_root`` (demo shutdown)."""
     return await kill_processes(lambda: find_processes(MARKER_ROOT, temp_root), timeout, what=temp_root)
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _same_process(pid: int, started: float | None) -> bool:
+    """``pid`` is alive and (if ``started`` is known) is the process started then, not a reuse."""
+    created = _create_time(pid)
+    if created is None or not _pid_alive(pid):
+        return False
+    return started is None or abs(created - started) < 1.0
+
+
+def _token_of(pid: int, cid: str) -> str | None:
+    """A cluster's token from its head's environment (same user), after a hub restart."""
+    try:
+        env = psutil.Process(pid).environ()
+    except (psutil.Error, OSError):
+        return None
+    return env.get("RAY_AUTH_TOKEN") if env.get(MARKER) == cid else None
+
+
+def orphans(temp_root: str, owned: set[str], grace: float) -> list[str]:
+    """Cluster ids under ``temp_root`` that no live server owns.
+
+    A cluster is kept while this hub knows it (``owned``), while it is younger than
+    ``grace`` seconds (a spawn in progress), while its notebook process (pid and start
+    time in ``cluster.json``) lives, or while another live hub created or adopted it.
+    """
+    found: list[str] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(temp_root))
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False) or entry.name in owned:
+            continue
+        try:
+            info = json.loads(Path(entry.path, "cluster.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        try:
+            created = float(info.get("created") or entry.stat().st_mtime)
+        except OSError:
+            continue
+        if now - created < grace:
+            continue
+        if info.get("notebook_pid") and _same_process(int(info["notebook_pid"]), info.get("notebook_started")):
+            continue
+        hub = int(info.get("hub_pid") or 0)
+        if hub and hub != os.getpid() and _pid_alive(hub):
+            continue
+        found.append(entry.name)
+    return found
+
+
+async def remove_cluster_dir(temp_root: str, cid: str, timeout: float = 60.0) -> list[int]:
+    """Kill every process of cluster ``cid`` and remove its temp dir; pids that never died."""
+    temp_dir = os.path.join(temp_root, cid)
+    stuck = await kill_processes(lambda: find_processes(MARKER, cid, cmdline_part=temp_dir + "/"), timeout, what=cid)
+    if not stuck:
+        await asyncio.to_thread(shutil.rmtree, temp_dir, True)
+    return stuck
+
+
+def _tail(path: str, lines: int = 12) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    keep = [ln for ln in text if ln.strip()][-lines:]
+    return "\n".join(keep)
+
+
+def _fatal(path: str) -> str:
+    """Ray's fatal line ("Check failed: ...") from a C++ log, else its tail."""
+    text = _tail(path, 400)
+    fatal = [ln for ln in text.splitlines() if "Check failed" in ln or "] F " in ln]
+    return (fatal[-1] if fatal else "\n".join(text.splitlines()[-5:]))[-600:]
