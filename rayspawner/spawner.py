@@ -41,6 +41,7 @@ from .backends.kube import KINDS, KINDS_BY_PLURAL, KubeClient, api_error, transi
 from .config import RayConfig
 from .env import notebook_env
 from .errors import ClusterStartError, ConfigError, InvalidOptions, RaySpawnerError
+from . import progress_steps
 from .manifests import notebook as notebook_manifests
 from .manifests.common import owner_reference, version_init_container, wants_version_check
 from .options import check_user_options, resolve_spec
@@ -535,65 +536,19 @@ class RaySpawner(RayConfig, KubeSpawner):
             return None  # an earlier server's pod on its way out says nothing about this spawn
         return pod
 
-    def _notebook_joined(self, pod: dict | None) -> bool | None:
-        """None: not expected (Ray Client mode, or no Ray node sidecar in the pod);
-        else whether the sidecar reports ready (its ``ray start`` joined the cluster)."""
-        spec = self._ray_spec
-        if not spec or not spec.driver_mode or pod is None:
-            return None
-        name = notebook_manifests.NOTEBOOK_NODE_CONTAINER
-        if not any(c.get("name") == name for c in pod.get("spec", {}).get("initContainers") or []):
-            return None
-        return notebook_manifests.node_ready(pod)
-
     async def _spawn_steps(self) -> tuple[list[tuple[str, str]], int]:
         """The steps reached so far as (key, message), and the progress they are worth."""
-        steps: list[tuple[str, str]] = []
-        done, total = 0.0, 3.0
         pod = self._notebook_pod()
-        status = (pod or {}).get("status") or {}
-        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-        if conditions.get("PodScheduled") == "True" or (pod or {}).get("spec", {}).get("nodeName"):
-            node = (pod or {}).get("spec", {}).get("nodeName")
-            steps.append(("notebook-scheduled", f"Notebook scheduled on node {node}" if node else "Notebook scheduled"))
-            done += 1
-            if any("running" in (cs.get("state") or {}) for cs in status.get("containerStatuses") or [] if cs.get("name") == "notebook"):
-                steps.append(("notebook-started", "Notebook container started"))
-                done += 1
-            if conditions.get("Ready") == "True":
-                steps.append(("notebook-ready", "Notebook ready"))
-                done += 1
-        spec, backend = self._ray_spec, self._ray_backend
-        if spec and backend:
-            total += 4
+        st = None
+        if self._ray_spec and self._ray_backend:
             try:
-                st = await backend.status(spec)
+                st = await self._ray_backend.status(self._ray_spec)
             except RaySpawnerError:
-                st = None
-            if st is not None:
-                steps.append(("cluster", self._describe_cluster(spec, st)))
-                done += (1 if st.exists else 0) + (2 if st.head_ready else 0)
-                done += min(1.0, st.workers_ready / st.workers_desired) if st.workers_desired else (1 if st.head_ready else 0)
-            joined = self._notebook_joined(pod)
-            if joined is not None:
-                total += 1
-                if joined:
-                    steps.append(("joined", f"Your notebook joined its Ray cluster {spec.name}"))
-                    done += 1
-        return steps, int(10 + 85 * done / total)
-
-    def _describe_cluster(self, spec: RayClusterSpec, st: ClusterStatus) -> str:
-        message = st.message(spec)
-        if st.warnings:
-            message += " — " + "; ".join(st.warnings[:2])
-        if self._ray_version_warning:
-            message += f" Warning: {self._ray_version_warning}"
-        return message
+                pass
+        return progress_steps.spawn_steps(pod, self._ray_spec, st, self._ray_version_warning)
 
     def _notebook_final_message(self) -> str:
-        pod = self._notebook_pod()
-        conditions = {c.get("type"): c.get("status") for c in ((pod or {}).get("status") or {}).get("conditions") or []}
-        return "Notebook ready; connecting to your server" if conditions.get("Ready") == "True" else ""
+        return progress_steps.notebook_final_message(self._notebook_pod())
 
     async def _cluster_message(self, final: bool = False) -> str:
         """The cluster's state in one line; ``final``: the spawn's closing message."""
@@ -605,14 +560,8 @@ class RaySpawner(RayConfig, KubeSpawner):
         except RaySpawnerError:
             return ""
         if not (final and st.head_ready):
-            return self._describe_cluster(spec, st)
-        joined = self._notebook_joined(self._notebook_pod())
-        you = {True: "; your notebook joined it", False: "; your notebook is still joining it", None: ""}[joined]
-        message = (f"Ray cluster {spec.name} is ready: head accepting connections, workers joined "
-                   f"{st.workers_ready}/{st.workers_desired}{you}. ray.init() connects to it.")
-        if self._ray_version_warning:
-            message += f" Warning: {self._ray_version_warning}"
-        return message
+            return progress_steps.describe_cluster(spec, st, self._ray_version_warning)
+        return progress_steps.ready_message(spec, st, self._notebook_pod(), self._ray_version_warning)
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:

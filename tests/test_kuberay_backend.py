@@ -123,7 +123,8 @@ async def test_autodetected_kuberay_spawn_ready_env_stop(k8s_emu_kuberay, ray_sp
 
     # the notebook's env points at the head service the operator reports
     env = env_of(notebook)
-    assert env["RAY_ADDRESS"]["value"] == f"ray://{status['head']['serviceName']}.jhub.svc.cluster.local:10001"
+    # driver mode (the default): the head Service's GCS, reached through the notebook's own Ray node
+    assert env["RAY_ADDRESS"]["value"] == f"{status['head']['serviceName']}.jhub.svc.cluster.local:6379"
     assert env["RAY_DASHBOARD_URL"]["value"] == f"http://{status['head']['serviceName']}.jhub.svc.cluster.local:8265"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "ray-alice-ray-token", "key": "auth_token"}
     assert "value" not in env["RAY_AUTH_TOKEN"]
