@@ -28,7 +28,7 @@ from kubespawner.reflector import ResourceReflector
 
 from .. import naming
 from ..errors import ClusterStartError
-from ..manifests import common, kuberay
+from ..manifests import common, kuberay, notebook
 from ..spec import ClusterRef, RayClusterSpec
 from .base import ClusterBackend, ClusterStatus
 from .kube import KINDS, KubeClient, api_error, with_retries
@@ -265,14 +265,18 @@ class KubeRayBackend(ClusterBackend):
         return cluster_status(self._cluster(ref), self._pods(ref), spec if isinstance(spec, RayClusterSpec) else None, ref)
 
     async def delete(self, ref: RayClusterSpec | ClusterRef, timeout: float) -> None:
-        ref = ref.ref() if isinstance(ref, RayClusterSpec) else ref
+        # with the spec that created the cluster, only what it created (as the pods backend)
+        spec = ref if isinstance(ref, RayClusterSpec) else None
+        ref = spec.ref() if spec else ref
         ns, name = ref.namespace, ref.name
-        await asyncio.gather(
-            self.kube.delete("RayCluster", ns, name),
-            self.kube.delete("NetworkPolicy", ns, naming.network_policy(name)),
-            self.kube.delete("NetworkPolicy", ns, naming.notebook_network_policy(name)),
-            self.kube.delete("Secret", ns, naming.token_secret(name)),
-        )
+        deletions = [self.kube.delete("RayCluster", ns, name)]
+        if not spec or spec.network_policy:
+            deletions.append(self.kube.delete("NetworkPolicy", ns, naming.network_policy(name)))
+        if not spec or notebook.network_policy(spec, None):
+            deletions.append(self.kube.delete("NetworkPolicy", ns, naming.notebook_network_policy(name)))
+        if not spec or spec.auth_enabled:
+            deletions.append(self.kube.delete("Secret", ns, naming.token_secret(name)))
+        await asyncio.gather(*deletions)
         deadline = time.monotonic() + timeout
         while self._cluster(ref) is not None or self._pods(ref):
             if time.monotonic() > deadline:
