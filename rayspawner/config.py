@@ -11,9 +11,10 @@ created.
 
 from __future__ import annotations
 
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode, Union
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode, Union, validate
 from traitlets.config import Configurable
 
+from .naming import check_template
 from .versions import RAY_VERSION
 
 _Number = lambda default, help: Union([Int(), Float(), Unicode()], default_value=default, help=help, config=True)  # noqa: E731
@@ -46,10 +47,19 @@ class RayConfig(Configurable):
     ray_cluster_name_template = Unicode(
         "ray-{user_server}",
         config=True,
-        help="""Name of each user-server's Ray cluster; may use {username}, {servername}
-        and {user_server}. Shortened (with a hash) to 40 characters, DNS-safe.
-        Must distinguish named servers ({user_server} does).""",
+        help="""Name of each user-server's Ray cluster: ``{user_server}`` (KubeSpawner's
+        ``user--server``; ``{username}--{servername}`` means the same) exactly once, with
+        fixed text of lowercase letters, digits and single hyphens. Anything else is refused
+        when the configuration is loaded: ``ray-{username}-{servername}`` would give user
+        ``alice-x`` the cluster of alice's server ``x``. Names that need escaping, or longer
+        than 40 characters, become a readable prefix, ``---`` and an 80-bit hash.""",
     )
+
+    @validate("ray_cluster_name_template")
+    def _check_cluster_name_template(self, proposal):
+        # refused where the setting is made (config, profile override), before any spawn
+        return check_template(proposal["value"])
+
     ray_image = Unicode(
         "",
         config=True,

@@ -179,12 +179,30 @@ async def _unparsed(request: Awaitable[Any]) -> None:
         raise e
 
 
+def _other_server(existing: dict[str, str], wanted: dict[str, str]) -> str:
+    """"user X, server Y" when an existing object's owner labels name another server than
+    the manifest's (empty when they agree or either lacks them)."""
+    keys = (naming.LABEL_USERNAME, naming.LABEL_SERVERNAME)
+    if not all(k in wanted for k in keys) or not any(k in existing for k in keys):
+        return ""
+    if all(existing.get(k) == wanted[k] for k in keys):
+        return ""
+    server = existing.get(naming.LABEL_SERVERNAME) or ""
+    return f"user {existing.get(naming.LABEL_USERNAME)!r}, " + (f"server {server!r}" if server else "default server")
+
+
 class KubeClient:
     """Typed helpers over kubernetes_asyncio for the kinds rayspawner manages."""
 
     def __init__(self, retry_timeout: float = 30.0, request_timeout: float = 10.0):
         self.retry_timeout = retry_timeout
         self.request_timeout = request_timeout
+        #: (namespace, cluster) whose objects belong to another server, found by create():
+        #: delete() leaves every object of that cluster's names alone
+        self.foreign: set[tuple[str, str]] = set()
+
+    def _is_foreign(self, namespace: str, name: str) -> bool:
+        return any(ns == namespace and (name == c or name.startswith(c + "-")) for ns, c in self.foreign)
 
     def _api(self, kind: Kind) -> Any:
         return shared_client(kind.api)
@@ -268,6 +286,18 @@ class KubeClient:
                     "managed by rayspawner; rename it or change ray_cluster_name_template.",
                     reason="conflict",
                 )
+            other = _other_server(labels, meta.get("labels") or {})
+            if other:
+                # never delete or replace another server's object: that would hand its cluster,
+                # Secret or policy to this spawn; and this spawn's cleanup must not touch it either
+                self.foreign.add((namespace, labels.get(naming.LABEL_CLUSTER) or name))
+                log.error("%s %s/%s belongs to %s; refusing to replace it", kind.kind, namespace, name, other)
+                raise ClusterStartError(
+                    f"Cannot create the Ray cluster: {kind.kind} {name} in namespace {namespace} already "
+                    f"belongs to another server ({other}). Nothing of it was changed. An admin must "
+                    "check ray_cluster_name_template (or remove the leftover object).",
+                    reason="name_conflict",
+                )
             owners = {o.get("uid") for o in existing["metadata"].get("ownerReferences") or []}
             mine = {o.get("uid") for o in meta.get("ownerReferences") or []}
             if owners == mine and not existing["metadata"].get("deletionTimestamp"):
@@ -291,6 +321,9 @@ class KubeClient:
     async def delete(self, kind_name: str, namespace: str, name: str, *, grace: int | None = None) -> bool:
         """Delete (background propagation); True if it existed. 404 is success."""
         kind = KINDS[kind_name]
+        if self._is_foreign(namespace, name):
+            log.warning("Not deleting %s %s/%s: it belongs to another server", kind.kind, namespace, name)
+            return False
         fn = self._method(kind, "delete")
         body = {"propagationPolicy": "Background"}
         if grace is not None:
