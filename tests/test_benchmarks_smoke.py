@@ -63,3 +63,64 @@ def test_spawn_bench_tiny(tmp_path, capsys):
     assert RATIO_FIELDS <= set(r) and r["users"] == 3
     assert all(r[k] > 0 for k in RATIO_FIELDS - {"users"})
     assert len(data["phases"]) == 2 and {p["kind"] for p in data["phases"]} == {"plain", "ray"}
+
+
+# --- benchmarks/connect_modes_bench.py: no Ray, no hub, no pods (a real run is minutes; see benchmarks/README.md)
+
+def _fake_sample(mode: str, rep: int, smoke: float, init: float, data: float | None) -> dict:
+    return {"mode": mode, "rep": rep, "init_s": init, "smoke_s": smoke, "put_get_s": 0.1, "put_to_worker_s": 0.2,
+            "data_s": data, "process_s": 5.0, "errors": {} if data else {"data": "AttributeError: core_worker"}}
+
+
+def test_connect_modes_bench_scripts_and_report(tmp_path):
+    from benchmarks import connect_modes_bench as cmb
+
+    compile(cmb.DRIVER, "driver", "exec")
+    compile(cmb.FIRST_RESULT, "first_result", "exec")
+    assert cmb.parse_result("noise\nRESULT {\"a\": 1}\nRESULT {\"a\": 2}\ntrailer") == {"a": 2}
+    assert cmb.parse_result("no result here") is None
+
+    samples = {
+        "driver": [_fake_sample("driver", r, 2.2, 0.05, 4.0) for r in range(3)],
+        "client": [_fake_sample("client", r, 3.0, 5.0, None) for r in range(3)],
+        "head": [_fake_sample("head", r, 2.0, 0.04, 3.0) for r in range(3)],
+    }
+    ratios = cmb.ratios(samples)
+    assert abs(ratios["smoke:driver/head"]["median_of_medians"] - 1.1) < 1e-9
+    assert ratios["smoke:driver/head"]["per_repeat"]["n"] == 3
+    assert ratios["data:client/head"]["median_of_medians"] is None  # every client Ray Data run failed
+    data = {"config": {"repeats": 3}, "k8s": {"summary": {m: cmb.summarize(s, cmb.STEPS) for m, s in samples.items()},
+                                               "ratios": ratios,
+                                               "error_samples": {"client": {"data": "AttributeError: core_worker"}}},
+            "local": {"driver": {"summary": cmb.summarize([{"click_to_first_result_s": 40.0, "spawn_s": 30.0}],
+                                                          ("click_to_first_result", "spawn")), "errors": []}}}
+    data["targets"] = cmb.targets(data)
+    assert data["targets"]["driver_init_median_le_0.2s"] == {"value": 0.05, "met": True}
+    assert data["targets"]["smoke_driver_over_head_le_1.1"]["met"] is True
+    text = cmb.table(data)
+    assert "FAILED" in text and "core_worker" in text and "click→first result median 40.0s" in text
+
+
+def test_connect_modes_bench_cleanup_finds_its_processes(tmp_path):
+    """The local part's teardown finds what its hub left behind by marker, temp root or HOME."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks import connect_modes_bench as cmb
+
+    hub = cmb.LocalHub(tmp_path, "driver", "run-123")
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, **extra})
+             for extra in ({cmb.BENCH_MARKER: "run-123"}, {"RAYSPAWNER_TEMP_ROOT": hub.temp_root},
+                           {"HOME": str(hub.state / "home" / "bench")}, {cmb.BENCH_MARKER: "another-run"})]
+    try:
+        import time
+        time.sleep(0.2)
+        found = {p.pid for p in hub.leftovers()}
+        assert {p.pid for p in procs[:3]} <= found and procs[3].pid not in found
+        assert hub.stop() >= 3  # no hub process was started: it kills only the leftovers
+        assert all(p.wait(10) is not None for p in procs[:3]) and procs[3].poll() is None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

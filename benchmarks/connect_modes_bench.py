@@ -1,0 +1,670 @@
+"""Ray Client vs. driver mode vs. a driver on the head node, in one run (issue 13).
+
+    python -m benchmarks.connect_modes_bench [--repeats 3] [--parts k8s local] [--out FILE]
+
+Two parts, both on this machine:
+
+``k8s`` — RaySpawner (driver mode, the default) against the loopback API server
+(``tests.k8semu``) with the **process kubelet**: a head (1 CPU), 2 workers (1 CPU each) and the
+notebook pod (its ``ray-node`` sidecar: a 0-CPU node of the cluster), each pod real processes
+in its own network + PID namespace. One cluster serves three kinds of driver, each a fresh
+``python`` process per repeat (order rotated per repeat):
+
+- ``driver``: in the notebook container's sandbox and env, a bare ``ray.init()``
+  (``RAY_ADDRESS=<head-svc>:6379``; the driver attaches to the notebook's own node);
+- ``client``: same sandbox, ``ray.init("ray://<head-svc>:10001")`` (Ray Client, same head);
+- ``head``: in the head container's sandbox and env, ``ray.init(address="<head-svc>:6379")``
+  (a driver on the head node itself: the reference).
+
+Each driver process imports ``ray``, ``numpy`` and ``ray.data`` first (not timed), then times
+``ray.init()``; waits (untimed) for the 3 CPUs; one warm-up task per remote function
+(function export, untimed); then the seed smoke test (1000 tasks of ~1 ms CPU,
+``Counter(ray.get([...]))``); a 50 MB ``ray.put`` + ``ray.get``; a 50 MB ``ray.put`` passed
+as a task argument (it moves to a worker, which returns its size); the Ray Data pipeline
+``ray.data.range(20000).map_batches(lambda b: {"id": b["id"] * 2}).sum("id")``. A step
+that raises is recorded (``errors``) and the next one runs: Ray Data over Ray Client is
+expected to fail.
+
+``local`` — a real JupyterHub with ``jupyterhub_config/local.py`` (``LocalRaySpawner``,
+processes on this host), one hub per connect mode (``RAYSPAWNER_CONNECT_MODE``), and per
+repeat a fresh server: **click to first result** = wall time from the REST API spawn request
+(``POST /hub/api/users/<u>/server`` with ``{"profile": "ray"}``, its default options) to the
+moment a **real IPython kernel** in that server (started through the single-user server's
+``/api/kernels``, driven over its websocket) has finished ``import ray; ray.init();
+ray.get(ray.remote(f).remote())``. Broken down into spawn (POST → server ready), kernel
+start, import, ``ray.init()`` and the first ``ray.get``.
+
+Cleanup, also on failure or SIGTERM/SIGINT: the server is stopped through the spawner, the
+emulator stops its kubelet (every pod's processes, netns, veth and the bridge); the hub is
+stopped with SIGTERM (``cleanup_servers``), then every process carrying this run's temp root,
+state dir or marker in its environment is killed. ``ray stop`` is never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import quote
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+NS = "jhub"
+MODES = ("driver", "client", "head")
+BENCH_MARKER = "RAYSPAWNER_CONNECT_BENCH_ID"
+MB = 2**20
+
+# One driver process. argv: mode address tasks. Prints one "RESULT {json}" line.
+DRIVER = r'''
+import json, os, platform, sys, time
+from collections import Counter
+t0 = time.perf_counter()
+import numpy as np
+import ray
+import ray.data
+import_s = time.perf_counter() - t0
+import signal
+mode, address, tasks = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])  # None: RAY_ADDRESS from the env
+out = {"mode": mode, "import_s": import_s, "errors": {}}
+
+def _alarm(*_):
+    raise TimeoutError("step took over 240 s")
+signal.signal(signal.SIGALRM, _alarm)
+
+def step(name, fn):
+    t = time.perf_counter()
+    signal.alarm(240)
+    try:
+        value = fn()
+        out[name + "_s"] = time.perf_counter() - t
+        return value
+    except BaseException as e:  # noqa: BLE001 - recorded, the next step runs
+        out["errors"][name] = (type(e).__name__ + ": " + str(e))[:600]
+        out[name + "_s"] = None
+        return None
+    finally:
+        signal.alarm(0)
+        print("RESULT " + json.dumps(out), flush=True)  # partial results survive a later hang
+
+step("init", lambda: ray.init(address=address, logging_level="ERROR", log_to_driver=False))
+if "init" in out["errors"]:
+    print("RESULT " + json.dumps(out), flush=True)
+    sys.exit(0)
+ctx = ray.get_runtime_context()
+out["client"] = ray.util.client.ray.is_connected()
+if not out["client"]:
+    out["driver_node"] = ctx.get_node_id()
+deadline = time.time() + 120
+while ray.cluster_resources().get("CPU", 0) < 3 and time.time() < deadline:
+    time.sleep(0.5)
+out["cpus"] = ray.cluster_resources().get("CPU", 0)
+nodes = [n for n in ray.nodes() if n["Alive"]]
+out["nodes"] = len(nodes)
+out["notebook_node"] = next((n["NodeID"] for n in nodes if (n.get("Labels") or {}).get("rayspawner/role") == "notebook"), None)
+
+@ray.remote
+def f(x):
+    s = 0
+    for i in range(20000):
+        s += i * i
+    return platform.node()
+
+@ray.remote
+def size(a):
+    return int(a.nbytes), platform.node()
+
+ray.get([f.remote(0), size.remote(np.zeros(8, dtype=np.uint8))])  # export both functions, untimed
+
+hosts = step("smoke", lambda: Counter(ray.get([f.remote(i) for i in range(tasks)])))
+if hosts is not None:
+    out["smoke_hosts"] = dict(hosts)
+big = np.ones(50 * 2**20, dtype=np.uint8)
+back = step("put_get", lambda: ray.get(ray.put(big)))
+out["put_get_ok"] = back is not None and int(back.nbytes) == big.nbytes
+del back
+moved = step("put_to_worker", lambda: ray.get(size.remote(ray.put(big))))
+if moved is not None:
+    out["put_to_worker_bytes"], out["put_to_worker_host"] = moved
+total = step("data", lambda: ray.data.range(20000).map_batches(lambda b: {"id": b["id"] * 2}).sum("id"))
+out["data_ok"] = total is not None and int(total) == 2 * sum(range(20000))
+out["host"] = platform.node()
+try:
+    ray.shutdown()
+except Exception:
+    pass
+out["done"] = True
+print("RESULT " + json.dumps(out), flush=True)
+'''
+
+# Executed in a real kernel (local part): what a user does first.
+FIRST_RESULT = r'''
+import json as _json, time as _time
+_t0 = _time.perf_counter()
+import ray
+_t1 = _time.perf_counter()
+ray.init()
+_t2 = _time.perf_counter()
+_v = ray.get(ray.remote(lambda: 42).remote())
+_t3 = _time.perf_counter()
+print("FIRST " + _json.dumps({"import_s": _t1 - _t0, "init_s": _t2 - _t1, "first_get_s": _t3 - _t2, "value": _v,
+                              "client": ray.util.client.ray.is_connected(),
+                              "ray_address": __import__("os").environ.get("RAY_ADDRESS")}))
+'''
+
+STEPS = ("init", "smoke", "put_get", "put_to_worker", "data")
+
+
+# ----------------------------------------------------------------------------- helpers
+class Interrupted(BaseException):
+    pass
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def stats(values: list[float]) -> dict[str, Any] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def machine() -> dict[str, Any]:
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def versions() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mod in ("ray", "jupyterhub", "kubespawner", "jupyter_server", "rayspawner"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            out[mod] = None
+    try:
+        out["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=10, check=False).stdout.strip()
+        out["git_dirty_paths"] = len(subprocess.run(["git", "-C", str(ROOT), "status", "--short"], capture_output=True,
+                                                    text=True, timeout=10, check=False).stdout.splitlines())
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def parse_result(out: str, tag: str = "RESULT") -> dict[str, Any] | None:
+    for line in reversed(out.splitlines()):
+        if line.startswith(tag + " "):
+            return json.loads(line[len(tag) + 1:])
+    return None
+
+
+def summarize(samples: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: stats([s.get(k + "_s") for s in samples]) for k in keys}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- k8s part
+K8S_PROFILE = [{
+    "display_name": "Ray", "slug": "ray", "default": True,
+    "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 2, "ray_head_memory": "1Gi",
+                             "ray_worker_memory": "1Gi", "ray_head_cpu": "1", "ray_worker_cpu": "1"},
+}]
+
+
+async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
+    from kubernetes_asyncio.config import kube_config
+    from kubespawner.clients import load_config
+
+    from rayspawner import RaySpawner
+    from rayspawner.backends import detect
+    from tests.k8semu import K8sEmu
+    from tests.k8semu.kubelet_process import ProcessKubelet
+
+    emu = K8sEmu(kubelet=ProcessKubelet(time_scale=1.0)).start()
+    sp = None
+    try:
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(emu.kubeconfig_path)
+        load_config.cache_clear()
+        detect.forget()
+        sp = RaySpawner(
+            _mock=True, user=SimpleNamespace(name="alice", id=1, url="/user/alice/", escaped_name="alice"),
+            orm_spawner=SimpleNamespace(name="", server=None, user_options={}, state=None),
+            k8s_api_host=emu.url, namespace=NS, start_timeout=300, http_timeout=5,
+            image="quay.io/rayspawner/notebook:2.60.0", api_token="bench-token", oauth_client_id="unused",
+            profile_list=K8S_PROFILE, ray_stop_timeout=90, k8s_api_request_retry_timeout=10,
+            ray_orphan_sweep_interval=0, cmd=["/bin/sh", "-c", "exec sleep 36000", "notebook"],
+            ray_extra_env={"RAY_raylet_start_wait_time_s": "180"},
+        )
+        sp.user_options = {"profile": "ray"}
+        t0 = time.monotonic()
+        log("k8s: spawning (head + 2 workers + notebook node)")
+        await asyncio.wait_for(sp.start(), 320)
+        result["spawn_s"] = time.monotonic() - t0
+        result["connect_mode"] = sp.ray_connect_mode
+        name = sp._ray_spec.name
+        head_pod = f"{name}-head"
+        gcs = sp._ray_spec.head_host + ":6379"
+        addresses = {"driver": "", "client": f"ray://{sp._ray_spec.head_host}:10001", "head": gcs}
+        pods = {"driver": sp.pod_name, "client": sp.pod_name, "head": head_pod}
+        containers = {"driver": None, "client": None, "head": "ray-head"}
+        result["cluster"] = {"name": name, "head_host": sp._ray_spec.head_host, "pods": sorted(
+            p["metadata"]["name"] for p in emu.list_objects("pods", NS))}
+        log(f"k8s: spawned in {result['spawn_s']:.1f}s; pods {result['cluster']['pods']}")
+
+        async def run(mode: str, n_tasks: int, timeout: float = 420) -> dict[str, Any]:
+            # driver: "" = a bare ray.init() (RAY_ADDRESS from the notebook container's env)
+            argv = ["python", "-c", DRIVER, mode, addresses[mode], str(n_tasks)]
+            t = time.monotonic()
+            fut = asyncio.run_coroutine_threadsafe(
+                emu.kubelet.exec_in_pod(NS, pods[mode], argv, container=containers[mode], timeout=timeout), emu.loop)
+            rc, out = await asyncio.wrap_future(fut)
+            r = parse_result(out) or {"mode": mode, "errors": {"process": f"rc={rc}: {out[-1500:]}"}}
+            r["process_s"] = time.monotonic() - t
+            r["rc"] = rc
+            return r
+
+        # warm-up (not reported): workers' first tasks, and the first Ray Client connect to a fresh
+        # head, which FIELD-NOTES saw fail ("Starting Ray client server failed")
+        warm: list[dict[str, Any]] = []
+        for mode in ("head", "driver", "client"):
+            w = await run(mode, 50)
+            warm.append({k: w.get(k) for k in ("mode", "init_s", "errors", "process_s", "cpus", "nodes")})
+            log(f"k8s warm-up {mode}: init {w.get('init_s')} errors {list(w.get('errors', {}))}")
+        result["warmup"] = warm
+
+        samples: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+        for rep in range(repeats):
+            order = MODES[rep % 3:] + MODES[:rep % 3]
+            for mode in order:
+                r = await run(mode, tasks)
+                r["rep"], r["load"] = rep, os.getloadavg()[0]
+                samples[mode].append(r)
+                log(f"k8s rep {rep} {mode}: " + " ".join(
+                    f"{k} {r.get(k + '_s'):.2f}" if r.get(k + "_s") is not None else f"{k} FAIL" for k in STEPS))
+        result["samples"] = samples
+        result["summary"] = {m: summarize(samples[m], STEPS + ("process",)) for m in MODES}
+        result["errors_by_mode"] = {m: sorted({e for s in samples[m] for e in s.get("errors", {})}) for m in MODES}
+        result["error_samples"] = {m: {k: v for s in samples[m] for k, v in s.get("errors", {}).items()} for m in MODES}
+        result["ratios"] = ratios(samples)
+    finally:
+        if sp is not None:
+            try:
+                t0 = time.monotonic()
+                await asyncio.wait_for(sp.stop(), 150)
+                result["stop_s"] = time.monotonic() - t0
+            except BaseException as e:  # noqa: BLE001
+                result.setdefault("cleanup_errors", []).append(f"stop: {e!r}")
+            for task in list(RaySpawner._sweepers.values()):
+                task.cancel()
+            RaySpawner._sweepers.clear()
+            for key, refl in list(RaySpawner.reflectors.items()):
+                try:
+                    await refl.stop()
+                except BaseException:  # noqa: BLE001
+                    pass
+                RaySpawner.reflectors.pop(key, None)
+        left = [k for k in emu.kubelet.pods] if emu.kubelet is not None else []
+        result["pods_left_after_stop"] = [f"{a}/{b}" for a, b in left]
+        emu.stop()  # kills any pod still running, removes every netns, veth and the bridge
+        detect.forget()
+
+
+def ratios(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median of medians and the per-repeat ratio (same repeat, adjacent in time)."""
+    out: dict[str, Any] = {}
+    for a, b in (("driver", "head"), ("client", "head"), ("client", "driver")):
+        for k in STEPS:
+            ma = stats([s.get(k + "_s") for s in samples[a]])
+            mb = stats([s.get(k + "_s") for s in samples[b]])
+            per = []
+            for sa in samples[a]:
+                sb = next((x for x in samples[b] if x["rep"] == sa["rep"]), None)
+                if sb and sa.get(k + "_s") and sb.get(k + "_s"):
+                    per.append(sa[k + "_s"] / sb[k + "_s"])
+            out[f"{k}:{a}/{b}"] = {"median_of_medians": ma["median"] / mb["median"] if ma and mb else None,
+                                   "per_repeat": stats(per)}
+    return out
+
+
+# ----------------------------------------------------------------------------- local part
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalHub:
+    """A real JupyterHub with jupyterhub_config/local.py (LocalRaySpawner), loopback only."""
+
+    def __init__(self, workdir: Path, mode: str, run_id: str) -> None:
+        import requests  # noqa: F401 - fail early
+
+        self.workdir, self.mode = workdir, mode
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = secrets.token_hex(16)
+        self.temp_root = f"/tmp/rscb{secrets.token_hex(3)}"  # short: Ray's socket paths
+        self.state = workdir / "state"
+        self.env = {**os.environ, BENCH_MARKER: run_id,
+                    "RAYSPAWNER_HUB_PORT": str(self.port), "RAYSPAWNER_HUB_API_PORT": str(_free_port()),
+                    "RAYSPAWNER_PROXY_API_PORT": str(_free_port()), "RAYSPAWNER_STATE_DIR": str(self.state),
+                    "RAYSPAWNER_TEMP_ROOT": self.temp_root, "RAYSPAWNER_API_TOKEN": self.token,
+                    "RAYSPAWNER_DEMO_PASSWORD": secrets.token_hex(8), "RAYSPAWNER_CONNECT_MODE": mode,
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        self.log_path = workdir / "hub.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f",
+                                          str(ROOT / "jupyterhub_config" / "local.py")],
+                                         cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the hub exited:\n{self.log_tail()}")
+            try:
+                if self.api("GET", "/").status_code == 200:
+                    return
+            except Exception:  # noqa: BLE001
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the hub did not come up:\n{self.log_tail()}")
+            time.sleep(0.3)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
+        import requests
+
+        return requests.request(method, f"{self.url}/hub/api{path}", timeout=30,
+                                headers={"Authorization": f"token {token or self.token}"}, **kw)
+
+    def user_token(self, name: str) -> str:
+        r = self.api("POST", f"/users/{quote(name)}")
+        if r.status_code not in (201, 409):
+            raise RuntimeError(f"create user: {r.status_code} {r.text}")
+        r = self.api("POST", f"/users/{quote(name)}/tokens", json={"note": "bench", "expires_in": 7200})
+        if r.status_code != 201:
+            raise RuntimeError(f"token: {r.status_code} {r.text}")
+        return r.json()["token"]
+
+    def server(self, name: str) -> dict[str, Any] | None:
+        return self.api("GET", f"/users/{quote(name)}").json().get("servers", {}).get("")
+
+    def stop_server(self, name: str, timeout: float = 150) -> float:
+        t0 = time.monotonic()
+        self.api("DELETE", f"/users/{quote(name)}/server")
+        while self.server(name) is not None:
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"server of {name} did not stop\n{self.log_tail()}")
+            time.sleep(0.3)
+        return time.monotonic() - t0
+
+    def stop(self) -> int:
+        """SIGTERM (cleanup_servers stops every server), then kill whatever is left of this hub."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the proxy runs in the hub's session
+            except (ProcessLookupError, PermissionError):
+                pass
+        left = self.leftovers()
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(left, timeout=10)
+        shutil.rmtree(self.temp_root, ignore_errors=True)
+        return len(left)
+
+    def leftovers(self) -> list[psutil.Process]:
+        """Processes of this hub: this run's marker, its Ray temp root or its state dir (HOME) in the env."""
+        found, me = [], os.getpid()
+        for p in psutil.process_iter(["pid"]):
+            if p.pid == me:
+                continue
+            try:
+                env = p.environ()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if env.get(BENCH_MARKER) == self.env[BENCH_MARKER] or env.get("RAYSPAWNER_TEMP_ROOT") == self.temp_root \
+                    or env.get("HOME", "").startswith(str(self.state)) or self.temp_root in " ".join(_cmdline(p)):
+                found.append(p)
+        return found
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
+def run_in_kernel(hub: LocalHub, user: str, token: str, code: str, timeout: float = 300) -> tuple[dict[str, Any], float]:
+    """Start a kernel in the user's server, execute ``code``; (FIRST json, kernel start seconds)."""
+    import requests
+    import websocket
+
+    t0 = time.monotonic()
+    base = f"{hub.url}/user/{quote(user)}/api"
+    r = requests.post(f"{base}/kernels", json={"name": "python3"}, headers={"Authorization": f"token {token}"},
+                      timeout=60)
+    if r.status_code != 201:
+        raise RuntimeError(f"kernel start: {r.status_code} {r.text[:500]}")
+    kid = r.json()["id"]
+    ws = websocket.create_connection(base.replace("http://", "ws://") + f"/kernels/{kid}/channels",
+                                     header=[f"Authorization: token {token}"], timeout=timeout)
+    kernel_s = time.monotonic() - t0
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": user,
+                       "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True}}))
+        stdout: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                stdout.append(content["text"])
+            elif kind == "error":
+                raise RuntimeError(f"kernel error: {content['ename']}: {content['evalue']}")
+            elif kind == "status" and content.get("execution_state") == "idle":
+                first = parse_result("".join(stdout), "FIRST")
+                if first is None:
+                    raise RuntimeError(f"no FIRST line: {''.join(stdout)[-500:]}")
+                return first, kernel_s
+        raise RuntimeError(f"kernel did not finish in {timeout}s")
+    finally:
+        ws.close()
+
+
+def _local(repeats: int, modes: list[str], run_id: str, result: dict[str, Any]) -> None:
+    for mode in modes:
+        workdir = Path(tempfile.mkdtemp(prefix=f"rscb-hub-{mode}-"))
+        hub = LocalHub(workdir, mode, run_id)
+        samples: list[dict[str, Any]] = []
+        errors: list[str] = []
+        try:
+            hub.start()
+            user = "bench"
+            token = hub.user_token(user)
+            for rep in range(repeats):
+                s: dict[str, Any] = {"rep": rep}
+                try:
+                    t0 = time.monotonic()
+                    r = hub.api("POST", f"/users/{user}/server", token=token, json={"profile": "ray"})
+                    if r.status_code not in (201, 202):
+                        raise RuntimeError(f"spawn: {r.status_code} {r.text[:300]}")
+                    while True:
+                        model = hub.server(user)
+                        if model and model.get("ready"):
+                            break
+                        if not model or not model.get("pending"):
+                            raise RuntimeError(f"spawn failed: {model}\n{hub.log_tail()}")
+                        if time.monotonic() - t0 > 400:
+                            raise RuntimeError("spawn did not finish in 400 s")
+                        time.sleep(0.1)
+                    s["spawn_s"] = time.monotonic() - t0
+                    first, s["kernel_start_s"] = run_in_kernel(hub, user, token, FIRST_RESULT)
+                    s["click_to_first_result_s"] = time.monotonic() - t0
+                    s.update({k: first[k] for k in ("import_s", "init_s", "first_get_s", "client", "ray_address")})
+                    s["ray_address"] = (s["ray_address"] or "").split(":")[0] + ":<port>"  # no ports in results
+                    s["load"] = os.getloadavg()[0]
+                    log(f"local {mode} rep {rep}: click→first result {s['click_to_first_result_s']:.1f}s "
+                        f"(spawn {s['spawn_s']:.1f}, kernel {s['kernel_start_s']:.1f}, import {s['import_s']:.1f}, "
+                        f"init {s['init_s']:.2f}, get {s['first_get_s']:.2f})")
+                    samples.append(s)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"rep {rep}: {str(e)[-800:]}")
+                    log(f"local {mode} rep {rep} FAILED: {str(e)[-300:]}")
+                finally:
+                    try:
+                        s["stop_s"] = hub.stop_server(user)
+                    except Exception as e:  # noqa: BLE001
+                        errors.append(f"stop rep {rep}: {str(e)[-300:]}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"hub: {str(e)[-800:]}")
+        finally:
+            killed = hub.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+        result[mode] = {"samples": samples, "errors": errors, "processes_killed_at_teardown": killed,
+                        "summary": summarize(samples, ("click_to_first_result", "spawn", "kernel_start", "import",
+                                                       "init", "first_get", "stop"))}
+
+
+# ----------------------------------------------------------------------------- report
+def targets(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    k8s = data.get("k8s", {}).get("summary")
+    if k8s:
+        init = (k8s["driver"].get("init") or {}).get("median")
+        out["driver_init_median_le_0.2s"] = {"value": init, "met": init is not None and init <= 0.2}
+        r = data["k8s"]["ratios"]["smoke:driver/head"]
+        v = r["median_of_medians"]
+        out["smoke_driver_over_head_le_1.1"] = {"value": v, "per_repeat": r["per_repeat"],
+                                                "met": v is not None and v <= 1.1}
+    return out
+
+
+def table(data: dict[str, Any]) -> str:
+    lines = []
+    k8s = data.get("k8s", {})
+    if "summary" in k8s:
+        lines.append("k8s (process kubelet, one cluster: head 1 CPU + 2 workers 1 CPU + notebook 0-CPU node), "
+                     f"median [min-max] s over {data['config']['repeats']} repeats")
+        lines.append(f"{'':8s} " + " ".join(f"{k:>22s}" for k in STEPS))
+        for m in MODES:
+            cells = []
+            for k in STEPS:
+                s = k8s["summary"][m].get(k)
+                cells.append(f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]" if s else "FAILED")
+            lines.append(f"{m:8s} " + " ".join(f"{c:>22s}" for c in cells))
+        for m, errs in k8s.get("error_samples", {}).items():
+            for k, v in errs.items():
+                lines.append(f"  {m} {k} error: {v[:160]}")
+    for mode, loc in data.get("local", {}).items():
+        s = loc.get("summary", {}).get("click_to_first_result")
+        if s:
+            parts = " ".join(f"{k} {loc['summary'][k]['median']:.2f}" for k in
+                             ("spawn", "kernel_start", "import", "init", "first_get") if loc["summary"].get(k))
+            lines.append(f"local {mode}: click→first result median {s['median']:.1f}s [{s['min']:.1f}-{s['max']:.1f}] ({parts})")
+        for e in loc.get("errors", []):
+            lines.append(f"local {mode} error: {e[:200]}")
+    for k, v in data.get("targets", {}).items():
+        lines.append(f"target {k}: {v['value']} -> {'MET' if v['met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.connect_modes_bench")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh driver processes per mode (k8s) / spawns per mode (local)")
+    ap.add_argument("--parts", nargs="+", choices=("k8s", "local"), default=["k8s", "local"])
+    ap.add_argument("--local-modes", nargs="+", choices=("driver", "client"), default=["driver", "client"])
+    ap.add_argument("--local-repeats", type=int, default=None, help="spawns per mode in the local part (default: --repeats)")
+    ap.add_argument("--tasks", type=int, default=1000)
+    ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/<date>-connect-modes.json)")
+    a = ap.parse_args(argv)
+    out = Path(a.out or ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}-connect-modes.json")
+    if "k8s" in a.parts and os.geteuid() != 0:
+        ap.error("the k8s part needs root (network namespaces)")
+
+    run_id = secrets.token_hex(8)
+    data: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": "python -m benchmarks.connect_modes_bench "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(), "versions": versions(),
+        "config": {"repeats": a.repeats, "local_repeats": a.local_repeats or a.repeats, "tasks": a.tasks, "parts": a.parts, "local_modes": a.local_modes},
+        "load_start": os.getloadavg(),
+    }
+    old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if "k8s" in a.parts:
+            data["k8s"] = {}
+            try:
+                asyncio.run(_k8s(a.repeats, a.tasks, data["k8s"]))
+            except Exception as e:  # noqa: BLE001
+                data["k8s"]["failed"] = f"{type(e).__name__}: {str(e)[-1500:]}"
+                log(f"k8s part failed: {data['k8s']['failed'][-500:]}")
+        if "local" in a.parts:
+            data["local"] = {}
+            _local(a.local_repeats or a.repeats, a.local_modes, run_id, data["local"])
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        data["load_end"] = os.getloadavg()
+        data["targets"] = targets(data) if "k8s" in data and "ratios" in data["k8s"] else {}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1, default=str))
+    print(table(data))
+    print(f"wrote {out}")
+    ok = "summary" in data.get("k8s", {"summary": 1}) and all(
+        loc.get("samples") for loc in data.get("local", {}).values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
