@@ -15,6 +15,7 @@ from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode, Un
 from traitlets.config import Configurable
 
 from .naming import check_template
+from .netpeers import DEFAULT_DNS_PEERS, check_cidrs, check_peers
 from .versions import RAY_VERSION
 
 _Number = lambda default, help: Union([Int(), Float(), Unicode()], default_value=default, help=help, config=True)  # noqa: E731
@@ -218,6 +219,38 @@ class RayConfig(Configurable):
         help="""Extra NetworkPolicy egress rules for the Ray pods (DNS and traffic within the
         cluster are always allowed), e.g. a package index for runtime_env.""",
     )
+
+    ray_network_policy_dns_peers = List(
+        default_value=[dict(p) for p in DEFAULT_DNS_PEERS],
+        config=True,
+        help="""Where the Ray pods may send DNS (UDP/TCP 53 and 5353): a list of Kubernetes
+        NetworkPolicyPeer dicts (podSelector, namespaceSelector, ipBlock). The default names
+        kube-dns/CoreDNS (namespace kube-system, pods ``k8s-app: kube-dns``) and OpenShift's
+        DNS (namespace openshift-dns, pods ``dns.operator.openshift.io/daemonset-dns: default``);
+        nothing else is reachable on those ports, so DNS cannot carry data out to any host.
+        Add your cluster's resolver if it differs, e.g. a node-local cache:
+        ``{"ipBlock": {"cidr": "169.254.20.10/32"}}``. Must not be empty (in a NetworkPolicy
+        an empty peer list means *any* destination).""",
+    )
+
+    @validate("ray_network_policy_dns_peers")
+    def _check_dns_peers(self, proposal):
+        return check_peers(proposal["value"], "ray_network_policy_dns_peers")
+
+    ray_autoscaler_api_server_cidrs = List(
+        Unicode(),
+        config=True,
+        help="""KubeRay autoscaling: the API server's addresses (CIDRs such as
+        ``10.0.0.1/32``; the ``kubernetes`` Service's ClusterIP and the endpoints of
+        ``kubectl get endpoints kubernetes -n default``) that the autoscaler sidecar may reach
+        on TCP 443/6443. The egress is in a NetworkPolicy of its own, ``<cluster>-apiserver``,
+        that selects only the head pod (where the sidecar runs). Empty (the default): the head
+        may reach any address on those two ports; workers never can.""",
+    )
+
+    @validate("ray_autoscaler_api_server_cidrs")
+    def _check_api_server_cidrs(self, proposal):
+        return check_cidrs(proposal["value"], "ray_autoscaler_api_server_cidrs")
 
     # --- admin limits: no profile, option or API request can exceed these ---
     ray_max_workers = Int(8, config=True, help="Limit: Ray workers per cluster (all groups, at their maximum).")

@@ -144,6 +144,11 @@ def notebook_network_policy(cluster: str) -> str:
     return f"{cluster}-notebook"
 
 
+def api_server_network_policy(cluster: str) -> str:
+    """KubeRay autoscaling: the policy that lets the head pod (its autoscaler) reach the API server."""
+    return f"{cluster}-apiserver"
+
+
 def label_value(value: str) -> str:
     """A label-safe rendering of a user or server name, exactly as KubeSpawner
     labels the notebook pod (so selectors can match both)."""

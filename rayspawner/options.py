@@ -201,6 +201,8 @@ def resolve_spec(
         network_policy=cfg.ray_network_policy_enabled,
         extra_ingress=tuple(cfg.ray_network_policy_extra_ingress),
         extra_egress=tuple(cfg.ray_network_policy_extra_egress),
+        dns_peers=tuple(cfg.ray_network_policy_dns_peers),
+        api_server_cidrs=tuple(cfg.ray_autoscaler_api_server_cidrs),
         notebook_selector=dict(notebook_selector or {}),
         cluster_domain=cfg.ray_cluster_domain,
         gpu_resource_name=cfg.ray_gpu_resource_name,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import naming
+from .netpeers import DEFAULT_DNS_PEERS
 from .quantities import format_cpu, format_memory
 
 # The ports every Ray head listens on (stable: the NetworkPolicy and Service use them).
@@ -97,6 +98,10 @@ class RayClusterSpec:
     network_policy: bool = True
     extra_ingress: tuple[dict[str, Any], ...] = ()
     extra_egress: tuple[dict[str, Any], ...] = ()
+    #: NetworkPolicyPeers the Ray pods may send DNS to (never empty: that would mean any)
+    dns_peers: tuple[dict[str, Any], ...] = DEFAULT_DNS_PEERS
+    #: KubeRay autoscaling: CIDRs of the API server for the head's egress; () = any address
+    api_server_cidrs: tuple[str, ...] = ()
     notebook_selector: dict[str, str] = field(default_factory=dict)
     cluster_domain: str = "cluster.local"
     gpu_resource_name: str = "nvidia.com/gpu"

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import itertools
 import re
@@ -361,12 +362,22 @@ def test_no_secret_value_in_manifests() -> None:
         assert "stringData" not in text and "\ndata:" not in text
 
 
-def test_autoscaling_networkpolicy_allows_the_api_server() -> None:
+def test_autoscaling_api_server_egress_is_a_head_only_policy_of_its_own() -> None:
     spec = next(s for s in ALL_SPECS.values() if s.autoscaling and s.network_policy)
-    policy = kuberay.network_policy(spec, OWNER)
-    assert {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]} in policy["spec"]["egress"]
+    # the Ray pods' shared policy (head and workers) opens no API server port
+    assert kuberay.network_policy(spec, OWNER) == common.network_policy(spec, OWNER)
+    policies = {o["metadata"]["name"]: o for o in kuberay.cluster_objects(spec, OWNER) if o["kind"] == "NetworkPolicy"}
+    api = policies[naming.api_server_network_policy(spec.name)]
+    assert api["spec"]["podSelector"]["matchLabels"][naming.LABEL_COMPONENT] == naming.COMPONENT_HEAD
+    assert api["spec"]["policyTypes"] == ["Egress"]
+    assert api["spec"]["egress"] == [{"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]}]
+    assert api["metadata"]["ownerReferences"] == [OWNER]
+    pinned = dataclasses.replace(spec, api_server_cidrs=("10.96.0.1/32", "192.0.2.10/32"))
+    rule = kuberay.api_server_policy(pinned, OWNER)["spec"]["egress"][0]
+    assert rule["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "192.0.2.10/32"}}]
     plain = next(s for s in ALL_SPECS.values() if not s.autoscaling and s.network_policy)
-    assert kuberay.network_policy(plain, OWNER) == common.network_policy(plain, OWNER)
+    names = [o["metadata"]["name"] for o in kuberay.cluster_objects(plain, OWNER)]
+    assert naming.api_server_network_policy(plain.name) not in names
 
 
 def test_cluster_objects_signature_matches_pods_backend() -> None:

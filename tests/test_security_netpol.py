@@ -32,6 +32,7 @@ from rayspawner.spec import (
 )
 
 from .netpol import Network, selector_matches
+from .spawner_fixtures import wait_until
 
 
 NS = "jhub"
@@ -73,6 +74,8 @@ def bystanders(emu: Any) -> None:
     pod("kube-system", "coredns", {"k8s-app": "kube-dns"}, dns)
     odns = [{"name": "dns", "containerPort": 5353, "protocol": "UDP"}, {"name": "dns-tcp", "containerPort": 5353, "protocol": "TCP"}]
     pod("openshift-dns", "dns-default", {"dns.operator.openshift.io/daemonset-dns": "default"}, odns)
+    pod("elsewhere", "fake-dns", {"k8s-app": "kube-dns"}, dns)  # the DNS label, in a namespace anyone may use
+    pod("kube-system", "kube-other", {"k8s-app": "metrics-server"}, dns)
 
 
 async def spawn_all(emu: Any, factory: Any, backend: str, **traits: Any) -> dict[str, Any]:
@@ -113,7 +116,8 @@ def who(net: Network, spawners: dict[str, Any]) -> dict[str, Any]:
         for i, w in enumerate(cluster_pods(net, sp, naming.COMPONENT_WORKER)):
             roles[f"{key}.worker{i}"] = w
     for ns, name in ((NS, "random"), (NS, "lookalike"), ("elsewhere", "intruder"), (NS, "hub"),
-                     ("kube-system", "coredns"), ("openshift-dns", "dns-default")):
+                     ("kube-system", "coredns"), ("openshift-dns", "dns-default"), ("elsewhere", "fake-dns"),
+                     ("kube-system", "kube-other")):
         roles[name] = net.pod(ns, name)
     return roles
 
@@ -166,6 +170,10 @@ async def test_cluster_policy_semantics(backend, k8s_emu_factory, ray_spawner_fa
         for proto in ("UDP", "TCP"):
             assert reachable(net, r, src, "coredns", [53], proto) == [53], (src, proto)
             assert reachable(net, r, src, "dns-default", [5353], proto) == [5353], (src, proto)
+            # and only there: not a DNS server a job picks (any pod or namespace, a look-alike
+            # label in another namespace, another kube-system pod)
+            for dst in ("random", "intruder", "hub", "B.head", "B.notebook", "fake-dns", "kube-other"):
+                assert reachable(net, r, src, dst, [53, 5353], proto) == [], (src, dst, proto)
 
     # no notebook-side policy: nothing else isolates these notebook pods, so there is nothing to open
     names = [p["metadata"]["name"] for p in net.policies]
@@ -385,15 +393,19 @@ def test_evaluator_semantics():
 
 
 @pytest.mark.asyncio
-async def test_kuberay_autoscaling_egress_to_the_api_server_opens_no_ray_port(k8s_emu_factory, ray_spawner_factory):
-    """With autoscaling the policy adds egress on TCP 443/6443 to any destination (the autoscaler
-    sidecar must reach the API server, which a NetworkPolicy cannot name). That opens no Ray port,
-    and other users' Ray pods still refuse A's pods by their own ingress rules."""
+async def test_kuberay_autoscaling_egress_to_the_api_server_is_the_heads_alone(k8s_emu_factory, ray_spawner_factory):
+    """With autoscaling, the head pod (where KubeRay's autoscaler sidecar runs) may reach the API
+    server's ports, TCP 443/6443, through a policy of its own: at any address by default (A), only at
+    ray_autoscaler_api_server_cidrs when set (B; the "hub" pod's IP stands in for the API server).
+    Workers never can; no Ray port opens; other users' Ray pods still refuse A's pods."""
     emu = k8s_emu_factory(kuberay=True)
     bystanders(emu)
+    api_ip = await wait_until(lambda: (emu.get_object("pods", NS, "hub").get("status") or {}).get("podIP"))
+    api_ip = api_ip.replace("127.244.", "10.244.", 1)  # as Network.from_emu sees it
     traits = dict(ray_orphan_sweep_interval=0, ray_worker_min_replicas=2, ray_worker_max_replicas=3)
     spawners = {"A": ray_spawner_factory(emu, "alice", ray_backend="kuberay", **traits),
-                "B": ray_spawner_factory(emu, "bob", ray_backend="kuberay", **traits)}
+                "B": ray_spawner_factory(emu, "bob", ray_backend="kuberay", ray_autoscaler_api_server_cidrs=[f"{api_ip}/32"],
+                                         **traits)}
     for sp in spawners.values():
         sp.user_options = dict(RAY)
     await asyncio.wait_for(asyncio.gather(*(sp.start() for sp in spawners.values())), 60)
@@ -401,7 +413,14 @@ async def test_kuberay_autoscaling_egress_to_the_api_server_opens_no_ray_port(k8
     net = await settled(emu, spawners)
     head_a = cluster_pods(net, spawners["A"], naming.COMPONENT_HEAD)[0]
     head_b = cluster_pods(net, spawners["B"], naming.COMPONENT_HEAD)[0]
-    random = net.pod(NS, "random")
+    workers = [w for sp in spawners.values() for w in cluster_pods(net, sp, naming.COMPONENT_WORKER)]
+    random, hub = net.pod(NS, "random"), net.pod(NS, "hub")
     assert [p for p in (443, 6443, 6379, 10001) if net.allowed(head_a, random, p)] == [443, 6443]
+    assert [p for p in (443, 6443, 6379) if net.allowed(head_b, hub, p)] == [443, 6443]
+    assert [p for p in (443, 6443) if net.allowed(head_b, random, p)] == []
+    for w in workers:
+        assert [p for p in (443, 6443) if net.allowed(w, random, p) or net.allowed(w, hub, p)] == [], w["metadata"]["name"]
     assert [p for p in ALL_RAY_PORTS + OTHER_PORTS + [6443] if net.allowed(head_a, head_b, p)] == []
     assert [p for p in ALL_RAY_PORTS if net.allowed(random, head_a, p)] == []
+    names = {p["metadata"]["name"] for p in net.policies}
+    assert {naming.api_server_network_policy(sp._ray_spec.name) for sp in spawners.values()} <= names

@@ -274,6 +274,8 @@ class KubeRayBackend(ClusterBackend):
             deletions.append(self.kube.delete("NetworkPolicy", ns, naming.network_policy(name)))
         if not spec or notebook.network_policy(spec, None):
             deletions.append(self.kube.delete("NetworkPolicy", ns, naming.notebook_network_policy(name)))
+        if not spec or (spec.network_policy and spec.autoscaling):
+            deletions.append(self.kube.delete("NetworkPolicy", ns, naming.api_server_network_policy(name)))
         if not spec or spec.auth_enabled:
             deletions.append(self.kube.delete("Secret", ns, naming.token_secret(name)))
         await asyncio.gather(*deletions)

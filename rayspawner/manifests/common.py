@@ -4,6 +4,7 @@ Secret, the NetworkPolicy, resources and the version probe."""
 from __future__ import annotations
 
 import base64
+import copy
 from typing import Any
 
 from .. import naming
@@ -272,9 +273,9 @@ def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
     :func:`notebook_to_cluster_ports`); egress only to the same cluster, to the notebook's
     own node in driver mode (:func:`cluster_to_notebook_ports`) and DNS (plus admin extras).
 
-    DNS egress names ports, not peers (cluster DNS lives in kube-system, openshift-dns or
-    elsewhere, and node-local caches on link-local IPs), so it is open to any destination on
-    the DNS ports.
+    DNS egress goes only to ``spec.dns_peers`` (``ray_network_policy_dns_peers``: by default
+    kube-dns/CoreDNS in kube-system and OpenShift's DNS pods), never to any address on the DNS
+    ports, which would let a job carry data out in DNS queries to a server of its choice.
     """
     def same_cluster() -> Manifest:  # fresh dicts per use: YAML output without anchors
         return {"podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name}}}
@@ -288,7 +289,8 @@ def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
     ingress.extend(dict(r) for r in spec.extra_ingress)
     egress: list[Manifest] = [
         {"to": [same_cluster()]},
-        {"ports": [{"protocol": proto, "port": port} for port in DNS_PORTS for proto in ("UDP", "TCP")]},
+        {"to": copy.deepcopy(list(spec.dns_peers)),
+         "ports": [{"protocol": proto, "port": port} for port in DNS_PORTS for proto in ("UDP", "TCP")]},
     ]
     if spec.notebook_selector and spec.driver_mode:
         egress.append({"to": [notebook()], "ports": cluster_to_notebook_ports()})

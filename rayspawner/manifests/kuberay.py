@@ -27,9 +27,11 @@ Role is namespace-wide, so its token must not be readable by user code in the
 Ray container (it could patch other users' RayClusters). Therefore
 ``automountServiceAccountToken`` stays false on every Ray pod, and the head gets
 a projected service-account token volume (exactly what the kubelet's automount
-would provide) mounted **only** into the autoscaler sidecar. The NetworkPolicy
-additionally allows egress to the API server ports (TCP 443/6443), which the
-autoscaler needs and which a NetworkPolicy cannot name more precisely.
+would provide) mounted **only** into the autoscaler sidecar. A NetworkPolicy of its
+own, ``<cluster>-apiserver``, selects only the head pod and lets it reach the API
+server on TCP 443/6443: at the ``ray_autoscaler_api_server_cidrs`` when the admin
+names them, else at any address (the API server is no pod a selector could name).
+Workers get no such egress.
 """
 
 from __future__ import annotations
@@ -185,11 +187,27 @@ def raycluster(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
 
 
 def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
-    """The shared NetworkPolicy; with autoscaling, plus egress to the API server for the autoscaler."""
-    policy = common.network_policy(spec, owner)
-    if spec.autoscaling:
-        policy["spec"]["egress"].append({"ports": [{"protocol": "TCP", "port": p} for p in API_SERVER_PORTS]})
-    return policy
+    """The Ray pods' policy, as for the pods backend (API server egress is not in it)."""
+    return common.network_policy(spec, owner)
+
+
+def api_server_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
+    """Autoscaling: the head pod alone (its autoscaler sidecar) may reach the API server.
+
+    Egress only (it isolates nothing new: the head's egress is already isolated by
+    :func:`network_policy`); to ``spec.api_server_cidrs`` when set, else to any address,
+    on the API server's ports only."""
+    rule: Manifest = {"ports": [{"protocol": "TCP", "port": p} for p in API_SERVER_PORTS]}
+    if spec.api_server_cidrs:
+        rule["to"] = [{"ipBlock": {"cidr": c}} for c in spec.api_server_cidrs]
+    head = {naming.LABEL_CLUSTER: spec.name, naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+            naming.LABEL_COMPONENT: naming.COMPONENT_HEAD}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": common.metadata(spec, naming.api_server_network_policy(spec.name), owner),
+        "spec": {"podSelector": {"matchLabels": head}, "policyTypes": ["Egress"], "egress": [rule]},
+    }
 
 
 def pod_templates(cluster: Manifest) -> list[tuple[str, Manifest]]:
@@ -205,6 +223,8 @@ def cluster_objects(spec: RayClusterSpec, owner: Owner | None) -> list[Manifest]
     objs: list[Manifest] = []
     if spec.network_policy:
         objs.append(network_policy(spec, owner))
+        if spec.autoscaling:
+            objs.append(api_server_policy(spec, owner))
     objs.extend(p for p in [notebook.network_policy(spec, owner)] if p)
     objs.append(raycluster(spec, owner))
     return objs
