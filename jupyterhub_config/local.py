@@ -18,6 +18,8 @@ Environment overrides (all optional):
   (``/tmp/rayspawner-demo``); ``RAYSPAWNER_DB_URL`` overrides the database only;
 - ``RAYSPAWNER_TEMP_ROOT``: where the Ray clusters' temp dirs go (``/tmp/rsp``);
 - ``RAYSPAWNER_DEMO_PASSWORD``: the demo password;
+- ``RAYSPAWNER_CONNECT_MODE``: ``driver`` (default: the kernel is a direct Ray driver,
+  ``RAY_ADDRESS=127.0.0.1:<GCS port>``) or ``client`` (Ray Client, ``ray://``);
 - ``RAYSPAWNER_API_TOKEN``: if set, a service ``rayspawner-admin`` with this API token
   and admin scopes (scripts and tests drive the hub's REST API with it);
 - ``RAYSPAWNER_SHOW_GPU_PROFILE=0``: hide the GPU profile (by default it is shown,
@@ -90,6 +92,9 @@ c.LocalRaySpawner.local_temp_root = env("RAYSPAWNER_TEMP_ROOT", "/tmp/rsp")
 c.LocalRaySpawner.start_timeout = 300  # a Ray head takes 3-30 s; heads boot one at a time; busy machines are slower
 c.LocalRaySpawner.http_timeout = 90
 c.LocalRaySpawner.ray_stop_timeout = 60
+c.JupyterHub.allow_named_servers = True  # each named server gets its own Ray cluster
+if env("RAYSPAWNER_CONNECT_MODE"):
+    c.LocalRaySpawner.ray_connect_mode = env("RAYSPAWNER_CONNECT_MODE")
 show_gpu = env("RAYSPAWNER_SHOW_GPU_PROFILE", "1") != "0"
 c.LocalRaySpawner.profile_list = profiles.visible_profiles(gpus=None if show_gpu else 0)
 for name, value in profiles.LIMITS.items():

@@ -44,7 +44,7 @@ import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Int, Unicode, default, validate
 
-from . import metrics
+from . import metrics, quotas
 from .backends.local import LocalBackend, LocalCluster, find_processes, kill_processes
 from .config import RayConfig
 from .errors import ConfigError, InvalidOptions, RaySpawnerError
@@ -134,6 +134,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     _ray_options_loaded: bool = False
     _server_marker: str = ""
     _notebook_phase: str = ""
+    _progress_shown: asyncio.Event | None = None
 
     @default("cmd")
     def _cmd_default(self) -> list[str]:
@@ -185,7 +186,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                 f"This profile asks for {spec.total.gpu} GPU(s), but this machine has {available}: "
                 "local Ray clusters can only use the hub machine's own GPUs. Choose a CPU profile.",
                 reason="no_gpu")
-        self._ray_spec = spec
+        self._ray_spec = quotas.admit(self, spec)  # the user's totals; assigned at once (its reservation)
         self.log.info("Ray cluster %s for %s: head %s CPU, %d worker(s)", spec.name, self._log_name,
                       spec.head.cpu, spec.desired_workers)
 
@@ -217,6 +218,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         self._ray_options_loaded = False
         self._server_marker = secrets.token_hex(6)
         self._notebook_phase = ""
+        self._progress_shown = asyncio.Event()
         spec = self._ray_spec
         if spec is None:
             return await super().start()
@@ -233,6 +235,12 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             if self.ray_wait_for_head:
                 remaining = max(10.0, self.start_timeout - (time.monotonic() - started) - 5)
                 await backend.wait_ready(spec, remaining)
+                # JupyterHub stops reading progress() once start() returns: give it a moment
+                # to show the last steps (workers N/N, ready)
+                try:
+                    await asyncio.wait_for(self._progress_shown.wait(), 2.0)
+                except asyncio.TimeoutError:
+                    pass
             self.log.info("Ray cluster %s ready for %s after %.1f s", spec.name, self._log_name,
                           time.monotonic() - started)
             metrics.spawn_succeeded(backend.kind, time.monotonic() - started)
@@ -341,6 +349,8 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                 pct = max(pct, step_pct)
                 yield {"progress": pct, "message": msg}
             if st.head_failed or done:
+                if self._progress_shown is not None:
+                    self._progress_shown.set()
                 return
             await asyncio.sleep(1)
 

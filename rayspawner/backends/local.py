@@ -75,9 +75,9 @@ from .localproc import (  # noqa: F401 - re-exported for the spawner, the demo a
     find_processes,
     kill_processes,
     listening_ports,
-    orphans,
     port_blocks,
-    remove_cluster_dir,
+    run_periodically,
+    sweep_orphans,
     sweep,
 )
 
@@ -519,36 +519,11 @@ class LocalBackend(ClusterBackend):
     # ------------------------------------------------------------ orphans
     async def sweep_orphans(self, grace: float) -> list[str]:
         """Remove every cluster under the temp root that no live server owns."""
-        owned = {c.cid for c in self.clusters.values()}
-        removed = []
-        for cid in await asyncio.to_thread(orphans, self.temp_root, owned, grace):
-            started = time.monotonic()
-            stuck = await remove_cluster_dir(self.temp_root, cid)
-            if stuck:
-                log.error("Orphaned Ray cluster %s under %s: processes never died: %s", cid, self.temp_root, stuck)
-            else:
-                removed.append(cid)
-                log.info("Orphaned Ray cluster %s under %s (no live server owns it): removed in %.1f s",
-                         cid, self.temp_root, time.monotonic() - started)
-        return removed
+        return await sweep_orphans(self.temp_root, {c.cid for c in self.clusters.values()}, grace)
 
     def start_sweeper(self, interval: float, grace: float) -> None:
         """Run :meth:`sweep_orphans` every ``interval`` seconds (the first after a short
         delay, so that a restarted hub has adopted its servers' clusters)."""
-        if self._sweeper is not None or interval <= 0:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-
-        async def loop() -> None:
-            await asyncio.sleep(min(interval, 10.0))
-            while True:
-                try:
-                    await self.sweep_orphans(grace)
-                except Exception:  # noqa: BLE001 - a failed sweep must not stop the next
-                    log.exception("Local orphan sweep under %s failed", self.temp_root)
-                await asyncio.sleep(interval)
-
-        self._sweeper = asyncio.ensure_future(loop())
+        if self._sweeper is None and interval > 0:
+            self._sweeper = run_periodically(lambda: self.sweep_orphans(grace), interval, min(interval, 10.0),
+                                             f"Local orphan sweep under {self.temp_root}")

@@ -311,3 +311,37 @@ def _fatal(path: str) -> str:
     text = _tail(path, 400)
     fatal = [ln for ln in text.splitlines() if "Check failed" in ln or "] F " in ln]
     return (fatal[-1] if fatal else "\n".join(text.splitlines()[-5:]))[-600:]
+
+
+async def sweep_orphans(temp_root: str, owned: set[str], grace: float) -> list[str]:
+    """Remove the clusters :func:`orphans` finds; returns the ids removed."""
+    removed = []
+    for cid in await asyncio.to_thread(orphans, temp_root, owned, grace):
+        started = time.monotonic()
+        stuck = await remove_cluster_dir(temp_root, cid)
+        if stuck:
+            log.error("Orphaned Ray cluster %s under %s: processes never died: %s", cid, temp_root, stuck)
+        else:
+            removed.append(cid)
+            log.info("Orphaned Ray cluster %s under %s (no live server owns it): removed in %.1f s",
+                     cid, temp_root, time.monotonic() - started)
+    return removed
+
+
+def run_periodically(job, interval: float, first_delay: float, what: str) -> asyncio.Task | None:
+    """``await job()`` every ``interval`` seconds in the running loop (None without one)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+    async def loop() -> None:
+        await asyncio.sleep(first_delay)
+        while True:
+            try:
+                await job()
+            except Exception:  # noqa: BLE001 - one failed run must not stop the next
+                log.exception("%s failed", what)
+            await asyncio.sleep(interval)
+
+    return asyncio.ensure_future(loop())
