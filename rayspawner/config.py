@@ -169,7 +169,9 @@ class RayConfig(Configurable):
         config=True,
         help="""Return from start only when the Ray head accepts clients (as well as the
         notebook being ready) and, in driver mode, the notebook's own Ray node has joined,
-        so the first ``ray.init()`` works at once. Workers never block the start. False:
+        so the first ``ray.init()`` works at once. On Kubernetes workers never block the start
+        (they join as they get scheduled); in local mode, where they boot in seconds on the
+        hub's machine, every requested worker must have joined. False:
         return as soon as the notebook is ready; the notebook's node joins when it can.""",
     )
     ray_stop_timeout = Int(
@@ -269,3 +271,48 @@ class RayConfig(Configurable):
     ray_allowed_images_regex = Unicode(
         "", config=True, help="Limit: a regular expression Ray images must fully match (in addition to ray_allowed_images)."
     )
+
+    # --- per-user totals across all of a user's active Ray servers (rayspawner.quotas) ---
+    ray_user_max_clusters = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Limit: Ray clusters one user may hold at once across all their servers (named
+        servers included; pending, running and stopping servers count). None: no limit. A spawn
+        over it is refused before anything is created, naming the servers in use.""",
+    )
+    ray_user_max_total_cpu = Union(
+        [Int(), Float(), Unicode()],
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help="""Limit: CPU of all of one user's Ray clusters together (each counted head +
+        workers at their maximum), e.g. 16 or 16000m. None: no limit.""",
+    )
+    ray_user_max_total_memory = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Limit: memory of all of one user's Ray clusters together (head + workers at
+        their maximum), e.g. 64Gi. None: no limit.""",
+    )
+    ray_user_max_total_gpu = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="Limit: GPUs of all of one user's Ray clusters together. None: no limit.",
+    )
+    ray_user_group_limits = Dict(
+        config=True,
+        help="""Per-user totals by JupyterHub group: ``{group: {"clusters": n, "cpu": "16",
+        "memory": "64Gi", "gpu": n}}`` (any subset; None there means no limit). A key a group
+        sets replaces the ``ray_user_max_*`` setting for its members, so a group can raise or
+        lower it; when several of a user's groups set the same key, the most generous value
+        wins. Unknown keys or bad quantities are refused when the configuration is loaded.""",
+    )
+
+    @validate("ray_user_group_limits")
+    def _check_group_limits(self, proposal):
+        from .quotas import check_group_limits  # quotas needs no config: no import cycle at load
+
+        return check_group_limits(proposal["value"])
