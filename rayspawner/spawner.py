@@ -32,7 +32,7 @@ from kubespawner.objects import get_k8s_model
 from kubespawner.reflector import ResourceReflector
 from traitlets import TraitError
 
-from . import metrics, naming
+from . import metrics, naming, quotas
 from .backends.base import ClusterBackend, ClusterStatus
 from .backends.pods import reported_versions
 from .backends.detect import kuberay_served, select_backend
@@ -128,7 +128,8 @@ class RaySpawner(RayConfig, KubeSpawner):
         except (ValueError, KeyError, TraitError) as e:
             raise InvalidOptions(f"Invalid server options: {e}") from None
         if self.ray_enabled:
-            self._ray_spec = resolve_spec(
+            # quotas.admit: the user's totals across servers; assigned at once (its reservation)
+            self._ray_spec = quotas.admit(self, resolve_spec(
                 self,
                 username=self.user.name,
                 servername=self.name or "",
@@ -136,7 +137,7 @@ class RaySpawner(RayConfig, KubeSpawner):
                 notebook_image=self.image,
                 notebook_selector=self._notebook_selector(),
                 image_pull_policy=self.image_pull_policy,
-            )
+            ))
         return self._ray_spec
 
     # --------------------------------------------------------------- backends
