@@ -12,6 +12,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+import rayspawner
+
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 _here = Path(__file__).resolve().parent
@@ -26,5 +28,7 @@ c.RaySpawner.image = os.environ.get("RAYSPAWNER_NOTEBOOK_IMAGE", "registry.examp
 c.RaySpawner.start_timeout = 600  # image pulls
 c.RaySpawner.ray_backend = "auto"  # KubeRay when installed, else plain pods
 c.RaySpawner.profile_list = profiles.visible_profiles()
+# the hub's home page shows each server's Ray cluster (size, dashboard link); Stop asks first
+c.JupyterHub.template_paths = [rayspawner.templates_path()]
 for name, value in profiles.LIMITS.items():
     setattr(c.RaySpawner, name, value)

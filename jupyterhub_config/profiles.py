@@ -43,10 +43,11 @@ def _workers(choices: list[int], default: int, unlisted_max_digits: int = 1) -> 
         },
         "unlisted_choice": {
             "enabled": True,
-            "display_name": "Other number of workers (within the admin's limit)",
+            # rayspawner adds the allowed range (from ray_max_workers) to the label and message
+            "display_name": "Number of workers",
             "display_name_in_choices": "Other...",
             "validation_regex": rf"^[0-9]{{1,{unlisted_max_digits}}}$",
-            "validation_message": "A whole number of workers, e.g. 3.",
+            "validation_message": "A whole number of workers.",
             "kubespawner_override": {"ray_worker_replicas": "{value}"},
         },
     }

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["RaySpawner", "LocalRaySpawner", "__version__"]
+__all__ = ["RaySpawner", "LocalRaySpawner", "templates_path", "__version__"]
+
+
+def templates_path() -> str:
+    """The directory of rayspawner's hub page templates (the home page with each server's
+    Ray cluster): ``c.JupyterHub.template_paths = [rayspawner.templates_path()]``."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent / "templates")
 
 
 def __getattr__(name: str) -> Any:

@@ -21,10 +21,11 @@ from traitlets import Dict, List, TraitError, Unicode, Union, default
 from traitlets.config import Configurable
 
 from .errors import InvalidOptions
+from .hubpages import HubPagesMixin
 from .options import check_user_options
 
 
-class ProfileListMixin(Configurable):
+class ProfileListMixin(HubPagesMixin, Configurable):
     """``profile_list`` → options form, ``options_from_form``, ``load_user_options``."""
 
     profile_list = Union(
@@ -47,10 +48,10 @@ class ProfileListMixin(Configurable):
     )
 
     # KubeSpawner's own implementations (plain functions; they use only the traits above,
-    # ``user_options``, ``log`` and ``_apply_overrides``).
+    # ``user_options``, ``log`` and ``_apply_overrides``). The form itself is rendered by
+    # HubPagesMixin (limits shown, the current user_options preselected).
     _sorted_dict_values = KubeSpawner._sorted_dict_values
     _get_initialized_profile_list = KubeSpawner._get_initialized_profile_list
-    _render_options_form = KubeSpawner._render_options_form
     _render_options_form_dynamically = KubeSpawner._render_options_form_dynamically
     _options_from_form = KubeSpawner._options_from_form
     _validate_user_options = KubeSpawner._validate_user_options
@@ -58,14 +59,6 @@ class ProfileListMixin(Configurable):
     _load_profile = KubeSpawner._load_profile
 
     _profile_originals: dict[str, Any] | None = None
-
-    @default("options_form")
-    def _options_form_default(self):
-        if not self.profile_list:
-            return ""
-        if callable(self.profile_list):
-            return self._render_options_form_dynamically
-        return self._render_options_form(self._sorted_dict_values(self.profile_list))
 
     @default("options_from_form")
     def _options_from_form_default(self):

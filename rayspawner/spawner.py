@@ -41,6 +41,7 @@ from .backends.kube import KINDS, KINDS_BY_PLURAL, KubeClient, api_error, transi
 from .config import RayConfig
 from .env import notebook_env
 from .errors import ClusterStartError, ConfigError, InvalidOptions, RaySpawnerError
+from .hubpages import HubPagesMixin
 from . import progress_steps
 from .manifests import notebook as notebook_manifests
 from .manifests.common import owner_reference, version_init_container, wants_version_check
@@ -48,6 +49,7 @@ from .options import check_user_options, resolve_spec
 from .profiles import options_may_enable_ray
 from .reflector_index import pod_events
 from .spec import ClusterRef, RayClusterSpec
+from .summary import spec_size
 from .versions_check import compare_versions
 
 
@@ -65,7 +67,7 @@ class RayPodReflector(ResourceReflector):
         return self.resources
 
 
-class RaySpawner(RayConfig, KubeSpawner):
+class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
     """KubeSpawner that also starts the user's own Ray cluster when ``ray_enabled``."""
 
     _ray_spec: RayClusterSpec | None = None
@@ -78,6 +80,8 @@ class RaySpawner(RayConfig, KubeSpawner):
     _ray_running: bool = False
     _ray_version_warning: str | None = None
     _ray_failure: str | None = None
+    #: the cluster's size (rayspawner.summary) restored from state, for the home page
+    _ray_size: dict | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         try:
@@ -569,11 +573,15 @@ class RaySpawner(RayConfig, KubeSpawner):
         state = super().get_state()
         if self._ray_ref:
             state["ray_cluster"] = {"name": self._ray_ref.name, "namespace": self._ray_ref.namespace, "backend": self._ray_ref.backend}
+            size = spec_size(self._ray_spec) if self._ray_spec else self._ray_size
+            if size:
+                state["ray_size"] = size
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         cluster = (state or {}).get("ray_cluster")
+        self._ray_size = (state or {}).get("ray_size") or self._ray_size
         if cluster:
             self._ray_ref = ClusterRef(cluster["name"], cluster["namespace"], cluster.get("backend", ""))
             if not self._ray_running:
@@ -587,3 +595,4 @@ class RaySpawner(RayConfig, KubeSpawner):
         self._ray_spec = None
         self._ray_backend = None
         self._ray_version_warning = None
+        self._ray_size = None
