@@ -15,7 +15,15 @@ pyproject.toml) for jupyter-server-proxy in the notebook server:
   "server process" it supervises is a small TCP relay (``python -m
   rayspawner.dashboard_proxy --port N --target host:port``) from
   ``127.0.0.1:N`` to the dashboard. It is transparent (HTTP and WebSockets)
-  and holds no secret: the header is added before the relay.
+  and holds no secret: the header is added before the relay;
+- it keeps Ray's dashboard login out of the browser. Ray's ``/api/authenticate``
+  answers with ``Set-Cookie: ray-authentication-token=<the cluster's token>;
+  Path=/``, which a browser would send with every request to the hub's origin,
+  other users' ``/user/<name>/`` servers included. Behind this proxy every
+  request already carries the token, so the relay refuses that path (403) and
+  drops that cookie from any response; it also makes each connection carry one
+  request (``Connection: close``), so that no second request on it passes
+  unchecked.
 
 Without ``RAY_DASHBOARD_URL`` (a server without a Ray cluster) the launcher
 entry is hidden and the path answers 503 with an explanation.
@@ -30,9 +38,10 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("rayspawner.dashboard_proxy")
 
@@ -111,10 +120,81 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             pass
 
 
+#: Ray's dashboard login and the cookie it sets (ray/_private/authentication/authentication_constants.py)
+AUTH_PATH = "/api/authenticate"
+AUTH_COOKIE = b"ray-authentication-token"
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """An HTTP message head, up to and including the blank line (or what came before EOF).
+    Longer than the reader's limit (64 KiB): ValueError."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as e:
+        return e.partial
+    except asyncio.LimitOverrunError:
+        raise ValueError("HTTP head too long") from None
+
+
+def request_path(head: bytes) -> str:
+    """The request's path, decoded and normalized as a router would match it."""
+    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+    path = unquote(urlsplit(parts[1]).path) if len(parts) >= 2 else ""
+    return re.sub("/+", "/", path).rstrip("/").lower()
+
+
+def _header_name(line: bytes) -> bytes:
+    name, sep, _ = line.partition(b":")
+    return name.strip().lower() if sep else b""
+
+
+def one_request(head: bytes) -> bytes:
+    """The request head with ``Connection: close`` (a WebSocket upgrade keeps its own) and
+    without the browser's cookies (the hub's session cookie is none of the dashboard's business;
+    the token header authenticates)."""
+    lines = [line for line in head.split(b"\r\n") if _header_name(line) != b"cookie"]
+    if any(_header_name(line) == b"upgrade" for line in lines):
+        return b"\r\n".join(lines)
+    kept = [line for line in lines if _header_name(line) not in (b"connection", b"keep-alive")]
+    return b"\r\n".join([kept[0], b"Connection: close", *kept[1:]])
+
+
+def without_auth_cookie(head: bytes) -> bytes:
+    """The response head without any ``Set-Cookie: ray-authentication-token=...``."""
+    def is_auth_cookie(line: bytes) -> bool:
+        value = line.partition(b":")[2].strip().lower()
+        return _header_name(line) == b"set-cookie" and value.startswith(AUTH_COOKIE + b"=")
+    return b"\r\n".join(line for line in head.split(b"\r\n") if not is_auth_cookie(line))
+
+
+async def _pipe_response(up_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    """The upstream's response with its head(s) filtered (interim 1xx heads too), then as it comes."""
+    while True:
+        head = await _read_head(up_r)
+        client_w.write(without_auth_cookie(head))
+        status = head[9:12]
+        if not (status[:1] == b"1" and status != b"101" and head.endswith(b"\r\n\r\n")):
+            break
+    await client_w.drain()
+    await _pipe(up_r, client_w)
+
+
 async def _relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, target: tuple[str, int] | None) -> None:
     try:
+        try:
+            head = await _read_head(client_r)
+        except ValueError:
+            client_w.write(_http_error(431, "Request Header Fields Too Large", "Request head too long."))
+            await client_w.drain()
+            return
+        if request_path(head) == AUTH_PATH:
+            client_w.write(_http_error(403, "Forbidden",
+                                       "Ray's dashboard login is not needed here (your server adds the cluster's "
+                                       "token to every request) and is refused: its cookie would reach other "
+                                       "users' servers on this site."))
+            await client_w.drain()
+            return
         if target is None:
-            await client_r.read(65536)
             client_w.write(_http_error(503, "Service Unavailable",
                                        "This server has no Ray cluster (RAY_DASHBOARD_URL is not set). "
                                        "Start your server with a Ray profile to get a Ray dashboard."))
@@ -125,17 +205,17 @@ async def _relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
             up_r, up_w = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as e:
             log.warning("Ray dashboard %s:%d not reachable: %s", host, port, e)
-            await client_r.read(65536)
             client_w.write(_http_error(502, "Bad Gateway",
                                        f"The Ray dashboard at {host}:{port} is not reachable ({type(e).__name__}). "
                                        "Is the Ray head running? Check the server's spawn progress or restart it."))
             await client_w.drain()
             return
         try:
-            await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w))
+            up_w.write(one_request(head))
+            await asyncio.gather(_pipe(client_r, up_w), _pipe_response(up_r, client_w))
         finally:
             up_w.close()
-    except (ConnectionError, OSError) as e:
+    except (ConnectionError, OSError, ValueError) as e:
         log.debug("relay connection ended: %s", e)
     finally:
         client_w.close()

@@ -255,6 +255,64 @@ def test_dashboard_refused_without_server_auth(notebook_server: NotebookServer) 
         assert "ray_version" not in body
 
 
+def http_post(url: str, headers: dict[str, str]) -> tuple[int, str, list[str]]:
+    """POST with an empty body; (status, body, every Set-Cookie header)."""
+    req = urllib.request.Request(url, data=b"", headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode(errors="replace"), r.headers.get_all("Set-Cookie") or []
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace"), e.headers.get_all("Set-Cookie") or []
+
+
+def test_ray_login_cookie_never_reaches_the_browser(notebook_server: NotebookServer, ray_head: RayHead) -> None:
+    """Ray's POST /api/authenticate sets ray-authentication-token=<token>; Path=/, which the browser
+    would send to every user's server on the hub's origin. Through the proxy it is refused, in
+    any spelling of the path, and no response carries that cookie."""
+    direct = http_post(f"{ray_head.dashboard_url}/api/authenticate", {"Authorization": f"Bearer {ray_head.token}"})
+    assert direct[0] == 200 and any(c.startswith("ray-authentication-token=") for c in direct[2]), direct
+    auth = {"Authorization": f"token {notebook_server.token}"}
+    for path in ("api/authenticate", "api/authenticate/", "api//authenticate", "api/%61uthenticate", "API/Authenticate"):
+        status, body, cookies = http_post(f"{notebook_server.url}/ray-dashboard/{path}", auth)
+        assert status == 403 and "login is not needed" in body, (path, status, body[:300])
+        assert not any("ray-authentication-token" in c for c in cookies), (path, cookies)
+        assert ray_head.token not in body
+    status, body, headers = http_get(f"{notebook_server.url}/ray-dashboard/api/version", auth, timeout=30)
+    assert status == 200 and "ray-authentication-token" not in headers.get("set-cookie", "")
+
+
+async def test_relay_drops_the_cookie_from_any_response() -> None:
+    """Whatever response sets Ray's cookie (here a stand-in dashboard, after a 100 Continue), the
+    relay passes everything but that header; the upstream sees one request per connection and
+    none of the browser's cookies."""
+    import asyncio
+
+    seen: list[bytes] = []
+
+    async def upstream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        seen.append(await r.readuntil(b"\r\n\r\n"))
+        w.write(b"HTTP/1.1 100 Continue\r\nSet-Cookie: ray-authentication-token=early; Path=/\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: theme=dark; Path=/x\r\n"
+                b"set-cookie:  Ray-Authentication-Token=secret; Path=/; HttpOnly\r\n"
+                b"Content-Length: 2\r\n\r\nok")
+        await w.drain()
+        w.close()
+
+    up = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    up_port = up.sockets[0].getsockname()[1]
+    relay = await asyncio.start_server(lambda r, w: dashboard_proxy._relay(r, w, ("127.0.0.1", up_port)), "127.0.0.1", 0)
+    r, w = await asyncio.open_connection("127.0.0.1", relay.sockets[0].getsockname()[1])
+    w.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nCookie: jupyterhub-user-a=s\r\n\r\n")
+    await w.drain()
+    response = await asyncio.wait_for(r.read(), 10)
+    w.close()
+    relay.close()
+    up.close()
+    assert b"secret" not in response and b"early" not in response and b"ray-authentication-token" not in response.lower()
+    assert b"Set-Cookie: theme=dark; Path=/x" in response and response.endswith(b"\r\n\r\nok")
+    assert b"Connection: close" in seen[0] and b"keep-alive" not in seen[0] and b"Cookie" not in seen[0]
+
+
 def test_without_a_ray_cluster_the_path_explains(tmp_path: Path) -> None:
     server = start_jupyter_server(tmp_path, {})
     try:
