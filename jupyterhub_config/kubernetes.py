@@ -26,6 +26,16 @@ c.RaySpawner.namespace = os.environ.get("RAYSPAWNER_NAMESPACE", "jhub")
 # the notebook image carries Ray (images/notebook); the Ray cluster runs on it too (ray_image empty)
 c.RaySpawner.image = os.environ.get("RAYSPAWNER_NOTEBOOK_IMAGE", "registry.example.com/rayspawner/rayspawner-notebook:2.60.0-py311")
 c.RaySpawner.start_timeout = 600  # image pulls
+# the notebook pod meets the "restricted" Pod Security Standard (and OpenShift's restricted SCC,
+# which picks the UID: set c.RaySpawner.uid = None there); the Ray pods and the notebook's Ray
+# node sidecar carry the same settings on their own
+c.RaySpawner.pod_security_context = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+c.RaySpawner.container_security_context = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 c.RaySpawner.ray_backend = "auto"  # KubeRay when installed, else plain pods
 c.RaySpawner.profile_list = profiles.visible_profiles()
 # the hub's home page shows each server's Ray cluster (size, dashboard link); Stop asks first
