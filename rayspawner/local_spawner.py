@@ -44,7 +44,7 @@ import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Int, Unicode, default, validate
 
-from . import metrics, quotas
+from . import activity, metrics, quotas
 from .backends.local import LocalBackend, LocalCluster, find_processes, kill_processes
 from .config import RayConfig
 from .errors import ConfigError, InvalidOptions, RaySpawnerError
@@ -210,7 +210,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         args = super().get_args()
         if os.geteuid() == 0 and "--allow-root" not in args:
             args.append("--allow-root")  # jupyter_server refuses root without it
-        return args
+        return args + (activity.server_args() if self._ray_spec else [])  # Ray work counts as activity
 
     async def start(self):
         if not self._ray_options_loaded:
