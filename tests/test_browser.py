@@ -185,6 +185,8 @@ def test_spawn_progress_home_page_and_stop(hub, browser):
     deadline = time.monotonic() + 420
     while f"/user/{USER}/" not in browser.current_url:
         assert time.monotonic() < deadline, f"never landed on the server; progress seen: {seen}\n{hub.log_tail()}"
+        # the event log open, so the screenshots show every step so far
+        browser.execute_script("const d = document.getElementById('progress-details'); if (d) d.open = true;")
         for el in browser.find_elements(By.CSS_SELECTOR, ".progress-log-event, #progress-message"):
             try:
                 text = el.text.strip()
@@ -195,7 +197,7 @@ def test_spawn_progress_home_page_and_stop(hub, browser):
                 if len(seen) <= 8:
                     browser.save_screenshot(str(ARTIFACTS / f"spawn-progress-{len(seen)}.png"))
         time.sleep(0.5)
-    assert any("ray-carol" in t for t in seen), seen
+    assert any("ray-carol" in t for t in seen) and len(seen) >= 3, seen  # the steps advance
     server = servers(hub)[""]
     assert server["ready"] and server["user_options"]["profile"] == "ray"
 
