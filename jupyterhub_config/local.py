@@ -35,6 +35,8 @@ import os
 import secrets
 from pathlib import Path
 
+import rayspawner
+
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 _here = Path(__file__).resolve().parent
@@ -87,6 +89,8 @@ if api_token:
 
 # --- the spawner: a local notebook plus its own local Ray cluster ---
 c.JupyterHub.spawner_class = "rayspawner.LocalRaySpawner"
+# the home page lists each server's Ray cluster (size, dashboard link) and Stop asks first
+c.JupyterHub.template_paths = [rayspawner.templates_path()]
 c.LocalRaySpawner.home_dir_template = str(state_dir / "home" / "{username}")
 c.LocalRaySpawner.local_temp_root = env("RAYSPAWNER_TEMP_ROOT", "/tmp/rsp")
 c.LocalRaySpawner.start_timeout = 300  # a Ray head takes 3-30 s; heads boot one at a time; busy machines are slower

@@ -46,18 +46,8 @@ USER = "carol"
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    """The demo config plus the one line that enables rayspawner's home page."""
-    workdir = tmp_path_factory.mktemp("browser-hub")
-    config = workdir / "jupyterhub_config.py"
-    config.write_text(
-        "c = get_config()  # noqa: F821\n"
-        f"load_subconfig({str(local_hub.CONFIG)!r})  # noqa: F821\n"
-        "import rayspawner\n"
-        "c.JupyterHub.template_paths = [rayspawner.templates_path()]\n"
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(local_hub, "CONFIG", config)
-        h = local_hub.start_hub(workdir)
+    """The demo's own config (which enables rayspawner's home page)."""
+    h = local_hub.start_hub(tmp_path_factory.mktemp("browser-hub"))
     try:
         yield h
     finally:

@@ -258,5 +258,5 @@ def test_the_kubernetes_example_configs_enable_the_home_page() -> None:
     config = PyFileConfigLoader("kubernetes.py", str(ROOT / "jupyterhub_config")).load_config()
     assert list(config.JupyterHub.template_paths) == [rayspawner.templates_path()]
     line = "c.JupyterHub.template_paths = [rayspawner.templates_path()]"
-    for path in ("z2jh/values.yaml", "odh/profiles-configmap.yaml"):
+    for path in ("z2jh/values.yaml", "odh/profiles-configmap.yaml", "local.py"):
         assert line in (ROOT / "jupyterhub_config" / path).read_text(), path
