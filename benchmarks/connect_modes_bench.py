@@ -552,7 +552,7 @@ def _local(repeats: int, modes: list[str], run_id: str, result: dict[str, Any]) 
                     first, s["kernel_start_s"] = run_in_kernel(hub, user, token, FIRST_RESULT)
                     s["click_to_first_result_s"] = time.monotonic() - t0
                     s.update({k: first[k] for k in ("import_s", "init_s", "first_get_s", "client", "ray_address")})
-                    s["ray_address"] = (s["ray_address"] or "").split(":")[0] + ":<port>"  # no ports in results
+                    s["ray_address"] = (s["ray_address"] or "").rsplit(":", 1)[0] + ":<port>"  # no ports in results
                     s["load"] = os.getloadavg()[0]
                     log(f"local {mode} rep {rep}: click→first result {s['click_to_first_result_s']:.1f}s "
                         f"(spawn {s['spawn_s']:.1f}, kernel {s['kernel_start_s']:.1f}, import {s['import_s']:.1f}, "
