@@ -36,6 +36,9 @@ def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class ClusterInfoHandler(APIHandler):
+    # looking at the cluster's size (a dashboard widget, a script) is not using the server
+    _track_activity = False
+
     @web.authenticated
     async def get(self) -> None:
         url = os.environ.get("RAY_DASHBOARD_URL", "")

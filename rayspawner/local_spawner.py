@@ -341,7 +341,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             done = st.head_ready and st.workers_ready >= st.workers_desired
             if done:
                 steps.append((95, f"Ray cluster {spec.name} is ready (head + {st.workers_desired} worker(s) "
-                                  "alive); ray.init() in a notebook connects to it"))
+                                  f"alive); ray.init() in a notebook connects to it. {quotas.size_sentence(spec)}"))
             for step_pct, msg in sorted(steps, key=lambda x: x[0]):
                 if msg in sent:
                     continue

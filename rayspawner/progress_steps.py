@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import quotas
 from .backends.base import ClusterStatus
 from .manifests import notebook as notebook_manifests
 from .spec import RayClusterSpec
@@ -93,6 +94,7 @@ def ready_message(spec: RayClusterSpec, st: ClusterStatus, pod: dict[str, Any] |
     you = {True: "; your notebook joined it", False: "; your notebook is still joining it", None: ""}[joined]
     message = (f"Ray cluster {spec.name} is ready: head accepting connections, workers joined "
                f"{st.workers_ready}/{st.workers_desired}{you}. ray.init() connects to it.")
+    message += " " + quotas.size_sentence(spec)
     if version_warning:
         message += f" Warning: {version_warning}"
     return message

@@ -231,3 +231,19 @@ def admit(spawner: Any, spec: Any) -> Any:
                 + "; and ".join(problems) + f". In use now: {held}. Stop one of your other servers, "
                 "or choose a smaller profile.", reason="user_quota")
     return spec
+
+
+def size_sentence(spec: Any) -> str:
+    """What the cluster holds, for the spawn's closing message: ``It holds 3 CPU, 6Gi memory
+    (head + 2 workers).``; autoscaling: ``... between 1 and 9 CPU ... (head + 0-4 workers).``"""
+    u = spec_usage(spec, "")
+    lo, hi = sum(g.min_replicas for g in spec.worker_groups), sum(g.max_replicas for g in spec.worker_groups)
+    gpu = f", {u.gpu} GPU{'' if u.gpu == 1 else 's'}" if u.gpu else ""
+    if lo == hi:
+        return (f"It holds {format_cpu(u.cpu_millis)} CPU, {format_memory(u.memory_bytes)} memory{gpu} "
+                f"(head + {hi} worker{'' if hi == 1 else 's'}).")
+    low_gpu = f"{u.gpu_min}–" if u.gpu else ""
+    gpu = f", {low_gpu}{u.gpu} GPUs" if u.gpu else ""
+    return (f"It holds {format_cpu(u.cpu_millis_min)}–{format_cpu(u.cpu_millis)} CPU, "
+            f"{format_memory(u.memory_bytes_min)}–{format_memory(u.memory_bytes)} memory{gpu} "
+            f"(head + {lo}–{hi} workers, idle workers removed).")

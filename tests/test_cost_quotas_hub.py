@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from rayspawner.backends.local import MARKER_ROOT, find_processes
 
@@ -69,6 +70,15 @@ def message(body: object) -> str:
     return body.get("message", "") if isinstance(body, dict) else str(body)
 
 
+def held(hub: HubProcess) -> dict[str, float]:
+    """rayspawner_ray_* samples of /hub/metrics, by their full line key."""
+    r = requests.get(hub.url + "/hub/metrics", headers={"Authorization": f"token {hub.token}"}, timeout=30)
+    assert r.status_code == 200
+    lines = [ln for ln in r.text.splitlines() if ln.startswith("rayspawner_ray_")]
+    assert not any("alice" in ln or "carol" in ln for ln in lines), lines  # no per-user label
+    return {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in lines)}
+
+
 def wait_ready(hub: HubProcess, user: str, server: str, timeout: float = 420) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,12 +127,18 @@ def test_totals_across_named_servers_concurrent_spawns_and_a_hub_restart(temp_ro
         wait_ready(hub, "alice", won)
         _, info = hub.api("GET", "/users/alice")
         assert set(info["servers"]) == {won}
+        # what clusters hold, by backend and profile (the default profile's slug is "ray")
+        metrics = held(hub)
+        assert metrics['rayspawner_ray_clusters{backend="local",profile="ray"}'] == 1, metrics
+        assert metrics['rayspawner_ray_cpu{backend="local",bound="max",profile="ray"}'] == 1, metrics
+        assert metrics['rayspawner_ray_memory_bytes{backend="local",bound="max",profile="ray"}'] == 2**30
 
         # the hub restarts; servers (and clusters) live on, and their size comes from stored state
         hub.stop()
         hub = HubProcess(config(temp_root, str(tmp_path / "home")), workdir=str(tmp_path)).start()
         _, info = hub.api("GET", "/users/alice")
         assert info["servers"][won]["ready"], info
+        assert held(hub)['rayspawner_ray_cpu{backend="local",bound="min",profile="ray"}'] == 1  # from stored state
         pids = ray_processes(temp_root)
         assert pids, "the cluster did not outlive the hub"
         status, body = spawn(hub, "alice", "c")
@@ -134,6 +150,7 @@ def test_totals_across_named_servers_concurrent_spawns_and_a_hub_restart(temp_ro
         deadline = time.monotonic() + 120
         while hub.api("GET", "/users/alice")[1]["servers"] and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert not any(v for v in held(hub).values())
         status, body = spawn(hub, "alice", "c", profile="ray-big")
         assert status == 400, (status, body)
         text = message(body)
