@@ -71,7 +71,7 @@ BENCH_MARKER = "RAYSPAWNER_CONNECT_BENCH_ID"
 MB = 2**20
 
 # One driver process. argv: mode address tasks. Prints one "RESULT {json}" line.
-DRIVER = r'''
+DRIVER = r"""
 import json, os, platform, sys, time
 from collections import Counter
 t0 = time.perf_counter()
@@ -116,7 +116,8 @@ while ray.cluster_resources().get("CPU", 0) < 3 and time.time() < deadline:
 out["cpus"] = ray.cluster_resources().get("CPU", 0)
 nodes = [n for n in ray.nodes() if n["Alive"]]
 out["nodes"] = len(nodes)
-out["notebook_node"] = next((n["NodeID"] for n in nodes if (n.get("Labels") or {}).get("rayspawner/role") == "notebook"), None)
+notebook = [n["NodeID"] for n in nodes if (n.get("Labels") or {}).get("rayspawner/role") == "notebook"]
+out["notebook_node"] = notebook[0] if notebook else None
 
 @ray.remote
 def f(x):
@@ -150,10 +151,10 @@ except Exception:
     pass
 out["done"] = True
 print("RESULT " + json.dumps(out), flush=True)
-'''
+"""
 
 # Executed in a real kernel (local part): what a user does first.
-FIRST_RESULT = r'''
+FIRST_RESULT = r"""
 import json as _json, time as _time
 _t0 = _time.perf_counter()
 import ray
@@ -165,7 +166,7 @@ _t3 = _time.perf_counter()
 print("FIRST " + _json.dumps({"import_s": _t1 - _t0, "init_s": _t2 - _t1, "first_get_s": _t3 - _t2, "value": _v,
                               "client": ray.util.client.ray.is_connected(),
                               "ray_address": __import__("os").environ.get("RAY_ADDRESS")}))
-'''
+"""
 
 STEPS = ("init", "smoke", "put_get", "put_to_worker", "data")
 
@@ -193,8 +194,13 @@ def machine() -> dict[str, Any]:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "kernel": platform.release(), "python": platform.python_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> dict[str, Any]:
@@ -205,10 +211,18 @@ def versions() -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             out[mod] = None
     try:
-        out["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, timeout=10, check=False).stdout.strip()
-        out["git_dirty_paths"] = len(subprocess.run(["git", "-C", str(ROOT), "status", "--short"], capture_output=True,
-                                                    text=True, timeout=10, check=False).stdout.splitlines())
+        out["git"] = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        out["git_dirty_paths"] = len(
+            subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--short"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout.splitlines()
+        )
     except Exception:  # noqa: BLE001
         pass
     return out
@@ -217,7 +231,7 @@ def versions() -> dict[str, Any]:
 def parse_result(out: str, tag: str = "RESULT") -> dict[str, Any] | None:
     for line in reversed(out.splitlines()):
         if line.startswith(tag + " "):
-            return json.loads(line[len(tag) + 1:])
+            return json.loads(line[len(tag) + 1 :])
     return None
 
 
@@ -230,11 +244,21 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- k8s part
-K8S_PROFILE = [{
-    "display_name": "Ray", "slug": "ray", "default": True,
-    "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 2, "ray_head_memory": "1Gi",
-                             "ray_worker_memory": "1Gi", "ray_head_cpu": "1", "ray_worker_cpu": "1"},
-}]
+K8S_PROFILE = [
+    {
+        "display_name": "Ray",
+        "slug": "ray",
+        "default": True,
+        "kubespawner_override": {
+            "ray_enabled": True,
+            "ray_worker_replicas": 2,
+            "ray_head_memory": "1Gi",
+            "ray_worker_memory": "1Gi",
+            "ray_head_cpu": "1",
+            "ray_worker_cpu": "1",
+        },
+    }
+]
 
 
 async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
@@ -253,12 +277,21 @@ async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
         load_config.cache_clear()
         detect.forget()
         sp = RaySpawner(
-            _mock=True, user=SimpleNamespace(name="alice", id=1, url="/user/alice/", escaped_name="alice"),
+            _mock=True,
+            user=SimpleNamespace(name="alice", id=1, url="/user/alice/", escaped_name="alice"),
             orm_spawner=SimpleNamespace(name="", server=None, user_options={}, state=None),
-            k8s_api_host=emu.url, namespace=NS, start_timeout=300, http_timeout=5,
-            image="quay.io/rayspawner/notebook:2.60.0", api_token="bench-token", oauth_client_id="unused",
-            profile_list=K8S_PROFILE, ray_stop_timeout=90, k8s_api_request_retry_timeout=10,
-            ray_orphan_sweep_interval=0, cmd=["/bin/sh", "-c", "exec sleep 36000", "notebook"],
+            k8s_api_host=emu.url,
+            namespace=NS,
+            start_timeout=300,
+            http_timeout=5,
+            image="quay.io/rayspawner/notebook:2.60.0",
+            api_token="bench-token",
+            oauth_client_id="unused",
+            profile_list=K8S_PROFILE,
+            ray_stop_timeout=90,
+            k8s_api_request_retry_timeout=10,
+            ray_orphan_sweep_interval=0,
+            cmd=["/bin/sh", "-c", "exec sleep 36000", "notebook"],
             ray_extra_env={"RAY_raylet_start_wait_time_s": "180"},
         )
         sp.user_options = {"profile": "ray"}
@@ -273,8 +306,11 @@ async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
         addresses = {"driver": "", "client": f"ray://{sp._ray_spec.head_host}:10001", "head": gcs}
         pods = {"driver": sp.pod_name, "client": sp.pod_name, "head": head_pod}
         containers = {"driver": None, "client": None, "head": "ray-head"}
-        result["cluster"] = {"name": name, "head_host": sp._ray_spec.head_host, "pods": sorted(
-            p["metadata"]["name"] for p in emu.list_objects("pods", NS))}
+        result["cluster"] = {
+            "name": name,
+            "head_host": sp._ray_spec.head_host,
+            "pods": sorted(p["metadata"]["name"] for p in emu.list_objects("pods", NS)),
+        }
         log(f"k8s: spawned in {result['spawn_s']:.1f}s; pods {result['cluster']['pods']}")
 
         async def run(mode: str, n_tasks: int, timeout: float = 420) -> dict[str, Any]:
@@ -282,7 +318,8 @@ async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
             argv = ["python", "-c", DRIVER, mode, addresses[mode], str(n_tasks)]
             t = time.monotonic()
             fut = asyncio.run_coroutine_threadsafe(
-                emu.kubelet.exec_in_pod(NS, pods[mode], argv, container=containers[mode], timeout=timeout), emu.loop)
+                emu.kubelet.exec_in_pod(NS, pods[mode], argv, container=containers[mode], timeout=timeout), emu.loop
+            )
             rc, out = await asyncio.wrap_future(fut)
             r = parse_result(out) or {"mode": mode, "errors": {"process": f"rc={rc}: {out[-1500:]}"}}
             r["process_s"] = time.monotonic() - t
@@ -300,13 +337,17 @@ async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
 
         samples: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
         for rep in range(repeats):
-            order = MODES[rep % 3:] + MODES[:rep % 3]
+            order = MODES[rep % 3 :] + MODES[: rep % 3]
             for mode in order:
                 r = await run(mode, tasks)
                 r["rep"], r["load"] = rep, os.getloadavg()[0]
                 samples[mode].append(r)
-                log(f"k8s rep {rep} {mode}: " + " ".join(
-                    f"{k} {r.get(k + '_s'):.2f}" if r.get(k + "_s") is not None else f"{k} FAIL" for k in STEPS))
+                log(
+                    f"k8s rep {rep} {mode}: "
+                    + " ".join(
+                        f"{k} {r.get(k + '_s'):.2f}" if r.get(k + "_s") is not None else f"{k} FAIL" for k in STEPS
+                    )
+                )
         result["samples"] = samples
         result["summary"] = {m: summarize(samples[m], STEPS + ("process",)) for m in MODES}
         result["errors_by_mode"] = {m: sorted({e for s in samples[m] for e in s.get("errors", {})}) for m in MODES}
@@ -347,8 +388,10 @@ def ratios(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 sb = next((x for x in samples[b] if x["rep"] == sa["rep"]), None)
                 if sb and sa.get(k + "_s") and sb.get(k + "_s"):
                     per.append(sa[k + "_s"] / sb[k + "_s"])
-            out[f"{k}:{a}/{b}"] = {"median_of_medians": ma["median"] / mb["median"] if ma and mb else None,
-                                   "per_repeat": stats(per)}
+            out[f"{k}:{a}/{b}"] = {
+                "median_of_medians": ma["median"] / mb["median"] if ma and mb else None,
+                "per_repeat": stats(per),
+            }
     return out
 
 
@@ -371,21 +414,32 @@ class LocalHub:
         self.token = secrets.token_hex(16)
         self.temp_root = f"/tmp/rscb{secrets.token_hex(3)}"  # short: Ray's socket paths
         self.state = workdir / "state"
-        self.env = {**os.environ, BENCH_MARKER: run_id,
-                    "RAYSPAWNER_HUB_PORT": str(self.port), "RAYSPAWNER_HUB_API_PORT": str(_free_port()),
-                    "RAYSPAWNER_PROXY_API_PORT": str(_free_port()), "RAYSPAWNER_STATE_DIR": str(self.state),
-                    "RAYSPAWNER_TEMP_ROOT": self.temp_root, "RAYSPAWNER_API_TOKEN": self.token,
-                    "RAYSPAWNER_DEMO_PASSWORD": secrets.token_hex(8), "RAYSPAWNER_CONNECT_MODE": mode,
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        self.env = {
+            **os.environ,
+            BENCH_MARKER: run_id,
+            "RAYSPAWNER_HUB_PORT": str(self.port),
+            "RAYSPAWNER_HUB_API_PORT": str(_free_port()),
+            "RAYSPAWNER_PROXY_API_PORT": str(_free_port()),
+            "RAYSPAWNER_STATE_DIR": str(self.state),
+            "RAYSPAWNER_TEMP_ROOT": self.temp_root,
+            "RAYSPAWNER_API_TOKEN": self.token,
+            "RAYSPAWNER_DEMO_PASSWORD": secrets.token_hex(8),
+            "RAYSPAWNER_CONNECT_MODE": mode,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        }
         self.log_path = workdir / "hub.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f",
-                                          str(ROOT / "jupyterhub_config" / "local.py")],
-                                         cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(ROOT / "jupyterhub_config" / "local.py")],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -408,8 +462,13 @@ class LocalHub:
     def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
         import requests
 
-        return requests.request(method, f"{self.url}/hub/api{path}", timeout=30,
-                                headers={"Authorization": f"token {token or self.token}"}, **kw)
+        return requests.request(
+            method,
+            f"{self.url}/hub/api{path}",
+            timeout=30,
+            headers={"Authorization": f"token {token or self.token}"},
+            **kw,
+        )
 
     def user_token(self, name: str) -> str:
         r = self.api("POST", f"/users/{quote(name)}")
@@ -465,8 +524,12 @@ class LocalHub:
                 env = p.environ()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            if env.get(BENCH_MARKER) == self.env[BENCH_MARKER] or env.get("RAYSPAWNER_TEMP_ROOT") == self.temp_root \
-                    or env.get("HOME", "").startswith(str(self.state)) or self.temp_root in " ".join(_cmdline(p)):
+            if (
+                env.get(BENCH_MARKER) == self.env[BENCH_MARKER]
+                or env.get("RAYSPAWNER_TEMP_ROOT") == self.temp_root
+                or env.get("HOME", "").startswith(str(self.state))
+                or self.temp_root in " ".join(_cmdline(p))
+            ):
                 found.append(p)
         return found
 
@@ -478,29 +541,55 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return []
 
 
-def run_in_kernel(hub: LocalHub, user: str, token: str, code: str, timeout: float = 300) -> tuple[dict[str, Any], float]:
+def run_in_kernel(
+    hub: LocalHub, user: str, token: str, code: str, timeout: float = 300
+) -> tuple[dict[str, Any], float]:
     """Start a kernel in the user's server, execute ``code``; (FIRST json, kernel start seconds)."""
     import requests
     import websocket
 
     t0 = time.monotonic()
     base = f"{hub.url}/user/{quote(user)}/api"
-    r = requests.post(f"{base}/kernels", json={"name": "python3"}, headers={"Authorization": f"token {token}"},
-                      timeout=60)
+    r = requests.post(
+        f"{base}/kernels", json={"name": "python3"}, headers={"Authorization": f"token {token}"}, timeout=60
+    )
     if r.status_code != 201:
         raise RuntimeError(f"kernel start: {r.status_code} {r.text[:500]}")
     kid = r.json()["id"]
-    ws = websocket.create_connection(base.replace("http://", "ws://") + f"/kernels/{kid}/channels",
-                                     header=[f"Authorization: token {token}"], timeout=timeout)
+    ws = websocket.create_connection(
+        base.replace("http://", "ws://") + f"/kernels/{kid}/channels",
+        header=[f"Authorization: token {token}"],
+        timeout=timeout,
+    )
     kernel_s = time.monotonic() - t0
     try:
         msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": user,
-                       "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True}}))
+        ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": user,
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         stdout: list[str] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -554,9 +643,11 @@ def _local(repeats: int, modes: list[str], run_id: str, result: dict[str, Any]) 
                     s.update({k: first[k] for k in ("import_s", "init_s", "first_get_s", "client", "ray_address")})
                     s["ray_address"] = (s["ray_address"] or "").rsplit(":", 1)[0] + ":<port>"  # no ports in results
                     s["load"] = os.getloadavg()[0]
-                    log(f"local {mode} rep {rep}: click→first result {s['click_to_first_result_s']:.1f}s "
+                    log(
+                        f"local {mode} rep {rep}: click→first result {s['click_to_first_result_s']:.1f}s "
                         f"(spawn {s['spawn_s']:.1f}, kernel {s['kernel_start_s']:.1f}, import {s['import_s']:.1f}, "
-                        f"init {s['init_s']:.2f}, get {s['first_get_s']:.2f})")
+                        f"init {s['init_s']:.2f}, get {s['first_get_s']:.2f})"
+                    )
                     samples.append(s)
                 except Exception as e:  # noqa: BLE001
                     errors.append(f"rep {rep}: {str(e)[-800:]}")
@@ -571,9 +662,14 @@ def _local(repeats: int, modes: list[str], run_id: str, result: dict[str, Any]) 
         finally:
             killed = hub.stop()
             shutil.rmtree(workdir, ignore_errors=True)
-        result[mode] = {"samples": samples, "errors": errors, "processes_killed_at_teardown": killed,
-                        "summary": summarize(samples, ("click_to_first_result", "spawn", "kernel_start", "import",
-                                                       "init", "first_get", "stop"))}
+        result[mode] = {
+            "samples": samples,
+            "errors": errors,
+            "processes_killed_at_teardown": killed,
+            "summary": summarize(
+                samples, ("click_to_first_result", "spawn", "kernel_start", "import", "init", "first_get", "stop")
+            ),
+        }
 
 
 # ----------------------------------------------------------------------------- report
@@ -585,8 +681,11 @@ def targets(data: dict[str, Any]) -> dict[str, Any]:
         out["driver_init_median_le_0.2s"] = {"value": init, "met": init is not None and init <= 0.2}
         r = data["k8s"]["ratios"]["smoke:driver/head"]
         v = r["median_of_medians"]
-        out["smoke_driver_over_head_le_1.1"] = {"value": v, "per_repeat": r["per_repeat"],
-                                                "met": v is not None and v <= 1.1}
+        out["smoke_driver_over_head_le_1.1"] = {
+            "value": v,
+            "per_repeat": r["per_repeat"],
+            "met": v is not None and v <= 1.1,
+        }
     return out
 
 
@@ -594,8 +693,10 @@ def table(data: dict[str, Any]) -> str:
     lines = []
     k8s = data.get("k8s", {})
     if "summary" in k8s:
-        lines.append("k8s (process kubelet, one cluster: head 1 CPU + 2 workers 1 CPU + notebook 0-CPU node), "
-                     f"median [min-max] s over {data['config']['repeats']} repeats")
+        lines.append(
+            "k8s (process kubelet, one cluster: head 1 CPU + 2 workers 1 CPU + notebook 0-CPU node), "
+            f"median [min-max] s over {data['config']['repeats']} repeats"
+        )
         lines.append(f"{'':8s} " + " ".join(f"{k:>22s}" for k in STEPS))
         for m in MODES:
             cells = []
@@ -609,9 +710,14 @@ def table(data: dict[str, Any]) -> str:
     for mode, loc in data.get("local", {}).items():
         s = loc.get("summary", {}).get("click_to_first_result")
         if s:
-            parts = " ".join(f"{k} {loc['summary'][k]['median']:.2f}" for k in
-                             ("spawn", "kernel_start", "import", "init", "first_get") if loc["summary"].get(k))
-            lines.append(f"local {mode}: click→first result median {s['median']:.1f}s [{s['min']:.1f}-{s['max']:.1f}] ({parts})")
+            parts = " ".join(
+                f"{k} {loc['summary'][k]['median']:.2f}"
+                for k in ("spawn", "kernel_start", "import", "init", "first_get")
+                if loc["summary"].get(k)
+            )
+            lines.append(
+                f"local {mode}: click→first result median {s['median']:.1f}s [{s['min']:.1f}-{s['max']:.1f}] ({parts})"
+            )
         for e in loc.get("errors", []):
             lines.append(f"local {mode} error: {e[:200]}")
     for k, v in data.get("targets", {}).items():
@@ -621,10 +727,14 @@ def table(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.connect_modes_bench")
-    ap.add_argument("--repeats", type=int, default=3, help="fresh driver processes per mode (k8s) / spawns per mode (local)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="fresh driver processes per mode (k8s) / spawns per mode (local)"
+    )
     ap.add_argument("--parts", nargs="+", choices=("k8s", "local"), default=["k8s", "local"])
     ap.add_argument("--local-modes", nargs="+", choices=("driver", "client"), default=["driver", "client"])
-    ap.add_argument("--local-repeats", type=int, default=None, help="spawns per mode in the local part (default: --repeats)")
+    ap.add_argument(
+        "--local-repeats", type=int, default=None, help="spawns per mode in the local part (default: --repeats)"
+    )
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/<date>-connect-modes.json)")
     a = ap.parse_args(argv)
@@ -634,10 +744,17 @@ def main(argv: list[str] | None = None) -> int:
 
     run_id = secrets.token_hex(8)
     data: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": "python -m benchmarks.connect_modes_bench "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(), "versions": versions(),
-        "config": {"repeats": a.repeats, "local_repeats": a.local_repeats or a.repeats, "tasks": a.tasks, "parts": a.parts, "local_modes": a.local_modes},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": "python -m benchmarks.connect_modes_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "versions": versions(),
+        "config": {
+            "repeats": a.repeats,
+            "local_repeats": a.local_repeats or a.repeats,
+            "tasks": a.tasks,
+            "parts": a.parts,
+            "local_modes": a.local_modes,
+        },
         "load_start": os.getloadavg(),
     }
     old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -662,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(data))
     print(f"wrote {out}")
     ok = "summary" in data.get("k8s", {"summary": 1}) and all(
-        loc.get("samples") for loc in data.get("local", {}).values())
+        loc.get("samples") for loc in data.get("local", {}).values()
+    )
     return 0 if ok else 1
 
 

@@ -74,9 +74,12 @@ class Tracker:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {"pod_ready": dict(self.pod_ready), "pod_gone": dict(self.pod_gone),
-                    "cluster_gone": dict(self.cluster_gone),
-                    "cluster_live": {k: len(v) for k, v in self.cluster_live.items()}}
+            return {
+                "pod_ready": dict(self.pod_ready),
+                "pod_gone": dict(self.pod_gone),
+                "cluster_gone": dict(self.cluster_gone),
+                "cluster_live": {k: len(v) for k, v in self.cluster_live.items()},
+            }
 
 
 def serve_stats(emu: K8sEmu, tracker: Tracker, port: int) -> ThreadingHTTPServer:
@@ -91,9 +94,14 @@ def serve_stats(emu: K8sEmu, tracker: Tracker, port: int) -> ThreadingHTTPServer
 
         def do_GET(self) -> None:  # noqa: N802
             ru = resource.getrusage(resource.RUSAGE_SELF)
-            self._send({"requests": emu.request_log,
-                        "watches": {"current": emu.open_watches.current, "peak": emu.open_watches.peak},
-                        "cpu": ru.ru_utime + ru.ru_stime, **tracker.snapshot()})
+            self._send(
+                {
+                    "requests": emu.request_log,
+                    "watches": {"current": emu.open_watches.current, "peak": emu.open_watches.peak},
+                    "cpu": ru.ru_utime + ru.ru_stime,
+                    **tracker.snapshot(),
+                }
+            )
 
         def do_POST(self) -> None:  # noqa: N802
             emu.reset_request_log()
@@ -119,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.seed is not None:
         import random
+
         random.seed(a.seed)
-    emu = K8sEmu(sim_delays=yaml.safe_load(a.sim_delays) if a.sim_delays else None, jitter=a.jitter,
-                 port=a.port, kubeconfig_path=a.kubeconfig, history_size=200000)
+    emu = K8sEmu(
+        sim_delays=yaml.safe_load(a.sim_delays) if a.sim_delays else None,
+        jitter=a.jitter,
+        port=a.port,
+        kubeconfig_path=a.kubeconfig,
+        history_size=200000,
+    )
     emu.start()
     tracker = Tracker()
     emu.call(lambda st: st.listeners.append(tracker))

@@ -64,8 +64,13 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     from tests.spawner_fixtures import PROFILES
 
     common: dict[str, Any] = dict(
-        k8s_api_host=a.api, namespace="jhub", start_timeout=a.start_timeout, http_timeout=5,
-        image=NOTEBOOK_IMAGE, api_token="bench-token", oauth_client_id="unused",
+        k8s_api_host=a.api,
+        namespace="jhub",
+        start_timeout=a.start_timeout,
+        http_timeout=5,
+        image=NOTEBOOK_IMAGE,
+        api_token="bench-token",
+        oauth_client_id="unused",
     )
     if a.kind == "ray":
         cls: Any = RaySpawner
@@ -204,18 +209,28 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         await refl.stop()
 
     return {
-        "kind": a.kind, "users": a.users, "progress": a.progress, "hold_s": a.hold,
+        "kind": a.kind,
+        "users": a.users,
+        "progress": a.progress,
+        "hold_s": a.hold,
         "warmup_s": warmup_s,
         "warmup_requests": warm_stats["requests"],
         "requests": stats["requests"],
         "watches": stats["watches"],
         "emu_cpu_s": stats["cpu"],
-        "spawn_phase_s": spawn_phase_s, "stop_phase_s": stop_phase_s,
+        "spawn_phase_s": spawn_phase_s,
+        "stop_phase_s": stop_phase_s,
         "cpu_s": {"spawn": cpu_spawn, "stop": cpu_stop, "total": cpu_total},
-        "rss_mb": {"baseline": rss0, "peak": rss_peak,
-                   "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
-        "loop_lag_s": {"p50": lags[len(lags) // 2] if lags else None,
-                       "p99": lags[int(len(lags) * 0.99)] if lags else None, "max": lags[-1] if lags else None},
+        "rss_mb": {
+            "baseline": rss0,
+            "peak": rss_peak,
+            "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+        "loop_lag_s": {
+            "p50": lags[len(lags) // 2] if lags else None,
+            "p99": lags[int(len(lags) * 0.99)] if lags else None,
+            "max": lags[-1] if lags else None,
+        },
         "hub_cpu_utilization": cpu_total / busy_wall,
         "errors": errors,
         "servers": results,

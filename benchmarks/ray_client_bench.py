@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "RAYSPAWNER_BENCH_RAY_ID"
 
-DRIVER = r'''
+DRIVER = r"""
 import json, os, platform, sys, time
 from collections import Counter
 t0 = time.perf_counter()
@@ -65,7 +64,7 @@ assert sum(result.values()) == tasks, result
 ray.shutdown()
 print("BENCH " + json.dumps({"import_s": t_import, "init_s": t_init, "tasks_s": t_tasks,
                              "result": {str(k): v for k, v in result.items()}}), flush=True)
-'''
+"""
 
 
 def free_ports(n: int) -> list[int]:
@@ -111,19 +110,42 @@ def kill_marked(run_id: str, grace: float = 10.0) -> int:
 
 
 def start_head(temp_dir: str, env: dict[str, str], num_cpus: int) -> tuple[subprocess.Popen, dict[str, int]]:
-    names = ["gcs", "client", "node_manager", "object_manager", "metrics", "runtime_env_agent",
-             "dashboard_agent_listen", "dashboard_agent_grpc", "dashboard"]
+    names = [
+        "gcs",
+        "client",
+        "node_manager",
+        "object_manager",
+        "metrics",
+        "runtime_env_agent",
+        "dashboard_agent_listen",
+        "dashboard_agent_grpc",
+        "dashboard",
+    ]
     ports = dict(zip(names, free_ports(len(names))))
     lo = 40000 + secrets.randbelow(15000)
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-           "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-           f"--port={ports['gcs']}", f"--ray-client-server-port={ports['client']}",
-           f"--node-manager-port={ports['node_manager']}", f"--object-manager-port={ports['object_manager']}",
-           f"--metrics-export-port={ports['metrics']}", f"--runtime-env-agent-port={ports['runtime_env_agent']}",
-           f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
-           f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-           f"--min-worker-port={lo}", f"--max-worker-port={lo + 200}", "--object-store-memory=200000000"]
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={num_cpus}",
+        f"--temp-dir={temp_dir}",
+        f"--port={ports['gcs']}",
+        f"--ray-client-server-port={ports['client']}",
+        f"--node-manager-port={ports['node_manager']}",
+        f"--object-manager-port={ports['object_manager']}",
+        f"--metrics-export-port={ports['metrics']}",
+        f"--runtime-env-agent-port={ports['runtime_env_agent']}",
+        f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
+        f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={ports['dashboard']}",
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={lo + 200}",
+        "--object-store-memory=200000000",
+    ]
     log = open(os.path.join(temp_dir, "head.out"), "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -139,8 +161,13 @@ def start_head(temp_dir: str, env: dict[str, str], num_cpus: int) -> tuple[subpr
 
 def run_driver(address: str, env: dict[str, str], tasks: int, work: int, timeout: float = 300) -> dict[str, Any]:
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", DRIVER, address, str(tasks), str(work)], env=env,
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-c", DRIVER, address, str(tasks), str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     wall = time.perf_counter() - t0
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if line is None:
@@ -184,22 +211,32 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(2)
         run_driver(addresses["direct"], env, 50, a.work, timeout=120)
         for rep in range(a.reps):
-            for mode in (("client", "direct") if rep % 2 == 0 else ("direct", "client")):
+            for mode in ("client", "direct") if rep % 2 == 0 else ("direct", "client"):
                 try:
                     r = run_driver(addresses[mode], env, a.tasks, a.work)
                     r["rep"] = rep
                     samples[mode].append(r)
-                    print(f"rep {rep} {mode}: init {r['init_s']:.2f}s tasks {r['tasks_s']:.2f}s "
-                          f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+                    print(
+                        f"rep {rep} {mode}: init {r['init_s']:.2f}s tasks {r['tasks_s']:.2f}s "
+                        f"(load {os.getloadavg()[0]:.1f})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 except Exception as e:  # noqa: BLE001
                     errors.append(f"rep {rep} {mode}: {str(e)[-500:]}")
     finally:
         killed = kill_marked(run_id)
         subprocess.run(["rm", "-rf", temp_dir], check=False)
 
-    summary: dict[str, Any] = {"tasks": a.tasks, "work": a.work, "num_cpus": a.num_cpus, "reps": a.reps,
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
-                               "processes_killed_at_teardown": killed, "errors": errors}
+    summary: dict[str, Any] = {
+        "tasks": a.tasks,
+        "work": a.work,
+        "num_cpus": a.num_cpus,
+        "reps": a.reps,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
+        "processes_killed_at_teardown": killed,
+        "errors": errors,
+    }
     for mode, rs in samples.items():
         if rs:
             summary[mode] = {k: stats([r[k] for r in rs]) for k in ("init_s", "tasks_s", "process_s")}
@@ -214,13 +251,17 @@ def main(argv: list[str] | None = None) -> int:
             "median_of_medians": summary["client"]["tasks_s"]["median"] / summary["direct"]["tasks_s"]["median"],
             "per_rep": stats(list(per_rep.values())) if per_rep else None,
         }
-        summary["ratio_init_client_over_direct"] = summary["client"]["init_s"]["median"] / summary["direct"]["init_s"]["median"]
+        summary["ratio_init_client_over_direct"] = (
+            summary["client"]["init_s"]["median"] / summary["direct"]["init_s"]["median"]
+        )
     print(json.dumps({k: v for k, v in summary.items() if k not in ("client", "direct")}, indent=1))
     for mode in ("client", "direct"):
         if mode in summary:
             s = summary[mode]
-            print(f"{mode:7s} init {s['init_s']['median']:.2f}s [{s['init_s']['min']:.2f}-{s['init_s']['max']:.2f}]  "
-                  f"1000 tasks {s['tasks_s']['median']:.2f}s [{s['tasks_s']['min']:.2f}-{s['tasks_s']['max']:.2f}]")
+            print(
+                f"{mode:7s} init {s['init_s']['median']:.2f}s [{s['init_s']['min']:.2f}-{s['init_s']['max']:.2f}]  "
+                f"1000 tasks {s['tasks_s']['median']:.2f}s [{s['tasks_s']['min']:.2f}-{s['tasks_s']['max']:.2f}]"
+            )
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(summary, indent=1))

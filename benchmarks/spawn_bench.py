@@ -51,27 +51,56 @@ def run_phase(kind: str, users: int, args: argparse.Namespace, workdir: Path, ta
     """One fresh emulator process + one fresh hub process; returns the hub's JSON plus context."""
     kubeconfig = workdir / f"kubeconfig-{tag}"
     stats_port = free_port()
-    emu_cmd = [sys.executable, "-m", "benchmarks.emu_proc", "--stats-port", str(stats_port), "--kubeconfig",
-               str(kubeconfig), "--sim-delays", json.dumps(args.sim_delays), "--jitter", str(args.jitter)]
-    emu = subprocess.Popen(emu_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(workdir / f"emu-{tag}.log", "w"),
-                           text=True)
+    emu_cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.emu_proc",
+        "--stats-port",
+        str(stats_port),
+        "--kubeconfig",
+        str(kubeconfig),
+        "--sim-delays",
+        json.dumps(args.sim_delays),
+        "--jitter",
+        str(args.jitter),
+    ]
+    emu = subprocess.Popen(
+        emu_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(workdir / f"emu-{tag}.log", "w"), text=True
+    )
     try:
         line = emu.stdout.readline() if emu.stdout else ""
         if not line:
             raise RuntimeError(f"emulator did not start; see {workdir / f'emu-{tag}.log'}")
         info = json.loads(line)
         out = workdir / f"hub-{tag}.json"
-        hub_cmd = [sys.executable, "-m", "benchmarks.hub_worker", "--kind", kind, "--users", str(users),
-                   "--api", info["url"], "--kubeconfig", str(kubeconfig), "--stats", info["stats"],
-                   "--out", str(out), "--hold", str(args.hold),
-                   "--progress" if args.progress else "--no-progress"]
+        hub_cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.hub_worker",
+            "--kind",
+            kind,
+            "--users",
+            str(users),
+            "--api",
+            info["url"],
+            "--kubeconfig",
+            str(kubeconfig),
+            "--stats",
+            info["stats"],
+            "--out",
+            str(out),
+            "--hold",
+            str(args.hold),
+            "--progress" if args.progress else "--no-progress",
+        ]
         if args.profile_dir:
             hub_cmd += ["--profile", str(Path(args.profile_dir) / f"profile-{tag}.html")]
         load_before = loadavg()
         t = time.monotonic()
         with open(workdir / f"hub-{tag}.log", "w") as log:
-            rc = subprocess.run(hub_cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                timeout=args.phase_timeout).returncode
+            rc = subprocess.run(
+                hub_cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=args.phase_timeout
+            ).returncode
         if rc != 0:
             raise RuntimeError(f"hub worker failed (rc={rc}); see {workdir / f'hub-{tag}.log'}")
         result = json.loads(out.read_text())
@@ -97,8 +126,14 @@ def pct(values: list[float], p: float) -> float | None:
 
 
 def dist(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95), "p99": pct(values, 99),
-            "max": max(values) if values else None, "mean": statistics.fmean(values) if values else None}
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p95": pct(values, 95),
+        "p99": pct(values, 99),
+        "max": max(values) if values else None,
+        "mean": statistics.fmean(values) if values else None,
+    }
 
 
 def summarize(phases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,11 +167,17 @@ def summarize(phases: list[dict[str, Any]]) -> dict[str, Any]:
     warm: Counter = Counter(f"{v} {r}" for p in phases for v, r, _n, _m in p["warmup_requests"])
     cpu_total = sum(p["cpu_s"]["total"] for p in phases)
     return {
-        "kind": kind, "users": users, "reps": len(phases), "servers": n_total,
-        "spawn_s": dist(spawn), "floor_s": dist(floor), "overhead_s": dist(overhead),
+        "kind": kind,
+        "users": users,
+        "reps": len(phases),
+        "servers": n_total,
+        "spawn_s": dist(spawn),
+        "floor_s": dist(floor),
+        "overhead_s": dist(overhead),
         "head_ready_after_notebook_s": dist(head_after_nb) if head_after_nb else None,
         "stop_s": dist([s["stop_s"] for s in servers if "stop_s" in s]),
-        "teardown_s": dist(teardown), "teardown_not_done": not_gone,
+        "teardown_s": dist(teardown),
+        "teardown_not_done": not_gone,
         "requests_per_server": sum(reqs.values()) / n_total,
         "requests_per_server_by_verb": {k: v / n_total for k, v in sorted(reqs.items())},
         "reflector_requests_during_phase": {k: v / len(phases) for k, v in sorted(relist.items())},
@@ -205,8 +246,13 @@ def machine() -> dict[str, Any]:
         mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "kernel": platform.release(),
-            "python": platform.python_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -219,8 +265,9 @@ def versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001
             out[dist_name] = "?"
     try:
-        out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True, check=True).stdout.strip()
+        out["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except Exception:  # noqa: BLE001
         out["git"] = "?"
     return out
@@ -231,34 +278,61 @@ def fmt(v: float | None, spec: str = ".2f") -> str:
 
 
 def table(summary: dict[str, Any]) -> str:
-    rows = [("N", "kind", "spawn p50/p95/p99 s", "floor mean s", "overhead p50/p95 s", "req/srv", "watch pk",
-             "CPU ms/spawn", "RSS pk MB (+grow)", "err", "teardown p50/p95/max s")]
+    rows = [
+        (
+            "N",
+            "kind",
+            "spawn p50/p95/p99 s",
+            "floor mean s",
+            "overhead p50/p95 s",
+            "req/srv",
+            "watch pk",
+            "CPU ms/spawn",
+            "RSS pk MB (+grow)",
+            "err",
+            "teardown p50/p95/max s",
+        )
+    ]
     for key in sorted(summary["by_kind"], key=lambda k: (int(k.split("/")[1]), k)):
         s = summary["by_kind"][key]
         sp, ov, td = s["spawn_s"], s["overhead_s"], s["teardown_s"]
-        rows.append((str(s["users"]), s["kind"], f"{fmt(sp['p50'])}/{fmt(sp['p95'])}/{fmt(sp['p99'])}",
-                     fmt(s["floor_s"]["mean"]), f"{fmt(ov['p50'], '.3f')}/{fmt(ov['p95'], '.3f')}",
-                     fmt(s["requests_per_server"], ".1f"), str(s["watches_peak"]),
-                     fmt(s["cpu_s_per_spawn"] * 1000, ".1f"),
-                     f"{fmt(s['rss_peak_mb'], '.0f')} (+{fmt(s['rss_growth_mb'], '.0f')})", str(s["errors"]),
-                     f"{fmt(td['p50'])}/{fmt(td['p95'])}/{fmt(td['max'])}"))
+        rows.append(
+            (
+                str(s["users"]),
+                s["kind"],
+                f"{fmt(sp['p50'])}/{fmt(sp['p95'])}/{fmt(sp['p99'])}",
+                fmt(s["floor_s"]["mean"]),
+                f"{fmt(ov['p50'], '.3f')}/{fmt(ov['p95'], '.3f')}",
+                fmt(s["requests_per_server"], ".1f"),
+                str(s["watches_peak"]),
+                fmt(s["cpu_s_per_spawn"] * 1000, ".1f"),
+                f"{fmt(s['rss_peak_mb'], '.0f')} (+{fmt(s['rss_growth_mb'], '.0f')})",
+                str(s["errors"]),
+                f"{fmt(td['p50'])}/{fmt(td['p95'])}/{fmt(td['max'])}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     lines.append("ratio ray/plain: N  spawn p50 / p95 / p99 / mean   floor(mean)   CPU/spawn   RSS peak (growth)")
     for c in summary["ratios"]:
-        lines.append(f"                 {c['users']:<4} {fmt(c['spawn_p50'], '.3f')} / {fmt(c['spawn_p95'], '.3f')} / "
-                     f"{fmt(c['spawn_p99'], '.3f')} / {fmt(c['spawn_mean'], '.3f')}   {fmt(c['floor_mean'], '.3f')}"
-                     f"         {fmt(c['cpu_per_spawn'], '.2f')}        {fmt(c['rss_peak'], '.2f')} "
-                     f"({fmt(c['rss_growth'], '.2f')})")
+        lines.append(
+            f"                 {c['users']:<4} {fmt(c['spawn_p50'], '.3f')} / {fmt(c['spawn_p95'], '.3f')} / "
+            f"{fmt(c['spawn_p99'], '.3f')} / {fmt(c['spawn_mean'], '.3f')}   {fmt(c['floor_mean'], '.3f')}"
+            f"         {fmt(c['cpu_per_spawn'], '.2f')}        {fmt(c['rss_peak'], '.2f')} "
+            f"({fmt(c['rss_growth'], '.2f')})"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     today = dt.date.today().isoformat()
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.spawn_bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.spawn_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--users", type=int, nargs="+", default=[10, 100, 500])
     ap.add_argument("--reps", type=int, default=2, help="repetitions per N (each runs both kinds)")
     ap.add_argument("--kinds", nargs="+", default=["plain", "ray"], choices=["plain", "ray"])
@@ -266,8 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim-delays", type=json.loads, default=SIM_DELAYS, help="JSON map of sim kubelet delays")
     ap.add_argument("--jitter", type=float, default=JITTER)
     ap.add_argument("--hold", type=float, default=1.0, help="seconds between the last start and the stops")
-    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                    help="consume progress() for every spawn, as a browser on the spawn page does")
+    ap.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="consume progress() for every spawn, as a browser on the spawn page does",
+    )
     ap.add_argument("--phase-timeout", type=float, default=900)
     ap.add_argument("--profile-dir", default=None, help="pyinstrument profiles of each hub phase go here")
     ap.add_argument("--keep", action="store_true", help="keep the per-phase logs (printed path)")
@@ -281,25 +359,40 @@ def main(argv: list[str] | None = None) -> int:
             order = list(args.kinds) if (rep + args.users.index(users)) % 2 == 0 else list(reversed(args.kinds))
             for kind in order:
                 tag = f"{users}-{rep}-{kind}"
-                print(f"[{time.strftime('%H:%M:%S')}] N={users} rep={rep} {kind} (load {loadavg()[0]})",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] N={users} rep={rep} {kind} (load {loadavg()[0]})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 phases.append(run_phase(kind, users, args, workdir, tag))
     by_kind: dict[str, Any] = {}
     for users in args.users:
         for kind in args.kinds:
             mine = [p for p in phases if p["users"] == users and p["kind"] == kind]
             by_kind[f"{kind}/{users}"] = summarize(mine)
-    ratios = [compare(by_kind[f"plain/{n}"], by_kind[f"ray/{n}"]) for n in args.users
-              if f"plain/{n}" in by_kind and f"ray/{n}" in by_kind]
+    ratios = [
+        compare(by_kind[f"plain/{n}"], by_kind[f"ray/{n}"])
+        for n in args.users
+        if f"plain/{n}" in by_kind and f"ray/{n}" in by_kind
+    ]
     summary = {
-        "date": today, "started": dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
-        "duration_s": round(time.time() - started, 1), "command": " ".join(["python -m benchmarks.spawn_bench"] +
-                                                                          (argv if argv is not None else sys.argv[1:])),
-        "machine": machine(), "versions": versions(),
-        "config": {"sim_delays": args.sim_delays, "jitter": args.jitter, "hold_s": args.hold,
-                   "progress": args.progress, "reps": args.reps, "kinds": args.kinds,
-                   "ray_profile": {"profile": "ray", "workers": "2"}},
-        "by_kind": by_kind, "ratios": ratios,
+        "date": today,
+        "started": dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "command": " ".join(["python -m benchmarks.spawn_bench"] + (argv if argv is not None else sys.argv[1:])),
+        "machine": machine(),
+        "versions": versions(),
+        "config": {
+            "sim_delays": args.sim_delays,
+            "jitter": args.jitter,
+            "hold_s": args.hold,
+            "progress": args.progress,
+            "reps": args.reps,
+            "kinds": args.kinds,
+            "ray_profile": {"profile": "ray", "workers": "2"},
+        },
+        "by_kind": by_kind,
+        "ratios": ratios,
         "phases": [compact(p) for p in phases],
     }
     out = Path(args.out)

@@ -24,7 +24,9 @@ _spec.loader.exec_module(profiles)
 c.JupyterHub.spawner_class = "rayspawner.RaySpawner"
 c.RaySpawner.namespace = os.environ.get("RAYSPAWNER_NAMESPACE", "jhub")
 # the notebook image carries Ray (images/notebook); the Ray cluster runs on it too (ray_image empty)
-c.RaySpawner.image = os.environ.get("RAYSPAWNER_NOTEBOOK_IMAGE", "registry.example.com/rayspawner/rayspawner-notebook:2.60.0-py311")
+c.RaySpawner.image = os.environ.get(
+    "RAYSPAWNER_NOTEBOOK_IMAGE", "registry.example.com/rayspawner/rayspawner-notebook:2.60.0-py311"
+)
 c.RaySpawner.start_timeout = 600  # image pulls
 # the notebook pod meets the "restricted" Pod Security Standard (and OpenShift's restricted SCC,
 # which picks the UID: set c.RaySpawner.uid = None there); the Ray pods and the notebook's Ray

@@ -73,7 +73,9 @@ if not password:
     password = pw_file.read_text().strip()
     logging.getLogger("rayspawner.demo").warning(
         "Demo login: any user name, password %s (from %s; set RAYSPAWNER_DEMO_PASSWORD to choose one)",
-        password, pw_file)
+        password,
+        pw_file,
+    )
 c.DummyAuthenticator.password = password
 c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {"admin"}
@@ -81,11 +83,20 @@ c.Authenticator.admin_users = {"admin"}
 api_token = env("RAYSPAWNER_API_TOKEN")
 if api_token:
     c.JupyterHub.services = [{"name": "rayspawner-admin", "api_token": api_token}]
-    c.JupyterHub.load_roles = [{
-        "name": "rayspawner-admin",
-        "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "read:users", "list:users"],  # admin:servers includes server state
-        "services": ["rayspawner-admin"],
-    }]
+    c.JupyterHub.load_roles = [
+        {
+            "name": "rayspawner-admin",
+            "scopes": [
+                "admin:users",
+                "admin:servers",
+                "tokens",
+                "access:servers",
+                "read:users",
+                "list:users",
+            ],  # admin:servers includes server state
+            "services": ["rayspawner-admin"],
+        }
+    ]
 
 # --- the spawner: a local notebook plus its own local Ray cluster ---
 c.JupyterHub.spawner_class = "rayspawner.LocalRaySpawner"

@@ -40,10 +40,18 @@ from traitlets.config import LoggingConfigurable
 
 ACTIVITY_KEY = "rayspawner_ray"
 #: Ray's own actors whose methods run for as long as they live, whatever the user does
-SYSTEM_CLASSES = ("JobSupervisor", "ServeController", "ProxyActor", "ServeReplica:", "_StatsActor",
-                  "AutoscalingRequester", "DatasetStatsActor")
-RUNNING_TASKS_QUERY = urlencode({"limit": 100, "filter_keys": "state", "filter_predicates": "=",
-                                 "filter_values": "RUNNING", "detail": "false"})
+SYSTEM_CLASSES = (
+    "JobSupervisor",
+    "ServeController",
+    "ProxyActor",
+    "ServeReplica:",
+    "_StatsActor",
+    "AutoscalingRequester",
+    "DatasetStatsActor",
+)
+RUNNING_TASKS_QUERY = urlencode(
+    {"limit": 100, "filter_keys": "state", "filter_predicates": "=", "filter_values": "RUNNING", "detail": "false"}
+)
 EXTENSION = "rayspawner.activity"
 
 
@@ -86,11 +94,13 @@ class RayActivity(LoggingConfigurable):
     """Keeps the single-user server active while its Ray cluster works (``c.RayActivity.*``)."""
 
     enabled = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="Count the Ray cluster's work (running jobs, tasks, actor methods) as this server's activity.",
     )
     interval = Float(
-        30, config=True,
+        30,
+        config=True,
         help="""Seconds between two looks at the Ray cluster. A cluster busy at one look stamps
         the server active then; keep it well below the idle culler's timeout.""",
     )
@@ -158,5 +168,6 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         return
     # the event loop runs only once the server starts
     serverapp.io_loop.add_callback(monitor.start)
-    serverapp.log.info("rayspawner.activity: Ray work on %s counts as activity (every %.0f s)",
-                       monitor.dashboard_url, monitor.interval)
+    serverapp.log.info(
+        "rayspawner.activity: Ray work on %s counts as activity (every %.0f s)", monitor.dashboard_url, monitor.interval
+    )

@@ -27,8 +27,13 @@ def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
         if n.get("state") != "ALIVE" or (n.get("labels") or {}).get(NOTEBOOK_NODE_LABEL[0]) == NOTEBOOK_NODE_LABEL[1]:
             continue
         res = n.get("resources_total") or {}
-        node = {"head": bool(n.get("is_head_node")), "cpu": res.get("CPU", 0.0), "gpu": res.get("GPU", 0.0),
-                "memory_bytes": int(res.get("memory", 0)), "object_store_bytes": int(res.get("object_store_memory", 0))}
+        node = {
+            "head": bool(n.get("is_head_node")),
+            "cpu": res.get("CPU", 0.0),
+            "gpu": res.get("GPU", 0.0),
+            "memory_bytes": int(res.get("memory", 0)),
+            "object_store_bytes": int(res.get("object_store_memory", 0)),
+        }
         out["nodes"].append(node)
         for key in out["total"]:
             out["total"][key] += node[key]
@@ -52,9 +57,13 @@ class ClusterInfoHandler(APIHandler):
         body["activity"] = dict(monitor.last) if monitor is not None else {}
         token = os.environ.get("RAY_AUTH_TOKEN", "")
         try:
-            resp = await AsyncHTTPClient().fetch(HTTPRequest(
-                url.rstrip("/") + "/api/v0/nodes?limit=1000",
-                headers={"Authorization": f"Bearer {token}"} if token else {}, request_timeout=10))
+            resp = await AsyncHTTPClient().fetch(
+                HTTPRequest(
+                    url.rstrip("/") + "/api/v0/nodes?limit=1000",
+                    headers={"Authorization": f"Bearer {token}"} if token else {},
+                    request_timeout=10,
+                )
+            )
             nodes = json.loads(resp.body)["data"]["result"]["result"]
         except (HTTPClientError, OSError, ValueError, KeyError) as e:
             body["error"] = f"the Ray dashboard did not answer: {e}"

@@ -119,22 +119,24 @@ class RayConfig(Configurable):
 
     # --- sizes (user-choosable through profile options) ---
     ray_head_cpu = _Number("1", "CPU of the Ray head (limit = request), e.g. 1 or 500m. The head also runs tasks.")
-    ray_head_memory = _Number("2Gi", "Memory of the Ray head, e.g. 2Gi. ``ray_object_store_fraction`` of it is the object store (/dev/shm).")
+    ray_head_memory = _Number(
+        "2Gi", "Memory of the Ray head, e.g. 2Gi. ``ray_object_store_fraction`` of it is the object store (/dev/shm)."
+    )
     ray_head_gpu = _Number(0, "GPUs of the Ray head (usually 0).")
     ray_worker_replicas = _Number(1, "Number of Ray workers (fixed size, or the initial size when autoscaling).")
     ray_worker_min_replicas = _Number(
         "", "Autoscaling lower bound (KubeRay backend only); empty = ray_worker_replicas."
     )
     ray_worker_max_replicas = _Number(
-        "", "Autoscaling upper bound (KubeRay backend only); empty = ray_worker_replicas. Autoscaling is on when min < max."
+        "",
+        "Autoscaling upper bound (KubeRay backend only); empty = ray_worker_replicas. "
+        "Autoscaling is on when min < max.",
     )
     ray_worker_cpu = _Number("1", "CPU of each Ray worker, e.g. 2 or 1500m.")
     ray_worker_memory = _Number("2Gi", "Memory of each Ray worker, e.g. 4Gi.")
     ray_gpu_worker_replicas = _Number(0, "Number of GPU workers, a separate worker group (``gpu-workers``); 0 = none.")
     ray_gpu_worker_gpus = _Number(1, "GPUs per GPU worker.")
-    ray_gpu_resource_name = Unicode(
-        "nvidia.com/gpu", config=True, help="Extended resource name requested for GPUs."
-    )
+    ray_gpu_resource_name = Unicode("nvidia.com/gpu", config=True, help="Extended resource name requested for GPUs.")
     ray_object_store_fraction = Float(
         0.3, config=True, help="Fraction of each Ray node's memory used as object store (a memory-backed /dev/shm)."
     )
@@ -153,9 +155,7 @@ class RayConfig(Configurable):
     # --- scheduling and extras ---
     ray_node_selector = Dict(config=True, help="nodeSelector of the Ray pods.")
     ray_tolerations = List(config=True, help="Tolerations of the Ray pods (list of Kubernetes Toleration dicts).")
-    ray_extra_env = Dict(
-        config=True, help="Extra environment variables (name → string) for Ray head and workers."
-    )
+    ray_extra_env = Dict(config=True, help="Extra environment variables (name → string) for Ray head and workers.")
     ray_volumes = List(config=True, help="Extra volumes (Kubernetes Volume dicts) for Ray pods.")
     ray_volume_mounts = List(config=True, help="Extra volumeMounts for the Ray containers.")
     ray_extra_labels = Dict(config=True, help="Extra labels on every Ray object.")
@@ -174,9 +174,7 @@ class RayConfig(Configurable):
         hub's machine, every requested worker must have joined. False:
         return as soon as the notebook is ready; the notebook's node joins when it can.""",
     )
-    ray_stop_timeout = Int(
-        60, config=True, help="Seconds stop waits for every Ray object of the server to be gone."
-    )
+    ray_stop_timeout = Int(60, config=True, help="Seconds stop waits for every Ray object of the server to be gone.")
     ray_head_restart_limit = Int(
         3,
         config=True,
@@ -260,7 +258,9 @@ class RayConfig(Configurable):
     ray_max_worker_memory = Unicode("32Gi", config=True, help="Limit: memory per Ray worker or head.")
     ray_max_worker_gpu = Int(1, config=True, help="Limit: GPUs per Ray node.")
     ray_max_total_cpu = Unicode("32", config=True, help="Limit: CPU of one user's cluster, head + workers at maximum.")
-    ray_max_total_memory = Unicode("128Gi", config=True, help="Limit: memory of one user's cluster, head + workers at maximum.")
+    ray_max_total_memory = Unicode(
+        "128Gi", config=True, help="Limit: memory of one user's cluster, head + workers at maximum."
+    )
     ray_max_total_gpu = Int(4, config=True, help="Limit: GPUs of one user's cluster.")
     ray_allowed_images = List(
         Unicode(),
@@ -269,7 +269,9 @@ class RayConfig(Configurable):
         ``quay.io/myorg/ray:*``). Empty: any well-formed image (the notebook image is always allowed).""",
     )
     ray_allowed_images_regex = Unicode(
-        "", config=True, help="Limit: a regular expression Ray images must fully match (in addition to ray_allowed_images)."
+        "",
+        config=True,
+        help="Limit: a regular expression Ray images must fully match (in addition to ray_allowed_images).",
     )
 
     # --- per-user totals across all of a user's active Ray servers (rayspawner.quotas) ---

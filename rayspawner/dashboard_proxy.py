@@ -100,8 +100,10 @@ def setup_ray_dashboard() -> dict[str, Any]:
 # ------------------------------------------------------------------ the relay
 def _http_error(status: int, reason: str, text: str) -> bytes:
     body = (text + "\n").encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -161,9 +163,11 @@ def one_request(head: bytes) -> bytes:
 
 def without_auth_cookie(head: bytes) -> bytes:
     """The response head without any ``Set-Cookie: ray-authentication-token=...``."""
+
     def is_auth_cookie(line: bytes) -> bool:
         value = line.partition(b":")[2].strip().lower()
         return _header_name(line) == b"set-cookie" and value.startswith(AUTH_COOKIE + b"=")
+
     return b"\r\n".join(line for line in head.split(b"\r\n") if not is_auth_cookie(line))
 
 
@@ -179,7 +183,9 @@ async def _pipe_response(up_r: asyncio.StreamReader, client_w: asyncio.StreamWri
     await _pipe(up_r, client_w)
 
 
-async def _relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, target: tuple[str, int] | None) -> None:
+async def _relay(
+    client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, target: tuple[str, int] | None
+) -> None:
     try:
         try:
             head = await _read_head(client_r)
@@ -188,16 +194,26 @@ async def _relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
             await client_w.drain()
             return
         if request_path(head) == AUTH_PATH:
-            client_w.write(_http_error(403, "Forbidden",
-                                       "Ray's dashboard login is not needed here (your server adds the cluster's "
-                                       "token to every request) and is refused: its cookie would reach other "
-                                       "users' servers on this site."))
+            client_w.write(
+                _http_error(
+                    403,
+                    "Forbidden",
+                    "Ray's dashboard login is not needed here (your server adds the cluster's "
+                    "token to every request) and is refused: its cookie would reach other "
+                    "users' servers on this site.",
+                )
+            )
             await client_w.drain()
             return
         if target is None:
-            client_w.write(_http_error(503, "Service Unavailable",
-                                       "This server has no Ray cluster (RAY_DASHBOARD_URL is not set). "
-                                       "Start your server with a Ray profile to get a Ray dashboard."))
+            client_w.write(
+                _http_error(
+                    503,
+                    "Service Unavailable",
+                    "This server has no Ray cluster (RAY_DASHBOARD_URL is not set). "
+                    "Start your server with a Ray profile to get a Ray dashboard.",
+                )
+            )
             await client_w.drain()
             return
         host, port = target
@@ -205,9 +221,14 @@ async def _relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
             up_r, up_w = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as e:
             log.warning("Ray dashboard %s:%d not reachable: %s", host, port, e)
-            client_w.write(_http_error(502, "Bad Gateway",
-                                       f"The Ray dashboard at {host}:{port} is not reachable ({type(e).__name__}). "
-                                       "Is the Ray head running? Check the server's spawn progress or restart it."))
+            client_w.write(
+                _http_error(
+                    502,
+                    "Bad Gateway",
+                    f"The Ray dashboard at {host}:{port} is not reachable ({type(e).__name__}). "
+                    "Is the Ray head running? Check the server's spawn progress or restart it.",
+                )
+            )
             await client_w.drain()
             return
         try:
@@ -229,8 +250,10 @@ async def serve(port: int, target: tuple[str, int] | None, host: str = "127.0.0.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rayspawner.dashboard_proxy",
-                                     description="TCP relay from 127.0.0.1:PORT to the Ray dashboard (used by jupyter-server-proxy)")
+    parser = argparse.ArgumentParser(
+        prog="python -m rayspawner.dashboard_proxy",
+        description="TCP relay from 127.0.0.1:PORT to the Ray dashboard (used by jupyter-server-proxy)",
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--target", help="host:port of the Ray dashboard; none: answer 503")
     args = parser.parse_args(argv)

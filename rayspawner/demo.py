@@ -27,7 +27,9 @@ REPO_CONFIG = Path(__file__).resolve().parents[1] / "jupyterhub_config" / "local
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rayspawner demo", description="Run the local demo hub: each user server gets its own Ray cluster.")
+    p = argparse.ArgumentParser(
+        prog="rayspawner demo", description="Run the local demo hub: each user server gets its own Ray cluster."
+    )
     p.add_argument("--ip", default="127.0.0.1", help="public IP (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
     p.add_argument("--hub-api-port", type=int, default=8081, help="the hub's internal API port (default 8081)")
@@ -46,28 +48,42 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     config = Path(args.config)
     if not config.is_file():
-        print(f"rayspawner demo: config {config} not found. Run from a clone of the repository "
-              "(pip install -e '.[local]'), or pass --config PATH.", file=sys.stderr)
+        print(
+            f"rayspawner demo: config {config} not found. Run from a clone of the repository "
+            "(pip install -e '.[local]'), or pass --config PATH.",
+            file=sys.stderr,
+        )
         return 2
     if not shutil.which("configurable-http-proxy"):
-        print("rayspawner demo: configurable-http-proxy is not on PATH; install it with "
-              "`npm install -g configurable-http-proxy`.", file=sys.stderr)
+        print(
+            "rayspawner demo: configurable-http-proxy is not on PATH; install it with "
+            "`npm install -g configurable-http-proxy`.",
+            file=sys.stderr,
+        )
         return 2
     password = os.environ.get("RAYSPAWNER_DEMO_PASSWORD") or secrets.token_urlsafe(9)
     temp_root = f"/tmp/rspd{args.port}"  # short (Ray socket paths) and only this demo's clusters
     env = dict(os.environ)
-    env.update({
-        "RAYSPAWNER_HUB_IP": args.ip, "RAYSPAWNER_HUB_PORT": str(args.port),
-        "RAYSPAWNER_HUB_API_PORT": str(args.hub_api_port), "RAYSPAWNER_PROXY_API_PORT": str(args.proxy_api_port),
-        "RAYSPAWNER_STATE_DIR": args.state_dir, "RAYSPAWNER_TEMP_ROOT": temp_root,
-        "RAYSPAWNER_DEMO_PASSWORD": password,
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-    })
+    env.update(
+        {
+            "RAYSPAWNER_HUB_IP": args.ip,
+            "RAYSPAWNER_HUB_PORT": str(args.port),
+            "RAYSPAWNER_HUB_API_PORT": str(args.hub_api_port),
+            "RAYSPAWNER_PROXY_API_PORT": str(args.proxy_api_port),
+            "RAYSPAWNER_STATE_DIR": args.state_dir,
+            "RAYSPAWNER_TEMP_ROOT": temp_root,
+            "RAYSPAWNER_DEMO_PASSWORD": password,
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        }
+    )
     url = f"http://{args.ip}:{args.port}"
-    print(f"\n  rayspawner demo: JupyterHub at {url}\n"
-          f"  Log in with any user name and the password: {password}\n"
-          f"  Choose \"Ray: small CPU cluster\"; in a notebook, ray.init() connects to your own cluster.\n"
-          f"  Press Ctrl-C to stop (every server and Ray cluster is shut down).\n", flush=True)
+    print(
+        f"\n  rayspawner demo: JupyterHub at {url}\n"
+        f"  Log in with any user name and the password: {password}\n"
+        f'  Choose "Ray: small CPU cluster"; in a notebook, ray.init() connects to your own cluster.\n'
+        f"  Press Ctrl-C to stop (every server and Ray cluster is shut down).\n",
+        flush=True,
+    )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     hub = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], env=env, start_new_session=True)
     code = 0

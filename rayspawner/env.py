@@ -22,8 +22,14 @@ RAY_DASHBOARD_PROXY_PATH = "RAY_DASHBOARD_PROXY_PATH"
 DASHBOARD_PROXY_SUFFIX = "ray-dashboard/"
 
 
-def addresses(host: str, client_port: int = CLIENT_PORT, dashboard_port: int = DASHBOARD_PORT, *,
-              driver: bool = False, gcs_port: int = GCS_PORT) -> dict[str, str]:
+def addresses(
+    host: str,
+    client_port: int = CLIENT_PORT,
+    dashboard_port: int = DASHBOARD_PORT,
+    *,
+    driver: bool = False,
+    gcs_port: int = GCS_PORT,
+) -> dict[str, str]:
     """``RAY_ADDRESS`` is the GCS (``host:port``: the kernel is a direct driver) in driver
     mode, else Ray Client's ``ray://host:port``."""
     dashboard = f"http://{host}:{dashboard_port}"
@@ -49,8 +55,16 @@ def notebook_env(spec: RayClusterSpec, *, head_host: str | None = None) -> dict[
     return env
 
 
-def local_notebook_env(name: str, host: str, client_port: int, dashboard_port: int, token: str | None,
-                       *, driver: bool = False, gcs_port: int = GCS_PORT) -> dict[str, str]:
+def local_notebook_env(
+    name: str,
+    host: str,
+    client_port: int,
+    dashboard_port: int,
+    token: str | None,
+    *,
+    driver: bool = False,
+    gcs_port: int = GCS_PORT,
+) -> dict[str, str]:
     """Env for a local-process notebook (local mode has no Secrets: the process env is private).
     ``driver``: the kernel attaches to the cluster's GCS directly (same host, no extra node)."""
     env = addresses(host, client_port, dashboard_port, driver=driver, gcs_port=gcs_port)

@@ -147,10 +147,12 @@ def render_profile_form(spawner: Any, profile_list: list[dict]) -> str:
         except (ValueError, KeyError, StopIteration) as e:
             spawner.log.info("Spawn form for %s: not preselecting the saved options (%s)", spawner._log_name, e)
             user_options = {}
-    loader = ChoiceLoader([
-        FileSystemLoader(spawner.additional_profile_form_template_paths),
-        PackageLoader("kubespawner", "templates"),
-    ])
+    loader = ChoiceLoader(
+        [
+            FileSystemLoader(spawner.additional_profile_form_template_paths),
+            PackageLoader("kubespawner", "templates"),
+        ]
+    )
     env = Environment(loader=loader)  # as KubeSpawner renders it
     # profiles are shown in the admin's order (KubeSpawner does the same)
     env.policies["json.dumps_kwargs"] = {"sort_keys": False}

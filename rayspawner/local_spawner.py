@@ -149,21 +149,32 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     def _check_range(self, proposal: Any) -> str:
         m = re.fullmatch(r"\s*(\d{4,5})\s*-\s*(\d{4,5})\s*", proposal.value)
         if not m or not 1024 <= int(m.group(1)) < int(m.group(2)) <= 65535 or int(m.group(2)) - int(m.group(1)) < 200:
-            raise ConfigError(f"local_port_range must be LOW-HIGH (1024-65535, at least 200 ports), got {proposal.value!r}")
+            raise ConfigError(
+                f"local_port_range must be LOW-HIGH (1024-65535, at least 200 ports), got {proposal.value!r}"
+            )
         return proposal.value
 
     # ------------------------------------------------------------ backend
     @property
     def backend(self) -> LocalBackend:
         lo, hi = (int(x) for x in self.local_port_range.split("-"))
-        key = (self.local_temp_root, lo, hi, self.local_client_warmup_attempts, self.local_max_parallel_starts,
-               self.local_worker_restart_limit)
+        key = (
+            self.local_temp_root,
+            lo,
+            hi,
+            self.local_client_warmup_attempts,
+            self.local_max_parallel_starts,
+            self.local_worker_restart_limit,
+        )
         if key not in _backends:
             _route_logs_to_hub(self.log)
-            _backends[key] = LocalBackend(temp_root=self.local_temp_root, port_range=(lo, hi),
-                                          warmup_attempts=self.local_client_warmup_attempts,
-                                          max_parallel_starts=self.local_max_parallel_starts,
-                                          worker_restart_limit=self.local_worker_restart_limit)
+            _backends[key] = LocalBackend(
+                temp_root=self.local_temp_root,
+                port_range=(lo, hi),
+                warmup_attempts=self.local_client_warmup_attempts,
+                max_parallel_starts=self.local_max_parallel_starts,
+                worker_restart_limit=self.local_worker_restart_limit,
+            )
         backend = _backends[key]
         backend.start_sweeper(self.ray_orphan_sweep_interval, self.ray_orphan_grace_seconds)
         return backend
@@ -176,8 +187,9 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         self._ray_spec = None
         if not self.ray_enabled:
             return
-        spec = resolve_spec(self, username=self.user.name, servername=self.name or "",
-                            namespace="local", notebook_image="local")
+        spec = resolve_spec(
+            self, username=self.user.name, servername=self.name or "", namespace="local", notebook_image="local"
+        )
         if self.ray_image:
             self.log.info("ray_image %r is ignored in local mode: Ray runs from the hub's Python", self.ray_image)
         available = self.local_gpus if self.local_gpus >= 0 else detected_gpus()
@@ -185,10 +197,16 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             raise InvalidOptions(
                 f"This profile asks for {spec.total.gpu} GPU(s), but this machine has {available}: "
                 "local Ray clusters can only use the hub machine's own GPUs. Choose a CPU profile.",
-                reason="no_gpu")
+                reason="no_gpu",
+            )
         self._ray_spec = quotas.admit(self, spec)  # the user's totals; assigned at once (its reservation)
-        self.log.info("Ray cluster %s for %s: head %s CPU, %d worker(s)", spec.name, self._log_name,
-                      spec.head.cpu, spec.desired_workers)
+        self.log.info(
+            "Ray cluster %s for %s: head %s CPU, %d worker(s)",
+            spec.name,
+            self._log_name,
+            spec.head.cpu,
+            spec.desired_workers,
+        )
 
     async def _run_apply_user_options(self, user_options: dict) -> None:
         # JupyterHub >= 5.3 calls this before start(): refusing here makes bad options a 400.
@@ -241,8 +259,9 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                     await asyncio.wait_for(self._progress_shown.wait(), 2.0)
                 except asyncio.TimeoutError:
                     pass
-            self.log.info("Ray cluster %s ready for %s after %.1f s", spec.name, self._log_name,
-                          time.monotonic() - started)
+            self.log.info(
+                "Ray cluster %s ready for %s after %.1f s", spec.name, self._log_name, time.monotonic() - started
+            )
             metrics.spawn_succeeded(backend.kind, time.monotonic() - started)
             self._ray_running = True
             return url
@@ -288,24 +307,35 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         status = await super().poll()
         if status is not None:
             if cluster:
-                self.log.info("The notebook of %s is gone (status %s); tearing down Ray cluster %s",
-                              self._log_name, status, cluster.name)
+                self.log.info(
+                    "The notebook of %s is gone (status %s); tearing down Ray cluster %s",
+                    self._log_name,
+                    status,
+                    cluster.name,
+                )
                 self._ray_cluster = None
                 await asyncio.gather(self._kill_marked(marker), self._teardown_cluster(cluster))
             return status
         if not cluster or not cluster.head_ready:
             return None  # (a cluster still starting is start()'s business)
         if not self.backend.head_alive(cluster.name):
-            self.log.error("The Ray head of %s (cluster %s, pid %s) is gone; reporting the server as failed",
-                           self._log_name, cluster.name, cluster.head.pid)
+            self.log.error(
+                "The Ray head of %s (cluster %s, pid %s) is gone; reporting the server as failed",
+                self._log_name,
+                cluster.name,
+                cluster.head.pid,
+            )
             return 1
         if cluster.workers:
             await self.backend.status(cluster.name)  # restarts workers that died
             failed = self.backend.failed_workers(cluster.name)
             if failed:
-                self.log.error("Ray cluster %s of %s: worker(s) failed for good (%s); reporting the server "
-                               "as failed", cluster.name, self._log_name,
-                               "; ".join(f"{r}: {w}" for r, w in failed.items()))
+                self.log.error(
+                    "Ray cluster %s of %s: worker(s) failed for good (%s); reporting the server as failed",
+                    cluster.name,
+                    self._log_name,
+                    "; ".join(f"{r}: {w}" for r, w in failed.items()),
+                )
                 return 1
         return None
 
@@ -331,8 +361,12 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             if self._notebook_phase == "started":
                 steps.append((30, "Notebook server started"))
             if st.head_ready and st.workers_desired:
-                steps.append((50 + 40 * st.workers_ready // st.workers_desired,
-                              f"Ray workers joined {st.workers_ready}/{st.workers_desired}"))
+                steps.append(
+                    (
+                        50 + 40 * st.workers_ready // st.workers_desired,
+                        f"Ray workers joined {st.workers_ready}/{st.workers_desired}",
+                    )
+                )
             for event in cluster.events[seen_events:]:
                 steps.append((pct, f"Ray cluster {spec.name}: {event}"))
             seen_events = len(cluster.events)
@@ -340,8 +374,13 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                 steps.append((pct, f"Ray cluster {spec.name}: {warning}"))
             done = st.head_ready and st.workers_ready >= st.workers_desired
             if done:
-                steps.append((95, f"Ray cluster {spec.name} is ready (head + {st.workers_desired} worker(s) "
-                                  f"alive); ray.init() in a notebook connects to it. {quotas.size_sentence(spec)}"))
+                steps.append(
+                    (
+                        95,
+                        f"Ray cluster {spec.name} is ready (head + {st.workers_desired} worker(s) "
+                        f"alive); ray.init() in a notebook connects to it. {quotas.size_sentence(spec)}",
+                    )
+                )
             for step_pct, msg in sorted(steps, key=lambda x: x[0]):
                 if msg in sent:
                     continue
@@ -372,8 +411,12 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             if self.pid and not psutil.pid_exists(self.pid):
                 # the notebook died while the hub was down: JupyterHub's start-up poll
                 # tears the cluster down; say why in the log now
-                self.log.info("Notebook of %s (pid %s) is gone; its Ray cluster %s will be torn down",
-                              self._log_name, self.pid, self._ray_cluster.name)
+                self.log.info(
+                    "Notebook of %s (pid %s) is gone; its Ray cluster %s will be torn down",
+                    self._log_name,
+                    self.pid,
+                    self._ray_cluster.name,
+                )
 
     def clear_state(self) -> None:
         super().clear_state()

@@ -76,7 +76,9 @@ def held_resources(spawners) -> dict[tuple[str, str], list[int]]:
         if u is None:
             continue
         row = held.setdefault((backend_of(s), profile_of(s)), [0] * 7)
-        for i, v in enumerate((1, u.cpu_millis, u.cpu_millis_min, u.memory_bytes, u.memory_bytes_min, u.gpu, u.gpu_min)):
+        for i, v in enumerate(
+            (1, u.cpu_millis, u.cpu_millis_min, u.memory_bytes, u.memory_bytes_min, u.gpu, u.gpu_min)
+        ):
             row[i] += v
     return held
 
@@ -101,11 +103,37 @@ class HeldResourcesCollector:
     def _families(held):
         from prometheus_client.core import GaugeMetricFamily
 
-        clusters = GaugeMetricFamily("rayspawner_ray_clusters", "Ray clusters of active servers", labels=["backend", "profile"])
+        clusters = GaugeMetricFamily(
+            "rayspawner_ray_clusters", "Ray clusters of active servers", labels=["backend", "profile"]
+        )
         families = [
-            (GaugeMetricFamily("rayspawner_ray_cpu", "CPU held by Ray clusters of active servers", labels=["backend", "profile", "bound"]), 1, 1000),
-            (GaugeMetricFamily("rayspawner_ray_memory_bytes", "Memory held by Ray clusters of active servers", labels=["backend", "profile", "bound"]), 3, 1),
-            (GaugeMetricFamily("rayspawner_ray_gpus", "GPUs held by Ray clusters of active servers", labels=["backend", "profile", "bound"]), 5, 1),
+            (
+                GaugeMetricFamily(
+                    "rayspawner_ray_cpu",
+                    "CPU held by Ray clusters of active servers",
+                    labels=["backend", "profile", "bound"],
+                ),
+                1,
+                1000,
+            ),
+            (
+                GaugeMetricFamily(
+                    "rayspawner_ray_memory_bytes",
+                    "Memory held by Ray clusters of active servers",
+                    labels=["backend", "profile", "bound"],
+                ),
+                3,
+                1,
+            ),
+            (
+                GaugeMetricFamily(
+                    "rayspawner_ray_gpus",
+                    "GPUs held by Ray clusters of active servers",
+                    labels=["backend", "profile", "bound"],
+                ),
+                5,
+                1,
+            ),
         ]
         for (backend, profile), row in sorted(held.items()):
             clusters.add_metric([backend, profile], row[0])

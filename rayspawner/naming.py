@@ -108,7 +108,8 @@ def cluster_name(template: str, username: str, servername: str = "") -> str:
         hasher.update(part.encode("utf8"))
     digest = base64.b32encode(hasher.digest()).decode("ascii").lower()[:HASH_CHARS]
     readable = template.replace(_JOINED, "{user_server}").format(
-        user_server=f"{username}-{servername}" if servername else username)
+        user_server=f"{username}-{servername}" if servername else username
+    )
     return f"{_extract_safe_name(readable, _PREFIX_MAX)}---{digest}"
 
 

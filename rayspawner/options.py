@@ -78,9 +78,7 @@ def check_user_options(user_options: Mapping[str, Any], profile_list: list[dict]
         choice = user_options.get(name)
         choices = option.get("choices") or {}
         if choice and choice not in choices:
-            raise InvalidOptions(
-                f"Option {name!r}: {choice[:64]!r} is not one of the choices ({', '.join(choices)})."
-            )
+            raise InvalidOptions(f"Option {name!r}: {choice[:64]!r} is not one of the choices ({', '.join(choices)}).")
 
 
 def _limit(parse, value: object, trait: str) -> int:
@@ -98,9 +96,7 @@ def check_image(image: str, cfg: RayConfig, notebook_image: str) -> None:
     if image == notebook_image:
         return
     if cfg.ray_allowed_images and not any(fnmatch.fnmatchcase(image, p) for p in cfg.ray_allowed_images):
-        raise InvalidOptions(
-            f"Ray image {image!r} is not allowed here; allowed: {', '.join(cfg.ray_allowed_images)}."
-        )
+        raise InvalidOptions(f"Ray image {image!r} is not allowed here; allowed: {', '.join(cfg.ray_allowed_images)}.")
     if cfg.ray_allowed_images_regex:
         try:
             pattern = re.compile(cfg.ray_allowed_images_regex)
@@ -134,8 +130,16 @@ def _check_node(res: Resources, what: str, cfg: RayConfig) -> None:
 
 def _worker_groups(cfg: RayConfig) -> tuple[WorkerGroup, ...]:
     replicas = parse_count(cfg.ray_worker_replicas, "number of workers")
-    lo = replicas if cfg.ray_worker_min_replicas in ("", None) else parse_count(cfg.ray_worker_min_replicas, "minimum workers")
-    hi = replicas if cfg.ray_worker_max_replicas in ("", None) else parse_count(cfg.ray_worker_max_replicas, "maximum workers")
+    lo = (
+        replicas
+        if cfg.ray_worker_min_replicas in ("", None)
+        else parse_count(cfg.ray_worker_min_replicas, "minimum workers")
+    )
+    hi = (
+        replicas
+        if cfg.ray_worker_max_replicas in ("", None)
+        else parse_count(cfg.ray_worker_max_replicas, "maximum workers")
+    )
     if not lo <= replicas <= hi:
         raise InvalidOptions(f"Workers: need minimum ≤ workers ≤ maximum, got {lo} ≤ {replicas} ≤ {hi}.")
     groups = [WorkerGroup("workers", replicas, lo, hi, _resources(cfg, "worker", 0))]
@@ -143,7 +147,15 @@ def _worker_groups(cfg: RayConfig) -> tuple[WorkerGroup, ...]:
     if gpu_replicas:
         gpus = parse_count(cfg.ray_gpu_worker_gpus, "GPUs per GPU worker", minimum=1)
         base = groups[0].resources
-        groups.append(WorkerGroup("gpu-workers", gpu_replicas, gpu_replicas, gpu_replicas, Resources(base.cpu_millis, base.memory_bytes, gpus)))
+        groups.append(
+            WorkerGroup(
+                "gpu-workers",
+                gpu_replicas,
+                gpu_replicas,
+                gpu_replicas,
+                Resources(base.cpu_millis, base.memory_bytes, gpus),
+            )
+        )
     return tuple(groups)
 
 
@@ -221,7 +233,12 @@ def resolve_spec(
     total = spec.total
     limits = (
         ("CPU", total.cpu_millis, _limit(parse_cpu, cfg.ray_max_total_cpu, "ray_max_total_cpu"), format_cpu),
-        ("memory", total.memory_bytes, _limit(parse_memory, cfg.ray_max_total_memory, "ray_max_total_memory"), format_memory),
+        (
+            "memory",
+            total.memory_bytes,
+            _limit(parse_memory, cfg.ray_max_total_memory, "ray_max_total_memory"),
+            format_memory,
+        ),
         ("GPUs", total.gpu, cfg.ray_max_total_gpu, str),
     )
     for what, used, limit, fmt in limits:

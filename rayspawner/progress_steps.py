@@ -42,8 +42,11 @@ def notebook_steps(pod: dict[str, Any] | None) -> tuple[Steps, int]:
     if conditions.get("PodScheduled") != "True" and not node:
         return steps, 0
     steps.append(("notebook-scheduled", f"Notebook scheduled on node {node}" if node else "Notebook scheduled"))
-    running = any("running" in (cs.get("state") or {})
-                  for cs in status.get("containerStatuses") or [] if cs.get("name") == "notebook")
+    running = any(
+        "running" in (cs.get("state") or {})
+        for cs in status.get("containerStatuses") or []
+        if cs.get("name") == "notebook"
+    )
     if running:
         steps.append(("notebook-started", "Notebook container started"))
     if conditions.get("Ready") == "True":
@@ -60,8 +63,12 @@ def describe_cluster(spec: RayClusterSpec, st: ClusterStatus, version_warning: s
     return message
 
 
-def spawn_steps(pod: dict[str, Any] | None, spec: RayClusterSpec | None, st: ClusterStatus | None,
-                version_warning: str | None = None) -> tuple[Steps, int]:
+def spawn_steps(
+    pod: dict[str, Any] | None,
+    spec: RayClusterSpec | None,
+    st: ClusterStatus | None,
+    version_warning: str | None = None,
+) -> tuple[Steps, int]:
     """Every step reached so far as (key, message), and the progress (10-95) they are worth."""
     steps, done = notebook_steps(pod)
     total = 3.0
@@ -87,13 +94,16 @@ def notebook_final_message(pod: dict[str, Any] | None) -> str:
     return "Notebook ready; connecting to your server" if _conditions(pod).get("Ready") == "True" else ""
 
 
-def ready_message(spec: RayClusterSpec, st: ClusterStatus, pod: dict[str, Any] | None,
-                  version_warning: str | None = None) -> str:
+def ready_message(
+    spec: RayClusterSpec, st: ClusterStatus, pod: dict[str, Any] | None, version_warning: str | None = None
+) -> str:
     """The closing message of a spawn whose head is ready."""
     joined = notebook_joined(spec, pod)
     you = {True: "; your notebook joined it", False: "; your notebook is still joining it", None: ""}[joined]
-    message = (f"Ray cluster {spec.name} is ready: head accepting connections, workers joined "
-               f"{st.workers_ready}/{st.workers_desired}{you}. ray.init() connects to it.")
+    message = (
+        f"Ray cluster {spec.name} is ready: head accepting connections, workers joined "
+        f"{st.workers_ready}/{st.workers_desired}{you}. ray.init() connects to it."
+    )
     message += " " + quotas.size_sentence(spec)
     if version_warning:
         message += f" Warning: {version_warning}"

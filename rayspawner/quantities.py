@@ -35,10 +35,9 @@ def parse_memory(value: object, what: str = "memory") -> int:
     if not m:
         hint = ""
         if re.match(r"^[0-9.]+\s*[kKmMgGtT][bB]$", text):
-            hint = f" Kubernetes units have no 'B': use {text[:-1].rstrip()}i (binary) or {text[:-1].rstrip().upper()} (decimal)."
-        raise InvalidOptions(
-            f"{what}: {text!r} is not a memory quantity; use e.g. 512Mi, 2Gi or 4G.{hint}"
-        )
+            unit = text[:-1].rstrip()
+            hint = f" Kubernetes units have no 'B': use {unit}i (binary) or {unit.upper()} (decimal)."
+        raise InvalidOptions(f"{what}: {text!r} is not a memory quantity; use e.g. 512Mi, 2Gi or 4G.{hint}")
     number, unit = float(m.group(1)), m.group(2) or ""
     factor = _BINARY.get(unit) or _DECIMAL[unit]
     result = int(number * factor)

@@ -53,8 +53,10 @@ class Usage:
     def describe(self) -> str:
         if not self.known:
             return f"{self.label} (cluster {self.cluster}, size unknown)"
-        return (f"{self.label} (cluster {self.cluster}: {format_cpu(self.cpu_millis)} CPU, "
-                f"{format_memory(self.memory_bytes)} memory, {self.gpu} GPU)")
+        return (
+            f"{self.label} (cluster {self.cluster}: {format_cpu(self.cpu_millis)} CPU, "
+            f"{format_memory(self.memory_bytes)} memory, {self.gpu} GPU)"
+        )
 
 
 # ------------------------------------------------------------------ sizes
@@ -70,6 +72,7 @@ def spec_usage(spec: Any, server: str) -> Usage:
 
 def size_usage(size: Mapping[str, Any], server: str) -> Usage:
     """From RaySpawner's stored ``ray_size`` (head and worker groups, quantities as text)."""
+
     def node(n: Mapping[str, Any]) -> tuple[int, int, int]:
         mem = n.get("memory") or 0
         return parse_cpu(n.get("cpu") or 0), parse_memory(mem) if mem else 0, int(n.get("gpu") or 0)
@@ -148,8 +151,10 @@ def check_group_limits(groups: Any) -> dict:
             raise ConfigError(f"ray_user_group_limits[{group!r}] must be a dict, e.g. {{'clusters': 2, 'cpu': '16'}}.")
         unknown = sorted(set(limits) - set(LIMIT_KEYS))
         if unknown:
-            raise ConfigError(f"ray_user_group_limits[{group!r}]: unknown key(s) {', '.join(map(repr, unknown))}; "
-                              f"use {', '.join(LIMIT_KEYS)}.")
+            raise ConfigError(
+                f"ray_user_group_limits[{group!r}]: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"use {', '.join(LIMIT_KEYS)}."
+            )
         for key, value in limits.items():
             _parse(key, value, f"ray_user_group_limits[{group!r}][{key!r}]")
     return dict(groups)
@@ -172,7 +177,9 @@ def effective_limits(cfg: Any, groups: Iterable[str]) -> dict[str, tuple[int | N
         for group in sorted(groups):
             entry = table.get(group)
             if isinstance(entry, Mapping) and key in entry:
-                found.append((_parse(key, entry[key], f"ray_user_group_limits[{group!r}][{key!r}]"), f"group {group!r}"))
+                found.append(
+                    (_parse(key, entry[key], f"ray_user_group_limits[{group!r}][{key!r}]"), f"group {group!r}")
+                )
         if found:
             result[key] = next((f for f in found if f[0] is None), None) or max(found, key=lambda f: f[0])
         else:
@@ -222,14 +229,19 @@ def admit(spawner: Any, spec: Any) -> Any:
             in_use = sum(_amount(key, u) for u in others)
             if in_use + _amount(key, wanted) > limit:
                 fmt = _FORMAT[key]
-                problems.append(f"{fmt(in_use + _amount(key, wanted))} with this one, over your limit of "
-                                f"{fmt(limit)} ({source}; {fmt(in_use)} in use)")
+                problems.append(
+                    f"{fmt(in_use + _amount(key, wanted))} with this one, over your limit of "
+                    f"{fmt(limit)} ({source}; {fmt(in_use)} in use)"
+                )
         if problems:
             held = "; ".join(u.describe() for u in others) or "nothing"
             raise InvalidOptions(
                 "This server's Ray cluster would take your Ray use across all your servers to "
-                + "; and ".join(problems) + f". In use now: {held}. Stop one of your other servers, "
-                "or choose a smaller profile.", reason="user_quota")
+                + "; and ".join(problems)
+                + f". In use now: {held}. Stop one of your other servers, "
+                "or choose a smaller profile.",
+                reason="user_quota",
+            )
     return spec
 
 
@@ -240,10 +252,14 @@ def size_sentence(spec: Any) -> str:
     lo, hi = sum(g.min_replicas for g in spec.worker_groups), sum(g.max_replicas for g in spec.worker_groups)
     gpu = f", {u.gpu} GPU{'' if u.gpu == 1 else 's'}" if u.gpu else ""
     if lo == hi:
-        return (f"It holds {format_cpu(u.cpu_millis)} CPU, {format_memory(u.memory_bytes)} memory{gpu} "
-                f"(head + {hi} worker{'' if hi == 1 else 's'}).")
+        return (
+            f"It holds {format_cpu(u.cpu_millis)} CPU, {format_memory(u.memory_bytes)} memory{gpu} "
+            f"(head + {hi} worker{'' if hi == 1 else 's'})."
+        )
     low_gpu = f"{u.gpu_min}–" if u.gpu else ""
     gpu = f", {low_gpu}{u.gpu} GPUs" if u.gpu else ""
-    return (f"It holds {format_cpu(u.cpu_millis_min)}–{format_cpu(u.cpu_millis)} CPU, "
-            f"{format_memory(u.memory_bytes_min)}–{format_memory(u.memory_bytes)} memory{gpu} "
-            f"(head + {lo}–{hi} workers, idle workers removed).")
+    return (
+        f"It holds {format_cpu(u.cpu_millis_min)}–{format_cpu(u.cpu_millis)} CPU, "
+        f"{format_memory(u.memory_bytes_min)}–{format_memory(u.memory_bytes)} memory{gpu} "
+        f"(head + {lo}–{hi} workers, idle workers removed)."
+    )

@@ -38,7 +38,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--server", default="", help="named server (default: the default server)")
     p.add_argument("--profile", default="", help="profile slug (default: the default profile)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a profile option (repeatable)")
-    p.add_argument("--backend", choices=["pods", "kuberay"], help="backend to render (default: ray_backend, auto → pods)")
+    p.add_argument(
+        "--backend", choices=["pods", "kuberay"], help="backend to render (default: ray_backend, auto → pods)"
+    )
     return p.parse_args(argv)
 
 

@@ -112,7 +112,9 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         if self._ray_spec:
             self._ray_backend = await self._backend_for(self.ray_backend)
             self._ray_ref = self._ray_spec.ref(self._ray_backend.kind)
-            self.log.info("Ray cluster %s for %s (%s backend)", self._ray_spec.name, self._log_name, self._ray_backend.kind)
+            self.log.info(
+                "Ray cluster %s for %s (%s backend)", self._ray_spec.name, self._log_name, self._ray_backend.kind
+            )
             self._ray_in_use()
 
     async def load_ray_options(self) -> RayClusterSpec | None:
@@ -133,20 +135,25 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             raise InvalidOptions(f"Invalid server options: {e}") from None
         if self.ray_enabled:
             # quotas.admit: the user's totals across servers; assigned at once (its reservation)
-            self._ray_spec = quotas.admit(self, resolve_spec(
+            self._ray_spec = quotas.admit(
                 self,
-                username=self.user.name,
-                servername=self.name or "",
-                namespace=self.namespace,
-                notebook_image=self.image,
-                notebook_selector=self._notebook_selector(),
-                image_pull_policy=self.image_pull_policy,
-            ))
+                resolve_spec(
+                    self,
+                    username=self.user.name,
+                    servername=self.name or "",
+                    namespace=self.namespace,
+                    notebook_image=self.image,
+                    notebook_selector=self._notebook_selector(),
+                    image_pull_policy=self.image_pull_policy,
+                ),
+            )
         return self._ray_spec
 
     # --------------------------------------------------------------- backends
     def _kube(self) -> KubeClient:
-        return KubeClient(retry_timeout=self.k8s_api_request_retry_timeout, request_timeout=self.k8s_api_request_timeout)
+        return KubeClient(
+            retry_timeout=self.k8s_api_request_retry_timeout, request_timeout=self.k8s_api_request_timeout
+        )
 
     async def _start_watching_ray_pods(self) -> RayPodReflector:
         return await self._start_reflector(
@@ -282,7 +289,9 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
                     f"Your notebook could not join its Ray cluster {spec.name}: the head is ready, but the "
                     f"notebook's Ray node (container {notebook_manifests.NOTEBOOK_NODE_CONTAINER!r}) never "
                     "reported ready. Usually a NetworkPolicy blocks the notebook pod from its Ray pods, or the "
-                    "notebook image lacks Ray; see that container's log.", reason="notebook_node")
+                    "notebook image lacks Ray; see that container's log.",
+                    reason="notebook_node",
+                )
             await asyncio.sleep(0.2)
 
     async def _check_versions(self, status: ClusterStatus, deadline: float) -> None:
@@ -350,8 +359,12 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
 
         resource = KINDS_BY_PLURAL.get(reflector_class.kind, KINDS["Pod"])
         try:
-            return await with_retries(attempt, what=f"list {resource.plural} in namespace {self.namespace}",
-                                      timeout=self.k8s_api_request_retry_timeout, request_timeout=None)
+            return await with_retries(
+                attempt,
+                what=f"list {resource.plural} in namespace {self.namespace}",
+                timeout=self.k8s_api_request_retry_timeout,
+                request_timeout=None,
+            )
         except ApiException as e:
             raise api_error(e, "list", resource, self.namespace, rule_verbs=["get", "list", "watch"]) from None
 
@@ -400,11 +413,20 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         st = await backend.status(self._ray_ref)
         if st.exists and st.phase != "terminating":
             return None
-        if self._ray_head_restarts >= self.ray_head_restart_limit or not self._ray_spec or not hasattr(backend, "recreate_head"):
+        if (
+            self._ray_head_restarts >= self.ray_head_restart_limit
+            or not self._ray_spec
+            or not hasattr(backend, "recreate_head")
+        ):
             self.log.error("Ray head of %s is gone; reporting the server as failed", self._ray_ref.name)
             return await self._fail_server()
         self._ray_head_restarts += 1
-        self.log.warning("Ray head of %s vanished; recreating it (%d/%d)", self._ray_ref.name, self._ray_head_restarts, self.ray_head_restart_limit)
+        self.log.warning(
+            "Ray head of %s vanished; recreating it (%d/%d)",
+            self._ray_ref.name,
+            self._ray_head_restarts,
+            self.ray_head_restart_limit,
+        )
         try:
             await backend.recreate_head(self._ray_spec, self._ray_owner)
         except RaySpawnerError as e:
@@ -467,8 +489,16 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         from .sweep import SWEPT_KINDS, sweep
 
         await self._start_watching_pods()
-        live = {p["metadata"]["uid"] for p in self.pod_reflector.pods.values() if not p["metadata"].get("deletionTimestamp")}
-        return await sweep(self._kube(), self.namespace, live, kinds=kinds or SWEPT_KINDS[1:], grace_seconds=self.ray_orphan_grace_seconds)
+        live = {
+            p["metadata"]["uid"] for p in self.pod_reflector.pods.values() if not p["metadata"].get("deletionTimestamp")
+        }
+        return await sweep(
+            self._kube(),
+            self.namespace,
+            live,
+            kinds=kinds or SWEPT_KINDS[1:],
+            grace_seconds=self.ray_orphan_grace_seconds,
+        )
 
     # --------------------------------------------------------------- progress
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
@@ -572,7 +602,11 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
         if self._ray_ref:
-            state["ray_cluster"] = {"name": self._ray_ref.name, "namespace": self._ray_ref.namespace, "backend": self._ray_ref.backend}
+            state["ray_cluster"] = {
+                "name": self._ray_ref.name,
+                "namespace": self._ray_ref.namespace,
+                "backend": self._ray_ref.backend,
+            }
             size = spec_size(self._ray_spec) if self._ray_spec else self._ray_size
             if size:
                 state["ray_size"] = size

@@ -26,7 +26,13 @@ def spec_size(spec: RayClusterSpec) -> dict[str, Any]:
         "cluster": spec.name,
         "head": _node(spec.head),
         "workers": [
-            {"group": g.name, "replicas": g.replicas, "min": g.min_replicas, "max": g.max_replicas, **_node(g.resources)}
+            {
+                "group": g.name,
+                "replicas": g.replicas,
+                "min": g.min_replicas,
+                "max": g.max_replicas,
+                **_node(g.resources),
+            }
             for g in spec.worker_groups
             if g.max_replicas
         ],
@@ -39,8 +45,11 @@ def local_size(cluster: Any) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {}
     for node in getattr(cluster, "nodes", ()):
         memory = int(getattr(node, "memory_bytes", 0) or 0) + int(getattr(node, "object_store_bytes", 0) or 0)
-        res = {"cpu": format_cpu(int(node.num_cpus) * 1000), "memory": format_memory(memory) if memory else "",
-               "gpu": int(getattr(node, "num_gpus", 0) or 0)}
+        res = {
+            "cpu": format_cpu(int(node.num_cpus) * 1000),
+            "memory": format_memory(memory) if memory else "",
+            "gpu": int(getattr(node, "num_gpus", 0) or 0),
+        }
         if node.role == "head":
             head = res
             continue
@@ -60,7 +69,7 @@ def _memory(text: str) -> str:
     # "2Gi" → "2 GiB": how the profiles and the docs write sizes for people
     for unit in ("Ki", "Mi", "Gi", "Ti"):
         if text.endswith(unit) and text[: -len(unit)].isdigit():
-            return f"{text[:-len(unit)]} {unit}B"
+            return f"{text[: -len(unit)]} {unit}B"
     return text
 
 

@@ -75,7 +75,14 @@ def find_orphans(
     return orphans
 
 
-async def sweep(kube: Any, namespace: str, live_pod_uids: set[str], *, kinds: Iterable[str] = SWEPT_KINDS, grace_seconds: float = 300) -> list[tuple[str, str]]:
+async def sweep(
+    kube: Any,
+    namespace: str,
+    live_pod_uids: set[str],
+    *,
+    kinds: Iterable[str] = SWEPT_KINDS,
+    grace_seconds: float = 300,
+) -> list[tuple[str, str]]:
     """List rayspawner objects in ``namespace`` and delete the orphans. Returns (kind, name) deleted."""
     now = dt.datetime.now(dt.timezone.utc)
     deleted = []

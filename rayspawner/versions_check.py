@@ -21,9 +21,11 @@ def compare_versions(notebook: dict, cluster: dict, notebook_image: str, cluster
     if not problems:
         return None
     return (
-        "Ray version mismatch: " + "; ".join(problems) + f" (notebook image {notebook_image}, Ray image {cluster_image}). "
+        "Ray version mismatch: "
+        + "; ".join(problems)
+        + f" (notebook image {notebook_image}, Ray image {cluster_image}). "
         "A notebook driving its cluster needs the same Ray version and Python minor on both sides, and "
-        "switching to Ray Client (ray_connect_mode = \"client\") would not help: it needs them to match "
+        'switching to Ray Client (ray_connect_mode = "client") would not help: it needs them to match '
         "too. Ask your admin to align ray_image with the notebook image (or leave ray_image empty to use "
         "the notebook image)."
     )

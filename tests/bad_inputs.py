@@ -25,7 +25,10 @@ PROFILES = [
             "size": {
                 "display_name": "Worker size",
                 "choices": {
-                    "small": {"display_name": "1 CPU, 2Gi", "kubespawner_override": {"ray_worker_cpu": "1", "ray_worker_memory": "2Gi"}},
+                    "small": {
+                        "display_name": "1 CPU, 2Gi",
+                        "kubespawner_override": {"ray_worker_cpu": "1", "ray_worker_memory": "2Gi"},
+                    },
                 },
                 "unlisted_choice": {"enabled": True, "kubespawner_override": {"ray_worker_memory": "{value}"}},
             },

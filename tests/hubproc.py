@@ -63,7 +63,10 @@ c.JupyterHub.load_roles = [{{"name": "{SERVICE}", "services": ["{SERVICE}"],
         jupyterhub = shutil.which("jupyterhub", path=os.path.dirname(sys.executable)) or "jupyterhub"
         self.proc = subprocess.Popen(
             [jupyterhub, "-f", str(self.dir / "jupyterhub_config.py")],
-            cwd=self.dir, env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            env=self.env,
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -83,8 +86,12 @@ c.JupyterHub.load_roles = [{{"name": "{SERVICE}", "services": ["{SERVICE}"],
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + "/hub/api" + path, data=data, method=method,
-                                     headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + "/hub/api" + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 raw = r.read()

@@ -37,8 +37,16 @@ def free_port() -> int:
 
 
 class Hub:
-    def __init__(self, url: str, token: str, proc: subprocess.Popen, log: Path, temp_root: str,
-                 env: dict[str, str] | None = None, workdir: Path | None = None):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        proc: subprocess.Popen,
+        log: Path,
+        temp_root: str,
+        env: dict[str, str] | None = None,
+        workdir: Path | None = None,
+    ):
         self.url, self.token, self.proc, self.log, self.temp_root = url, token, proc, log, temp_root
         self.env, self.workdir = env or {}, workdir
 
@@ -48,8 +56,9 @@ class Hub:
 
     def user_api(self, user: str, token: str, method: str, path: str, server: str = "", **kw) -> requests.Response:
         prefix = f"/user/{quote(user)}/{quote(server) + '/' if server else ''}"
-        return requests.request(method, f"{self.url}{prefix}api{path}",
-                                headers={"Authorization": f"token {token}"}, timeout=30, **kw)
+        return requests.request(
+            method, f"{self.url}{prefix}api{path}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
+        )
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -83,8 +92,14 @@ class Hub:
 
 def _launch(env: dict[str, str], workdir: Path, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(CONFIG)], cwd=workdir,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(CONFIG)],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_up(h: Hub, timeout: float = 90) -> None:
@@ -106,13 +121,18 @@ def start_hub(workdir: Path, **extra_env: str) -> Hub:
     token = secrets.token_hex(16)
     temp_root = f"/tmp/rspe{secrets.token_hex(3)}"  # short: Ray's socket paths
     env = dict(os.environ)
-    env.update({
-        "RAYSPAWNER_HUB_PORT": str(port), "RAYSPAWNER_HUB_API_PORT": str(api_port),
-        "RAYSPAWNER_PROXY_API_PORT": str(proxy_port), "RAYSPAWNER_STATE_DIR": str(workdir / "state"),
-        "RAYSPAWNER_TEMP_ROOT": temp_root, "RAYSPAWNER_API_TOKEN": token,
-        "RAYSPAWNER_DEMO_PASSWORD": "e2e-password",
-        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
-    })
+    env.update(
+        {
+            "RAYSPAWNER_HUB_PORT": str(port),
+            "RAYSPAWNER_HUB_API_PORT": str(api_port),
+            "RAYSPAWNER_PROXY_API_PORT": str(proxy_port),
+            "RAYSPAWNER_STATE_DIR": str(workdir / "state"),
+            "RAYSPAWNER_TEMP_ROOT": temp_root,
+            "RAYSPAWNER_API_TOKEN": token,
+            "RAYSPAWNER_DEMO_PASSWORD": "e2e-password",
+            "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
+        }
+    )
     env.update(extra_env)
     log = workdir / "hub.log"
     h = Hub(f"http://127.0.0.1:{port}", token, _launch(env, workdir, log), log, temp_root, env, workdir)

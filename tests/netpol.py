@@ -122,7 +122,7 @@ class Network:
         for pod in emu.list_objects("pods"):
             ip = (pod.get("status") or {}).get("podIP") or ""
             if ip.startswith("127.244."):
-                pod = {**pod, "status": {**pod["status"], "podIP": "10.244." + ip[len("127.244."):]}}
+                pod = {**pod, "status": {**pod["status"], "podIP": "10.244." + ip[len("127.244.") :]}}
             pods.append(pod)
         return cls(pods, [*emu.list_objects("networkpolicies"), *extra_policies], emu.list_objects("namespaces"))
 
@@ -134,8 +134,11 @@ class Network:
 
     def select(self, labels: Mapping[str, str], namespace: str | None = None) -> list[Obj]:
         """Pods carrying all of ``labels`` (in ``namespace``, if given)."""
-        return [p for p in self.pods if (namespace is None or _ns(p) == namespace)
-                and all(_labels(p).get(k) == v for k, v in labels.items())]
+        return [
+            p
+            for p in self.pods
+            if (namespace is None or _ns(p) == namespace) and all(_labels(p).get(k) == v for k, v in labels.items())
+        ]
 
     def _namespace_labels(self, name: str) -> dict[str, str]:
         return self.ns_labels.get(name, {"kubernetes.io/metadata.name": name})
@@ -144,20 +147,25 @@ class Network:
         """The policies of ``kind`` (Ingress/Egress) that isolate ``pod``."""
         if (pod.get("spec") or {}).get("hostNetwork"):
             return []
-        return [pol for pol in self.policies
-                if _ns(pol) == _ns(pod) and kind in policy_types(pol)
-                and selector_matches((pol.get("spec") or {}).get("podSelector") or {}, _labels(pod))]
+        return [
+            pol
+            for pol in self.policies
+            if _ns(pol) == _ns(pod)
+            and kind in policy_types(pol)
+            and selector_matches((pol.get("spec") or {}).get("podSelector") or {}, _labels(pod))
+        ]
 
     def _peer_matches(self, peer: Obj, policy_ns: str, pod: Obj) -> tuple[bool, bool]:
         """(matches, decided by an ipBlock)."""
         if "ipBlock" in peer:
-            ip = ((pod.get("status") or {}).get("podIP"))
+            ip = (pod.get("status") or {}).get("podIP")
             if not ip:
                 return False, True
             addr = ipaddress.ip_address(ip)
             block = peer["ipBlock"]
             inside = addr in ipaddress.ip_network(block["cidr"], strict=False) and not any(
-                addr in ipaddress.ip_network(e, strict=False) for e in block.get("except") or [])
+                addr in ipaddress.ip_network(e, strict=False) for e in block.get("except") or []
+            )
             return inside, True
         pod_sel, ns_sel = peer.get("podSelector"), peer.get("namespaceSelector")
         if pod_sel is None and ns_sel is None:
@@ -186,8 +194,9 @@ class Network:
                 return True
         return False
 
-    def _direction(self, kind: str, subject: Obj, other: Obj, dst: Obj, port: int,
-                   protocol: str) -> tuple[bool, str, bool]:
+    def _direction(
+        self, kind: str, subject: Obj, other: Obj, dst: Obj, port: int, protocol: str
+    ) -> tuple[bool, str, bool]:
         """May ``subject`` (isolated by its ``kind`` policies) talk to/hear from ``other``?"""
         policies = self.selecting(subject, kind)
         if not policies:

@@ -36,16 +36,27 @@ class NthFault(Fault):
         return self.seen > self.skip
 
 
-def add_nth_fault(emu: Any, verb: str, resource: str, nth: int, namespace: str, name: str | None = None,
-                  **kw: Any) -> NthFault:
+def add_nth_fault(
+    emu: Any, verb: str, resource: str, nth: int, namespace: str, name: str | None = None, **kw: Any
+) -> NthFault:
     """Inject a fault on the ``nth`` (1-based) request ``verb resource [name]`` in ``namespace``
     (``name`` None: any name; creates and lists carry none).
 
     ``kw`` as for ``emu.faults.add`` (status, latency, drop_watch, retry_after, count).
     """
     status = kw.pop("status", None if ("latency" in kw or kw.get("drop_watch")) else 500)
-    fault = NthFault(verb, resource, status, kw.pop("count", 1), kw.pop("retry_after", None), kw.pop("latency", None),
-                     kw.pop("drop_watch", False), name, namespace, skip=nth - 1)
+    fault = NthFault(
+        verb,
+        resource,
+        status,
+        kw.pop("count", 1),
+        kw.pop("retry_after", None),
+        kw.pop("latency", None),
+        kw.pop("drop_watch", False),
+        name,
+        namespace,
+        skip=nth - 1,
+    )
     assert not kw, kw
     with emu.faults._lock:  # Faults.add has no "n-th request" option; same list, same lock
         emu.faults._faults.append(fault)

@@ -56,9 +56,16 @@ async def ray_spawner_factory(monkeypatch: pytest.MonkeyPatch):
         # leave the global host pointing at whichever emulator configured it last
         load_config.cache_clear()
         opts: dict[str, Any] = dict(
-            k8s_api_host=emu.url, namespace="jhub", start_timeout=30, http_timeout=5,
-            image=NOTEBOOK_IMAGE, api_token="test-token", oauth_client_id="unused",
-            profile_list=PROFILES, ray_stop_timeout=10, k8s_api_request_retry_timeout=10,
+            k8s_api_host=emu.url,
+            namespace="jhub",
+            start_timeout=30,
+            http_timeout=5,
+            image=NOTEBOOK_IMAGE,
+            api_token="test-token",
+            oauth_client_id="unused",
+            profile_list=PROFILES,
+            ray_stop_timeout=10,
+            k8s_api_request_retry_timeout=10,
         )
         opts.update(traits)
         orm = SimpleNamespace(name=server, server=None, user_options={}, state=None)

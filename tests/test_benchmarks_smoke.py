@@ -13,21 +13,67 @@ from benchmarks import spawn_bench
 
 DIST = {"n", "p50", "p95", "p99", "max", "mean"}
 SUMMARY_FIELDS = {
-    "kind", "users", "reps", "servers", "spawn_s", "floor_s", "overhead_s", "head_ready_after_notebook_s",
-    "stop_s", "teardown_s", "teardown_not_done", "requests_per_server", "requests_per_server_by_verb",
-    "reflector_requests_during_phase", "warmup_requests", "watches_peak", "cpu_s_per_spawn",
-    "cpu_s_per_spawn_by_rep", "emu_cpu_s_per_spawn", "rss_peak_mb", "rss_growth_mb", "errors", "error_samples",
-    "spawn_phase_s", "load", "hub_loop_lag_p99_s", "hub_loop_lag_max_s", "hub_cpu_utilization",
+    "kind",
+    "users",
+    "reps",
+    "servers",
+    "spawn_s",
+    "floor_s",
+    "overhead_s",
+    "head_ready_after_notebook_s",
+    "stop_s",
+    "teardown_s",
+    "teardown_not_done",
+    "requests_per_server",
+    "requests_per_server_by_verb",
+    "reflector_requests_during_phase",
+    "warmup_requests",
+    "watches_peak",
+    "cpu_s_per_spawn",
+    "cpu_s_per_spawn_by_rep",
+    "emu_cpu_s_per_spawn",
+    "rss_peak_mb",
+    "rss_growth_mb",
+    "errors",
+    "error_samples",
+    "spawn_phase_s",
+    "load",
+    "hub_loop_lag_p99_s",
+    "hub_loop_lag_max_s",
+    "hub_cpu_utilization",
 }
-RATIO_FIELDS = {"users", "spawn_p50", "spawn_p95", "spawn_p99", "spawn_mean", "floor_mean", "cpu_per_spawn",
-                "rss_peak", "rss_growth"}
+RATIO_FIELDS = {
+    "users",
+    "spawn_p50",
+    "spawn_p95",
+    "spawn_p99",
+    "spawn_mean",
+    "floor_mean",
+    "cpu_per_spawn",
+    "rss_peak",
+    "rss_growth",
+}
 
 
 @pytest.mark.timeout(240)
 def test_spawn_bench_tiny(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = spawn_bench.main(["--users", "3", "--reps", "1", "--out", str(out), "--hold", "0.2", "--jitter", "0.05",
-                           "--sim-delays", json.dumps({"schedule": 0.05, "pull": 0.1, "start": 0.05})])
+    rc = spawn_bench.main(
+        [
+            "--users",
+            "3",
+            "--reps",
+            "1",
+            "--out",
+            str(out),
+            "--hold",
+            "0.2",
+            "--jitter",
+            "0.05",
+            "--sim-delays",
+            json.dumps({"schedule": 0.05, "pull": 0.1, "start": 0.05}),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "ratio ray/plain" in printed and "plain" in printed and "ray" in printed
@@ -67,9 +113,19 @@ def test_spawn_bench_tiny(tmp_path, capsys):
 
 # --- benchmarks/connect_modes_bench.py: no Ray, no hub, no pods (a real run is minutes; see benchmarks/README.md)
 
+
 def _fake_sample(mode: str, rep: int, smoke: float, init: float, data: float | None) -> dict:
-    return {"mode": mode, "rep": rep, "init_s": init, "smoke_s": smoke, "put_get_s": 0.1, "put_to_worker_s": 0.2,
-            "data_s": data, "process_s": 5.0, "errors": {} if data else {"data": "AttributeError: core_worker"}}
+    return {
+        "mode": mode,
+        "rep": rep,
+        "init_s": init,
+        "smoke_s": smoke,
+        "put_get_s": 0.1,
+        "put_to_worker_s": 0.2,
+        "data_s": data,
+        "process_s": 5.0,
+        "errors": {} if data else {"data": "AttributeError: core_worker"},
+    }
 
 
 def test_connect_modes_bench_scripts_and_report(tmp_path):
@@ -77,7 +133,7 @@ def test_connect_modes_bench_scripts_and_report(tmp_path):
 
     compile(cmb.DRIVER, "driver", "exec")
     compile(cmb.FIRST_RESULT, "first_result", "exec")
-    assert cmb.parse_result("noise\nRESULT {\"a\": 1}\nRESULT {\"a\": 2}\ntrailer") == {"a": 2}
+    assert cmb.parse_result('noise\nRESULT {"a": 1}\nRESULT {"a": 2}\ntrailer') == {"a": 2}
     assert cmb.parse_result("no result here") is None
 
     samples = {
@@ -89,11 +145,22 @@ def test_connect_modes_bench_scripts_and_report(tmp_path):
     assert abs(ratios["smoke:driver/head"]["median_of_medians"] - 1.1) < 1e-9
     assert ratios["smoke:driver/head"]["per_repeat"]["n"] == 3
     assert ratios["data:client/head"]["median_of_medians"] is None  # every client Ray Data run failed
-    data = {"config": {"repeats": 3}, "k8s": {"summary": {m: cmb.summarize(s, cmb.STEPS) for m, s in samples.items()},
-                                               "ratios": ratios,
-                                               "error_samples": {"client": {"data": "AttributeError: core_worker"}}},
-            "local": {"driver": {"summary": cmb.summarize([{"click_to_first_result_s": 40.0, "spawn_s": 30.0}],
-                                                          ("click_to_first_result", "spawn")), "errors": []}}}
+    data = {
+        "config": {"repeats": 3},
+        "k8s": {
+            "summary": {m: cmb.summarize(s, cmb.STEPS) for m, s in samples.items()},
+            "ratios": ratios,
+            "error_samples": {"client": {"data": "AttributeError: core_worker"}},
+        },
+        "local": {
+            "driver": {
+                "summary": cmb.summarize(
+                    [{"click_to_first_result_s": 40.0, "spawn_s": 30.0}], ("click_to_first_result", "spawn")
+                ),
+                "errors": [],
+            }
+        },
+    }
     data["targets"] = cmb.targets(data)
     assert data["targets"]["driver_init_median_le_0.2s"] == {"value": 0.05, "met": True}
     assert data["targets"]["smoke_driver_over_head_le_1.1"]["met"] is True
@@ -110,11 +177,18 @@ def test_connect_modes_bench_cleanup_finds_its_processes(tmp_path):
     from benchmarks import connect_modes_bench as cmb
 
     hub = cmb.LocalHub(tmp_path, "driver", "run-123")
-    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, **extra})
-             for extra in ({cmb.BENCH_MARKER: "run-123"}, {"RAYSPAWNER_TEMP_ROOT": hub.temp_root},
-                           {"HOME": str(hub.state / "home" / "bench")}, {cmb.BENCH_MARKER: "another-run"})]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, **extra})
+        for extra in (
+            {cmb.BENCH_MARKER: "run-123"},
+            {"RAYSPAWNER_TEMP_ROOT": hub.temp_root},
+            {"HOME": str(hub.state / "home" / "bench")},
+            {cmb.BENCH_MARKER: "another-run"},
+        )
+    ]
     try:
         import time
+
         time.sleep(0.2)
         found = {p.pid for p in hub.leftovers()}
         assert {p.pid for p in procs[:3]} <= found and procs[3].pid not in found

@@ -60,9 +60,19 @@ def browser(hub):
     profile = tempfile.mkdtemp(prefix="rs-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1200,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1200,1000",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(120)
@@ -203,7 +213,9 @@ def test_spawn_progress_home_page_and_stop(hub, browser):
     try:
         WebDriverWait(browser, 120).until(lambda d: d.title.endswith("Ray Dashboard"))
     except Exception:
-        pytest.fail(f"the dashboard link does not open the Ray dashboard: {browser.title!r}\n{browser.page_source[:800]}")
+        pytest.fail(
+            f"the dashboard link does not open the Ray dashboard: {browser.title!r}\n{browser.page_source[:800]}"
+        )
 
     # Stop asks first; dismissed, nothing happens
     browser.get(hub.url + "/hub/home")

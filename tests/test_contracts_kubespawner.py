@@ -39,8 +39,11 @@ REGEX_PROFILES = [
             "workers": {
                 "display_name": "Workers",
                 "choices": {"1": {"display_name": "1", "kubespawner_override": {"ray_worker_replicas": 1}}},
-                "unlisted_choice": {"enabled": True, "validation_regex": "^[0-9]{1,2}$",
-                                    "kubespawner_override": {"ray_worker_replicas": "{value}"}},
+                "unlisted_choice": {
+                    "enabled": True,
+                    "validation_regex": "^[0-9]{1,2}$",
+                    "kubespawner_override": {"ray_worker_replicas": "{value}"},
+                },
             }
         },
     },
@@ -106,7 +109,9 @@ async def test_progress_events_have_monotonic_integer_progress(k8s_emu_factory, 
     events = await _progress_of(sp, options)
     _check_shape(events)
     messages = [e["message"] for e in events]
-    assert any("Your server is starting up" in m or "patience" in m.lower() or "seconds" in m for m in messages), messages
+    assert any("Your server is starting up" in m or "patience" in m.lower() or "seconds" in m for m in messages), (
+        messages
+    )
     assert "Notebook scheduled on node k8semu-node" in messages
     assert "Notebook container started" in messages
     if options is RAY:
@@ -205,8 +210,15 @@ def _requests(emu: Any, discovery: list) -> Counter:
 
 
 async def test_ray_off_makes_exactly_kubespawners_requests(k8s_emu_factory, ray_spawner_factory, monkeypatch):
-    common = dict(namespace="jhub", start_timeout=30, http_timeout=5, image=NOTEBOOK_IMAGE, api_token="test-token",
-                  oauth_client_id="unused", k8s_api_request_retry_timeout=10)
+    common = dict(
+        namespace="jhub",
+        start_timeout=30,
+        http_timeout=5,
+        image=NOTEBOOK_IMAGE,
+        api_token="test-token",
+        oauth_client_id="unused",
+        k8s_api_request_retry_timeout=10,
+    )
 
     # one API server for both: kubespawner caches its API clients (and their host) per process
     emu = k8s_emu_factory()

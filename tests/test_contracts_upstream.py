@@ -39,8 +39,9 @@ def _upstream_source() -> str | None:
     if (src / "tests" / "test_spawner.py").is_file():
         return (src / "tests" / "test_spawner.py").read_text()
     if (src / "HEAD").is_file():  # a bare git directory
-        done = subprocess.run(["git", "--git-dir", str(src), "show", "HEAD:tests/test_spawner.py"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["git", "--git-dir", str(src), "show", "HEAD:tests/test_spawner.py"], capture_output=True, text=True
+        )
         return done.stdout if done.returncode == 0 else None
     return None
 

@@ -61,8 +61,13 @@ def cluster_env() -> Iterator[dict[str, str]]:
         yield json.loads(Path(os.environ["RAYSPAWNER_TEST_CLUSTER_ENV"]).read_text())["env"]
         return
     root = f"/tmp/rsa{secrets.token_hex(3)}"
-    spec = resolve_spec(RayConfig(ray_worker_replicas=0, ray_head_memory="1Gi"), username="act", servername="",
-                        namespace="local", notebook_image="local")
+    spec = resolve_spec(
+        RayConfig(ray_worker_replicas=0, ray_head_memory="1Gi"),
+        username="act",
+        servername="",
+        namespace="local",
+        notebook_image="local",
+    )
     backend = LocalBackend(temp_root=root)
 
     async def up():
@@ -99,9 +104,18 @@ def server(cluster_env: dict[str, str], tmp_path_factory) -> Iterator[Server]:
     port, token = free_port(), secrets.token_hex(12)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(cluster_env)
-    args = [sys.executable, "-m", "jupyter_server", f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
-            f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False", f"--ServerApp.root_dir={work}",
-            "--RayActivity.interval=1", *server_args()]
+    args = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        f"--ServerApp.port={port}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.open_browser=False",
+        f"--ServerApp.root_dir={work}",
+        "--RayActivity.interval=1",
+        *server_args(),
+    ]
     if os.geteuid() == 0:
         args.append("--allow-root")
     log = work / "server.log"
@@ -124,8 +138,13 @@ def server(cluster_env: dict[str, str], tmp_path_factory) -> Iterator[Server]:
 def driver(env: dict[str, str], seconds: float, linger: float) -> subprocess.Popen:
     child = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     child.update(env)
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(seconds), str(linger)], env=child,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(seconds), str(linger)],
+        env=child,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def age(server: Server) -> float:
@@ -151,7 +170,9 @@ def test_idle_cluster_idle_kernel_and_idle_driver_are_not_activity(server: Serve
             if line.strip() == "done":
                 break
         auth = {"Authorization": f"Bearer {cluster_env['RAY_AUTH_TOKEN']}"}
-        ray_says = requests.get(cluster_env["RAY_DASHBOARD_URL"] + "/api/component_activities", headers=auth, timeout=30).json()
+        ray_says = requests.get(
+            cluster_env["RAY_DASHBOARD_URL"] + "/api/component_activities", headers=auth, timeout=30
+        ).json()
         assert ray_says["driver"]["is_active"] == "ACTIVE"
         time.sleep(3)
         before = server.last_activity()
@@ -160,7 +181,11 @@ def test_idle_cluster_idle_kernel_and_idle_driver_are_not_activity(server: Serve
         assert server.get("/rayspawner/api/cluster").json()["activity"]["active"] is False
     finally:
         idle.kill()
-        requests.delete(server.url + f"/api/kernels/{kernel.json()['id']}", headers={"Authorization": f"token {server.token}"}, timeout=30)
+        requests.delete(
+            server.url + f"/api/kernels/{kernel.json()['id']}",
+            headers={"Authorization": f"token {server.token}"},
+            timeout=30,
+        )
 
 
 def test_long_task_keeps_last_activity_fresh_then_stops(server: Server, cluster_env) -> None:
@@ -195,8 +220,9 @@ def test_submitted_job_is_activity(server: Server, cluster_env) -> None:
     saved = dict(os.environ)
     os.environ.update(cluster_env)
     try:
-        client = JobSubmissionClient(cluster_env["RAY_DASHBOARD_URL"],
-                                     headers={"Authorization": f"Bearer {cluster_env['RAY_AUTH_TOKEN']}"})
+        client = JobSubmissionClient(
+            cluster_env["RAY_DASHBOARD_URL"], headers={"Authorization": f"Bearer {cluster_env['RAY_AUTH_TOKEN']}"}
+        )
         job = client.submit_job(entrypoint="sleep 15")
     finally:
         os.environ.clear()

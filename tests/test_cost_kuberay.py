@@ -17,8 +17,14 @@ from rayspawner.manifests import kuberay, pods
 
 from .test_kuberay_manifests import OWNER, _spec, crd_errors, crd_validator  # noqa: F401 (fixture)
 
-AUTOSCALING = {"ray_worker_replicas": 1, "ray_worker_min_replicas": 0, "ray_worker_max_replicas": 4,
-               "ray_autoscaler_idle_timeout_seconds": 300, "ray_worker_cpu": "2", "ray_worker_memory": "4Gi"}
+AUTOSCALING = {
+    "ray_worker_replicas": 1,
+    "ray_worker_min_replicas": 0,
+    "ray_worker_max_replicas": 4,
+    "ray_autoscaler_idle_timeout_seconds": 300,
+    "ray_worker_cpu": "2",
+    "ray_worker_memory": "4Gi",
+}
 
 
 def test_autoscaling_profile_renders_idle_timeout_and_is_valid(crd_validator) -> None:  # noqa: F811

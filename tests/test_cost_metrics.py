@@ -66,11 +66,21 @@ def test_collector_is_on_the_hub_registry_outside_a_hub() -> None:
 
 
 def test_final_progress_message_says_what_the_cluster_holds() -> None:
-    spec = resolve_spec(RayConfig(ray_worker_replicas=2), username="a", servername="", namespace="n", notebook_image="i")
+    spec = resolve_spec(
+        RayConfig(ray_worker_replicas=2), username="a", servername="", namespace="n", notebook_image="i"
+    )
     st = ClusterStatus(exists=True, head_ready=True, workers_ready=2, workers_desired=2)
     msg = progress_steps.ready_message(spec, st, None)
     assert msg.endswith("It holds 3 CPU, 6Gi memory (head + 2 workers).")
-    auto = resolve_spec(RayConfig(ray_worker_replicas=1, ray_worker_min_replicas=0, ray_worker_max_replicas=4,
-                                  ray_gpu_worker_replicas=1), username="a", servername="", namespace="n", notebook_image="i")
-    assert quotas.size_sentence(auto) == ("It holds 2–6 CPU, 4Gi–12Gi memory, 1–1 GPUs (head + 1–5 workers, "
-                                          "idle workers removed).")
+    auto = resolve_spec(
+        RayConfig(
+            ray_worker_replicas=1, ray_worker_min_replicas=0, ray_worker_max_replicas=4, ray_gpu_worker_replicas=1
+        ),
+        username="a",
+        servername="",
+        namespace="n",
+        notebook_image="i",
+    )
+    assert quotas.size_sentence(auto) == (
+        "It holds 2–6 CPU, 4Gi–12Gi memory, 1–1 GPUs (head + 1–5 workers, idle workers removed)."
+    )

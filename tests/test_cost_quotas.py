@@ -59,7 +59,10 @@ def test_cluster_count_counts_active_ray_servers_only() -> None:
         quotas.admit(new, new.spec())
     msg = e.value.message
     assert e.value.status == 400 and isinstance(e.value, ValueError)
-    assert "2 Ray clusters with this one, over your limit of 1 Ray cluster (ray_user_max_clusters; 1 Ray cluster in use)" in msg
+    assert (
+        "2 Ray clusters with this one, over your limit of 1 Ray cluster (ray_user_max_clusters; 1 Ray cluster in use)"
+        in msg
+    )
     assert "server 'a' (cluster ray-alice--a: 2 CPU, 2Gi memory, 0 GPU)" in msg, msg
     assert "'stopped'" not in msg and "'plain'" not in msg
     user.spawners["a"].active = False  # stopped: the slot is free again
@@ -77,7 +80,9 @@ def test_cpu_memory_gpu_totals_name_what_is_in_use() -> None:
     msg = e.value.message
     assert "9 CPU with this one, over your limit of 8 CPU (ray_user_max_total_cpu; 7 CPU in use)" in msg
     assert "9Gi memory with this one, over your limit of 8Gi memory" in msg
-    assert "your default server (cluster ray-alice: 3 CPU" in msg and "server 'big' (cluster ray-alice--big: 4 CPU" in msg
+    assert (
+        "your default server (cluster ray-alice: 3 CPU" in msg and "server 'big' (cluster ray-alice--big: 4 CPU" in msg
+    )
     with pytest.raises(InvalidOptions, match=r"1 GPU with this one, over your limit of 0 GPUs"):
         quotas.admit(new, new.spec(ray_worker_replicas=0, ray_gpu_worker_replicas=1))
 
@@ -99,11 +104,14 @@ def test_groups_replace_the_global_limit_and_the_most_generous_wins() -> None:
         quotas.admit(new, new.spec())
 
 
-@pytest.mark.parametrize("groups, problem", [
-    ({"g": {"cpus": 2}}, "unknown key(s) 'cpus'"),
-    ({"g": {"memory": "lots"}}, "ray_user_group_limits['g']['memory']"),
-    ({"g": 3}, "must be a dict"),
-])
+@pytest.mark.parametrize(
+    "groups, problem",
+    [
+        ({"g": {"cpus": 2}}, "unknown key(s) 'cpus'"),
+        ({"g": {"memory": "lots"}}, "ray_user_group_limits['g']['memory']"),
+        ({"g": 3}, "must be a dict"),
+    ],
+)
 def test_bad_group_limits_are_refused_at_load(groups, problem) -> None:
     with pytest.raises((ConfigError, TraitError)) as e:
         RayConfig(ray_user_group_limits=groups)
@@ -123,17 +131,29 @@ def test_sizes_after_a_hub_restart_come_from_stored_state() -> None:
     user = User()
     kube = Spawner(user, "kube")
     kube.active = True
-    kube._ray_size = {"cluster": "ray-alice--kube", "head": {"cpu": "1", "memory": "2Gi", "gpu": 0},
-                      "workers": [{"group": "workers", "replicas": 1, "min": 1, "max": 4, "cpu": "2", "memory": "4Gi", "gpu": 0},
-                                  {"group": "gpu-workers", "replicas": 1, "min": 1, "max": 1, "cpu": "2", "memory": "4Gi", "gpu": 1}]}
+    kube._ray_size = {
+        "cluster": "ray-alice--kube",
+        "head": {"cpu": "1", "memory": "2Gi", "gpu": 0},
+        "workers": [
+            {"group": "workers", "replicas": 1, "min": 1, "max": 4, "cpu": "2", "memory": "4Gi", "gpu": 0},
+            {"group": "gpu-workers", "replicas": 1, "min": 1, "max": 1, "cpu": "2", "memory": "4Gi", "gpu": 1},
+        ],
+    }
     u = quotas.usage_of(kube)
     assert (u.cpu_millis, u.memory_bytes, u.gpu) == (11000, 22 * 2**30, 1)
     assert (u.cpu_millis_min, u.memory_bytes_min, u.gpu_min) == (5000, 10 * 2**30, 1)
     local = Spawner(user, "local")
     local.active = True
-    local._ray_cluster = LocalCluster("ray-alice--local", "c1", "/tmp/x", "/tmp", [
-        LocalNode("head", 20000, 1, 0, 300 * 2**20, memory_bytes=724 * 2**20),
-        LocalNode("workers-0", 20100, 2, 0, 300 * 2**20, memory_bytes=724 * 2**20)])
+    local._ray_cluster = LocalCluster(
+        "ray-alice--local",
+        "c1",
+        "/tmp/x",
+        "/tmp",
+        [
+            LocalNode("head", 20000, 1, 0, 300 * 2**20, memory_bytes=724 * 2**20),
+            LocalNode("workers-0", 20100, 2, 0, 300 * 2**20, memory_bytes=724 * 2**20),
+        ],
+    )
     u = quotas.usage_of(local)
     assert (u.cluster, u.cpu_millis, u.memory_bytes, u.gpu) == ("ray-alice--local", 3000, 2 * 2**30, 0)
     old = Spawner(user, "old")

@@ -23,11 +23,22 @@ from .hubproc import HubProcess
 pytestmark = pytest.mark.slow
 
 PROFILES = [
-    {"display_name": "Ray (1 CPU)", "slug": "ray", "default": True,
-     "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 0, "ray_head_memory": "1Gi"}},
-    {"display_name": "Ray (3 CPU)", "slug": "ray-big",
-     "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 2, "ray_head_memory": "1Gi",
-                              "ray_worker_memory": "1Gi"}},
+    {
+        "display_name": "Ray (1 CPU)",
+        "slug": "ray",
+        "default": True,
+        "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 0, "ray_head_memory": "1Gi"},
+    },
+    {
+        "display_name": "Ray (3 CPU)",
+        "slug": "ray-big",
+        "kubespawner_override": {
+            "ray_enabled": True,
+            "ray_worker_replicas": 2,
+            "ray_head_memory": "1Gi",
+            "ray_worker_memory": "1Gi",
+        },
+    },
 ]
 
 

@@ -68,7 +68,9 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
         return e.code, e.read().decode(errors="replace"), {k.lower(): v for k, v in e.headers.items()}
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:  # noqa: ANN001
+def wait_for(
+    predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -120,22 +122,49 @@ class RayHead:
 def ray_head() -> Iterator[RayHead]:
     token = secrets.token_urlsafe(32)
     temp_dir = tempfile.mkdtemp(prefix="rs-dash-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    ports = {name: free_port() for name in ("port", "ray-client-server-port", "dashboard-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "metrics-export-port", "node-manager-port",
-                                            "object-manager-port", "runtime-env-agent-port")}
+    ports = {
+        name: free_port()
+        for name in (
+            "port",
+            "ray-client-server-port",
+            "dashboard-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "node-manager-port",
+            "object-manager-port",
+            "runtime-env-agent-port",
+        )
+    }
     workers = free_range(20)
-    cmd = [str(RAY), "start", "--head", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats",
-           f"--temp-dir={temp_dir}", f"--min-worker-port={workers}", f"--max-worker-port={workers + 19}",
-           *(f"--{k}={v}" for k, v in ports.items())]
+    cmd = [
+        str(RAY),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus=1",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        f"--min-worker-port={workers}",
+        f"--max-worker-port={workers + 19}",
+        *(f"--{k}={v}" for k, v in ports.items()),
+    ]
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
     log = Path(temp_dir) / "ray-start.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     head = RayHead(proc, ports["dashboard-port"], token, temp_dir)
     try:
-        wait_for(lambda: http_get(f"{head.dashboard_url}/api/version", {"Authorization": f"Bearer {token}"}, 3)[0] == 200,
-                 120, "Ray dashboard", proc, log)
+        wait_for(
+            lambda: http_get(f"{head.dashboard_url}/api/version", {"Authorization": f"Bearer {token}"}, 3)[0] == 200,
+            120,
+            "Ray dashboard",
+            proc,
+            log,
+        )
         yield head
     finally:
         stop_group(proc)
@@ -156,16 +185,30 @@ def start_jupyter_server(tmp: Path, env_extra: dict[str, str]) -> NotebookServer
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "JUPYTERHUB_"))}
     env.update(env_extra, JUPYTER_CONFIG_DIR=str(tmp / "jcfg"), JUPYTER_RUNTIME_DIR=str(tmp / "jrun"))
     log = tmp / "jupyter.log"
-    cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={tmp}",
+    ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
     server = NotebookServer(proc, f"http://127.0.0.1:{port}", token, log)
     try:
-        wait_for(lambda: http_get(f"{server.url}/api/status", {"Authorization": f"token {token}"}, 3)[0] == 200,
-                 60, "jupyter_server", proc, log)
+        wait_for(
+            lambda: http_get(f"{server.url}/api/status", {"Authorization": f"token {token}"}, 3)[0] == 200,
+            60,
+            "jupyter_server",
+            proc,
+            log,
+        )
     except BaseException:
         stop_group(proc)
         raise
@@ -174,8 +217,10 @@ def start_jupyter_server(tmp: Path, env_extra: dict[str, str]) -> NotebookServer
 
 @pytest.fixture
 def notebook_server(tmp_path: Path, ray_head: RayHead) -> Iterator[NotebookServer]:
-    server = start_jupyter_server(tmp_path, {"RAY_DASHBOARD_URL": ray_head.dashboard_url, "RAY_AUTH_TOKEN": ray_head.token,
-                                             "RAY_AUTH_MODE": "token"})
+    server = start_jupyter_server(
+        tmp_path,
+        {"RAY_DASHBOARD_URL": ray_head.dashboard_url, "RAY_AUTH_TOKEN": ray_head.token, "RAY_AUTH_MODE": "token"},
+    )
     yield server
     stop_group(server.proc)
 
@@ -209,11 +254,14 @@ def test_server_process_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "--target" not in cfg["command"]
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("http://10.0.0.5:8265", ("10.0.0.5", 8265)),
-    ("ray-x-head-svc.ns.svc.cluster.local:8265", ("ray-x-head-svc.ns.svc.cluster.local", 8265)),
-    ("http://[::1]:8265/", ("::1", 8265)),
-])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("http://10.0.0.5:8265", ("10.0.0.5", 8265)),
+        ("ray-x-head-svc.ns.svc.cluster.local:8265", ("ray-x-head-svc.ns.svc.cluster.local", 8265)),
+        ("http://[::1]:8265/", ("::1", 8265)),
+    ],
+)
 def test_parse_target(url: str, expected: tuple[str, int]) -> None:
     assert dashboard_proxy.parse_target(url) == expected
 
@@ -272,7 +320,13 @@ def test_ray_login_cookie_never_reaches_the_browser(notebook_server: NotebookSer
     direct = http_post(f"{ray_head.dashboard_url}/api/authenticate", {"Authorization": f"Bearer {ray_head.token}"})
     assert direct[0] == 200 and any(c.startswith("ray-authentication-token=") for c in direct[2]), direct
     auth = {"Authorization": f"token {notebook_server.token}"}
-    for path in ("api/authenticate", "api/authenticate/", "api//authenticate", "api/%61uthenticate", "API/Authenticate"):
+    for path in (
+        "api/authenticate",
+        "api/authenticate/",
+        "api//authenticate",
+        "api/%61uthenticate",
+        "API/Authenticate",
+    ):
         status, body, cookies = http_post(f"{notebook_server.url}/ray-dashboard/{path}", auth)
         assert status == 403 and "login is not needed" in body, (path, status, body[:300])
         assert not any("ray-authentication-token" in c for c in cookies), (path, cookies)
@@ -291,16 +345,20 @@ async def test_relay_drops_the_cookie_from_any_response() -> None:
 
     async def upstream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         seen.append(await r.readuntil(b"\r\n\r\n"))
-        w.write(b"HTTP/1.1 100 Continue\r\nSet-Cookie: ray-authentication-token=early; Path=/\r\n\r\n"
-                b"HTTP/1.1 200 OK\r\nSet-Cookie: theme=dark; Path=/x\r\n"
-                b"set-cookie:  Ray-Authentication-Token=secret; Path=/; HttpOnly\r\n"
-                b"Content-Length: 2\r\n\r\nok")
+        w.write(
+            b"HTTP/1.1 100 Continue\r\nSet-Cookie: ray-authentication-token=early; Path=/\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: theme=dark; Path=/x\r\n"
+            b"set-cookie:  Ray-Authentication-Token=secret; Path=/; HttpOnly\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
         await w.drain()
         w.close()
 
     up = await asyncio.start_server(upstream, "127.0.0.1", 0)
     up_port = up.sockets[0].getsockname()[1]
-    relay = await asyncio.start_server(lambda r, w: dashboard_proxy._relay(r, w, ("127.0.0.1", up_port)), "127.0.0.1", 0)
+    relay = await asyncio.start_server(
+        lambda r, w: dashboard_proxy._relay(r, w, ("127.0.0.1", up_port)), "127.0.0.1", 0
+    )
     r, w = await asyncio.open_connection("127.0.0.1", relay.sockets[0].getsockname()[1])
     w.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nCookie: jupyterhub-user-a=s\r\n\r\n")
     await w.drain()
@@ -308,7 +366,9 @@ async def test_relay_drops_the_cookie_from_any_response() -> None:
     w.close()
     relay.close()
     up.close()
-    assert b"secret" not in response and b"early" not in response and b"ray-authentication-token" not in response.lower()
+    assert (
+        b"secret" not in response and b"early" not in response and b"ray-authentication-token" not in response.lower()
+    )
     assert b"Set-Cookie: theme=dark; Path=/x" in response and response.endswith(b"\r\n\r\nok")
     assert b"Connection: close" in seen[0] and b"keep-alive" not in seen[0] and b"Cookie" not in seen[0]
 
@@ -330,7 +390,9 @@ def test_unreachable_dashboard_gives_502(tmp_path: Path) -> None:
     dead = free_port()
     server = start_jupyter_server(tmp_path, {"RAY_DASHBOARD_URL": f"http://127.0.0.1:{dead}", "RAY_AUTH_TOKEN": "x"})
     try:
-        status, body, _ = http_get(f"{server.url}/ray-dashboard/api/version", {"Authorization": f"token {server.token}"}, 60)
+        status, body, _ = http_get(
+            f"{server.url}/ray-dashboard/api/version", {"Authorization": f"token {server.token}"}, 60
+        )
         assert status == 502 and "not reachable" in body, (status, body[:300])
     finally:
         stop_group(server.proc)

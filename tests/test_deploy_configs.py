@@ -140,7 +140,8 @@ LOADER = textwrap.dedent(
             cases = [{}]
             for opt, spec in (profile.get("profile_options") or {}).items():
                 cases += [{opt: choice} for choice in spec["choices"]]
-            out = result["profiles"][profile["slug"]] = {"options": {o: list(s["choices"]) for o, s in (profile.get("profile_options") or {}).items()}, "cases": []}
+            options = {o: list(s["choices"]) for o, s in (profile.get("profile_options") or {}).items()}
+            out = result["profiles"][profile["slug"]] = {"options": options, "cases": []}
             for opts in cases:
                 sp = RaySpawner(config=app.config, _mock=True, ray_orphan_sweep_interval=0)
                 sp.user_options = {"profile": profile["slug"], **opts}
@@ -149,8 +150,10 @@ LOADER = textwrap.dedent(
                 spec = sp._ray_spec
                 case = {"options": opts, "ray_enabled": sp.ray_enabled}
                 if spec:
-                    case.update(backend=sp._ray_backend.kind, image=spec.image, auth=spec.auth_enabled, netpol=spec.network_policy,
-                                groups={g.name: [g.replicas, g.resources.cpu, g.resources.memory, g.resources.gpu] for g in spec.worker_groups},
+                    groups = {g.name: [g.replicas, g.resources.cpu, g.resources.memory, g.resources.gpu]
+                              for g in spec.worker_groups}
+                    case.update(backend=sp._ray_backend.kind, image=spec.image, auth=spec.auth_enabled,
+                                netpol=spec.network_policy, groups=groups,
                                 head=[spec.head.cpu, spec.head.memory], tolerations=list(spec.tolerations))
                 out["cases"].append(case)
         # over a limit: the REST API cannot ask for more than the admin allows
@@ -193,13 +196,19 @@ def _z2jh_config_py(values: dict[str, Any]) -> str:
 def _load_in_jupyterhub(config_py: Path, emu: K8sEmu, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     env = {**os.environ, "KUBECONFIG": str(emu.kubeconfig_path), **(extra_env or {})}
     try:
-        r = subprocess.run([sys.executable, "-c", LOADER, str(config_py)], capture_output=True, text=True,
-                           env=env, cwd=config_py.parent, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", LOADER, str(config_py)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=config_py.parent,
+            timeout=300,
+        )
     except subprocess.TimeoutExpired as e:
         raise AssertionError(f"the config loader hung; stderr so far:\n{(e.stderr or b'')[-4000:]!r}") from None
     assert r.returncode == 0, r.stderr[-4000:]
     line = next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def _check_documented_profiles(result: dict[str, Any]) -> None:
@@ -221,7 +230,7 @@ def _check_documented_profiles(result: dict[str, Any]) -> None:
             assert default["groups"]["gpu-workers"][3] == 1
             assert any(t.get("key") == "nvidia.com/gpu" for t in default["tolerations"])
         for case in got["cases"][1:]:
-            (opt, choice), = case["options"].items()
+            ((opt, choice),) = case["options"].items()
             group = "gpu-workers" if opt == "gpu_workers" else "workers"
             assert case["groups"][group][0] == int(choice), (slug, case)
     assert "InvalidOptions" in result["bad_option"] and "64" in result["bad_option"], result["bad_option"]
@@ -252,7 +261,9 @@ def test_odh_hub_config_loads_in_jupyterhub_and_gives_the_documented_profiles(tm
         (confdir / key).write_text(text)
     config_py = tmp_path / "jupyterhub_config.py"
     config_py.write_text(f"c = get_config()  # noqa\nload_subconfig({str(confdir / 'rayspawner_config.py')!r})\n")
-    result = _load_in_jupyterhub(config_py, emu, {"RAYSPAWNER_CONFIG_DIR": str(confdir), "POD_NAMESPACE": "opendatahub"})
+    result = _load_in_jupyterhub(
+        config_py, emu, {"RAYSPAWNER_CONFIG_DIR": str(confdir), "POD_NAMESPACE": "opendatahub"}
+    )
     _check_documented_profiles(result)
     internal = "image-registry.openshift-image-registry.svc:5000/opendatahub/"
     assert result["image"] == internal + "rayspawner-notebook:2.60.0-py311"
@@ -270,7 +281,9 @@ IMAGESTREAM_SCHEMA: dict[str, Any] = {
         "apiVersion": {"const": "image.openshift.io/v1"},
         "kind": {"const": "ImageStream"},
         "metadata": {
-            "type": "object", "required": ["name"], "additionalProperties": False,
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
             "properties": {
                 "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 253},
                 "namespace": {"type": "string"},
@@ -279,29 +292,55 @@ IMAGESTREAM_SCHEMA: dict[str, Any] = {
             },
         },
         "spec": {
-            "type": "object", "additionalProperties": False,
+            "type": "object",
+            "additionalProperties": False,
             "properties": {
-                "lookupPolicy": {"type": "object", "additionalProperties": False, "required": ["local"],
-                                 "properties": {"local": {"type": "boolean"}}},
+                "lookupPolicy": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["local"],
+                    "properties": {"local": {"type": "boolean"}},
+                },
                 "dockerImageRepository": {"type": "string"},
-                "tags": {"type": "array", "items": {
-                    "type": "object", "required": ["name"], "additionalProperties": False,
-                    "properties": {
-                        "name": {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"},
-                        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-                        "from": {"type": "object", "required": ["kind", "name"], "additionalProperties": False,
-                                 "properties": {"kind": {"enum": ["DockerImage", "ImageStreamTag", "ImageStreamImage"]},
-                                                "name": {"type": "string", "minLength": 1},
-                                                "namespace": {"type": "string"}}},
-                        "reference": {"type": "boolean"},
-                        "generation": {"type": "integer"},
-                        "importPolicy": {"type": "object", "additionalProperties": False,
-                                         "properties": {"insecure": {"type": "boolean"}, "scheduled": {"type": "boolean"},
-                                                        "importMode": {"enum": ["Legacy", "PreserveOriginal"]}}},
-                        "referencePolicy": {"type": "object", "required": ["type"], "additionalProperties": False,
-                                            "properties": {"type": {"enum": ["Source", "Local"]}}},
+                "tags": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"},
+                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "from": {
+                                "type": "object",
+                                "required": ["kind", "name"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "kind": {"enum": ["DockerImage", "ImageStreamTag", "ImageStreamImage"]},
+                                    "name": {"type": "string", "minLength": 1},
+                                    "namespace": {"type": "string"},
+                                },
+                            },
+                            "reference": {"type": "boolean"},
+                            "generation": {"type": "integer"},
+                            "importPolicy": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "insecure": {"type": "boolean"},
+                                    "scheduled": {"type": "boolean"},
+                                    "importMode": {"enum": ["Legacy", "PreserveOriginal"]},
+                                },
+                            },
+                            "referencePolicy": {
+                                "type": "object",
+                                "required": ["type"],
+                                "additionalProperties": False,
+                                "properties": {"type": {"enum": ["Source", "Local"]}},
+                            },
+                        },
                     },
-                }},
+                },
             },
         },
     },
@@ -326,7 +365,9 @@ def test_every_object_validates() -> None:
         try:
             _validate_object(obj)
         except Exception as e:  # noqa: BLE001 - report file and object
-            pytest.fail(f"{path.relative_to(ROOT)}: {obj.get('kind')} {obj.get('metadata', {}).get('name')}: {str(e)[:800]}")
+            pytest.fail(
+                f"{path.relative_to(ROOT)}: {obj.get('kind')} {obj.get('metadata', {}).get('name')}: {str(e)[:800]}"
+            )
         seen[obj["kind"]] = seen.get(obj["kind"], 0) + 1
     assert {"Role", "RoleBinding", "ConfigMap", "ImageStream"} <= set(seen), seen
 
@@ -405,6 +446,14 @@ def test_kubectl_dry_run_parses_every_file(mode: str, emu: K8sEmu) -> None:
     assert checked >= 3
     # and kubectl does reject a broken manifest here (the loopback server's openapi is a stub:
     # field-level checking is kubernetes-validate's job above)
-    r = _kubectl("apply", f"--dry-run={mode}", "-n", "jhub", "-f", "-", emu=emu,
-                 stdin="apiVersion: v1\nmetadata: {name: x}\ndata: {a: b}\n")
+    r = _kubectl(
+        "apply",
+        f"--dry-run={mode}",
+        "-n",
+        "jhub",
+        "-f",
+        "-",
+        emu=emu,
+        stdin="apiVersion: v1\nmetadata: {name: x}\ndata: {a: b}\n",
+    )
     assert r.returncode != 0 and "kind" in r.stderr.lower(), r.stderr

@@ -16,7 +16,9 @@ REFERENCE = ROOT / "docs" / "configuration.md"
 
 
 def test_committed_reference_is_not_stale() -> None:
-    assert REFERENCE.is_file(), "docs/configuration.md is missing: run `python -m rayspawner config-reference --output docs/configuration.md`"
+    assert REFERENCE.is_file(), (
+        "docs/configuration.md is missing: run `python -m rayspawner config-reference --output docs/configuration.md`"
+    )
     assert REFERENCE.read_text() == docs.render(), (
         "docs/configuration.md is stale: run `python -m rayspawner config-reference --output docs/configuration.md`"
     )
@@ -58,15 +60,23 @@ def test_missing_help_is_detected(monkeypatch) -> None:
     assert docs.missing_help() == ["Broken.ray_undocumented"]
 
 
-def test_cli_check_and_print(tmp_path: Path) -> None:
+def test_cli_check_and_print(tmp_path: Path, capsys) -> None:
+    from rayspawner.__main__ import main
+
     stale = tmp_path / "configuration.md"
     stale.write_text("# old\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "rayspawner", "config-reference", *a],  # noqa: E731
-                                    capture_output=True, text=True, cwd=ROOT, timeout=60)
-    r = run("--check", str(stale))
+    # the installed command itself once (a stale file fails it), then the same CLI in-process
+    r = subprocess.run(
+        [sys.executable, "-m", "rayspawner", "config-reference", "--check", str(stale)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 1 and "stale" in r.stderr
-    r = run("--output", str(stale))
-    assert r.returncode == 0, r.stderr
-    assert run("--check", str(stale)).returncode == 0
-    r = run()
-    assert r.returncode == 0 and r.stdout == stale.read_text()
+    capsys.readouterr()
+    assert main(["config-reference", "--output", str(stale)]) == 0
+    assert main(["config-reference", "--check", str(stale)]) == 0
+    capsys.readouterr()
+    assert main(["config-reference"]) == 0
+    assert capsys.readouterr().out == stale.read_text()

@@ -37,11 +37,21 @@ pytestmark = [
 ]
 
 NS = "jhub"
-PROFILES = [{
-    "display_name": "Ray", "slug": "ray", "default": True,
-    "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 2, "ray_head_memory": "1Gi",
-                             "ray_worker_memory": "1Gi", "ray_head_cpu": "1", "ray_worker_cpu": "1"},
-}]
+PROFILES = [
+    {
+        "display_name": "Ray",
+        "slug": "ray",
+        "default": True,
+        "kubespawner_override": {
+            "ray_enabled": True,
+            "ray_worker_replicas": 2,
+            "ray_head_memory": "1Gi",
+            "ray_worker_memory": "1Gi",
+            "ray_head_cpu": "1",
+            "ray_worker_cpu": "1",
+        },
+    }
+]
 
 # What a user runs first, from a bare ray.init() (RAY_ADDRESS and the token come from the env).
 WORKLOAD = r"""
@@ -120,7 +130,8 @@ import json, os, time, urllib.request as u
 from ray.job_submission import JobSubmissionClient
 client = JobSubmissionClient()  # RAY_API_SERVER_ADDRESS and the token from the env
 job = client.submit_job(entrypoint="python -c \"import ray, time; ray.init(); "
-                                   "[ray.get(ray.remote(lambda: time.sleep(1)).remote()) for _ in range(25)]; print('job done')\"")
+                                   "[ray.get(ray.remote(lambda: time.sleep(1)).remote()) for _ in range(25)]; "
+                                   "print('job done')\"")
 print("RESULT " + json.dumps({"job": job}), flush=True)
 """
 
@@ -157,8 +168,9 @@ print("killed", killed)
 
 
 async def in_pod(emu: Any, pod: str, argv: list[str], timeout: float, container: str | None = None) -> tuple[int, str]:
-    fut = asyncio.run_coroutine_threadsafe(emu.kubelet.exec_in_pod(NS, pod, argv, container=container, timeout=timeout),
-                                           emu.loop)
+    fut = asyncio.run_coroutine_threadsafe(
+        emu.kubelet.exec_in_pod(NS, pod, argv, container=container, timeout=timeout), emu.loop
+    )
     return await asyncio.wrap_future(fut)
 
 
@@ -177,7 +189,11 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     before = netns_names()
     emu = k8s_emu_factory(kubelet=ProcessKubelet(time_scale=1.0))
     sp = ray_spawner_factory(
-        emu, profile_list=PROFILES, start_timeout=300, ray_orphan_sweep_interval=0, ray_stop_timeout=90,
+        emu,
+        profile_list=PROFILES,
+        start_timeout=300,
+        ray_orphan_sweep_interval=0,
+        ray_stop_timeout=90,
         cmd=["/bin/sh", "-c", "exec sleep 3600", "notebook"],
         # a different image name: both sides must report their versions (same env here, so they match)
         ray_image="quay.io/rayspawner/ray:2.60.0",
@@ -213,8 +229,12 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     assert r["driver_node"] == nb
     # nothing the user ran landed on the notebook, and it spread over the cluster's pods
     assert sum(r["task_hosts"].values()) == 1000
-    worker_pods = [p["metadata"]["name"] for p in emu.list_objects(
-        "pods", NS, label_selector=f"ray.io/cluster={name},app.kubernetes.io/component=ray-worker")]
+    worker_pods = [
+        p["metadata"]["name"]
+        for p in emu.list_objects(
+            "pods", NS, label_selector=f"ray.io/cluster={name},app.kubernetes.io/component=ray-worker"
+        )
+    ]
     assert set(r["task_hosts"]) <= {f"{name}-head", *worker_pods} and len(r["task_hosts"]) >= 2, r["task_hosts"]
     assert nb not in r["task_nodes"] and nb not in r["data_nodes"]
     assert r["data_sum"] == 2 * sum(range(20000))

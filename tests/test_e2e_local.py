@@ -41,7 +41,9 @@ ALICE, ODD, ODD_SERVER = "alice", "o.brien-x_9", "exp-1"
 
 ENV_PROBE = """
 import json, os
-print("ENV " + json.dumps({k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_DASHBOARD_URL", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_CLUSTER_NAME", "RAY_DASHBOARD_PROXY_PATH")}))
+NAMES = ("RAY_ADDRESS", "RAY_DASHBOARD_URL", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_CLUSTER_NAME",
+         "RAY_DASHBOARD_PROXY_PATH")
+print("ENV " + json.dumps({k: os.environ.get(k) for k in NAMES}))
 import time, ray
 """
 
@@ -108,18 +110,39 @@ class Kernel:
         prefix = f"/user/{quote(user)}/{quote(server) + '/' if server else ''}"
         self.ws = websocket.create_connection(
             hub.url.replace("http://", "ws://") + f"{prefix}api/kernels/{self.id}/channels",
-            header=[f"Authorization: token {token}"], timeout=300)
+            header=[f"Authorization: token {token}"],
+            timeout=300,
+        )
 
     def run(self, code: str, timeout: float = 300) -> dict[str, str]:
         """Execute ``code``; returns its ``stdout``, ``stderr`` and displayed ``result`` text."""
         msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": self.user,
-                       "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": self.user,
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         out = {"stdout": [], "stderr": [], "result": []}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -132,8 +155,9 @@ class Kernel:
             elif kind in ("execute_result", "display_data"):
                 out["result"].append("\n".join(str(v) for v in content.get("data", {}).values()))
             elif kind == "error":
-                raise AssertionError(f"kernel error: {content['ename']}: {content['evalue']}\n"
-                                     + "\n".join(content["traceback"])[-3000:])
+                raise AssertionError(
+                    f"kernel error: {content['ename']}: {content['evalue']}\n" + "\n".join(content["traceback"])[-3000:]
+                )
             elif kind == "status" and content.get("execution_state") == "idle":
                 return {k: "".join(v) for k, v in out.items()}
         raise AssertionError(f"kernel execution did not finish in {timeout} s; output so far: {out}")
@@ -146,7 +170,7 @@ class Kernel:
 def tagged(output: str, tag: str) -> dict:
     line = next((ln for ln in output.splitlines() if ln.startswith(tag + " ")), None)
     assert line, f"no {tag} line in kernel output:\n{output[-2000:]}"
-    return json.loads(line[len(tag) + 1:])
+    return json.loads(line[len(tag) + 1 :])
 
 
 def cluster_processes(state: dict) -> list[psutil.Process]:
@@ -167,6 +191,7 @@ def cluster_ports(state: dict) -> set[int]:
 
 def watch_progress(hub: Hub, user: str, token: str, events: list[dict]) -> threading.Thread:
     """Collect the spawn's progress events (the hub's event stream) in a thread."""
+
     def read() -> None:
         url = f"{hub.url}/hub/api/users/{quote(user)}/server/progress"
         with requests.get(url, headers={"Authorization": f"token {token}"}, stream=True, timeout=400) as r:
@@ -175,6 +200,7 @@ def watch_progress(hub: Hub, user: str, token: str, events: list[dict]) -> threa
                     events.append(json.loads(line[5:]))
                     if events[-1].get("ready") or events[-1].get("failed"):
                         return
+
     t = threading.Thread(target=read, daemon=True)
     t.start()
     return t
@@ -210,8 +236,12 @@ def users(hub: Hub) -> dict:
         servers = dict(zip(tokens, pool.map(start, tokens)))
     watcher.join(30)
     print({n: round(s["spawn_seconds"], 1) for n, s in servers.items()}, "spawn seconds")
-    return {"tokens": tokens, "servers": servers, "states": {n: s["state"] for n, s in servers.items()},
-            "progress": progress}
+    return {
+        "tokens": tokens,
+        "servers": servers,
+        "states": {n: s["state"] for n, s in servers.items()},
+        "progress": progress,
+    }
 
 
 def start_server_wait(hub: Hub, name: str, timeout: float = 400) -> dict:
@@ -297,7 +327,9 @@ def test_odd_name_named_server_and_isolation(hub: Hub, users: dict) -> None:
     dash = env["RAY_DASHBOARD_URL"] + "/api/version"
     assert requests.get(dash, timeout=10).status_code == 401
     assert requests.get(dash, headers={"Authorization": f"Bearer {alice_token}"}, timeout=10).status_code == 403
-    assert requests.get(dash, headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}, timeout=10).status_code == 200
+    assert (
+        requests.get(dash, headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}, timeout=10).status_code == 200
+    )
 
 
 def test_hub_crash_then_dead_notebook_leaves_no_cluster(hub: Hub, users: dict) -> None:

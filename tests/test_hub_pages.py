@@ -87,14 +87,23 @@ def test_a_profiles_own_limit_override_counts_for_its_fields() -> None:
 def test_only_fields_that_set_exactly_one_limited_trait_are_annotated() -> None:
     cfg = RayConfig(**profiles.LIMITS)
     base = {"enabled": True, "display_name": "Other", "validation_regex": "^.*$", "validation_message": "m"}
-    plist = [{"slug": "p", "profile_options": {
-        "cpu": {"unlisted_choice": {**base, "kubespawner_override": {"ray_worker_cpu": "{value}"}}},
-        "mem": {"unlisted_choice": {**base, "kubespawner_override": {"ray_head_memory": "{value}"}}},
-        "gib": {"unlisted_choice": {**base, "kubespawner_override": {"ray_worker_memory": "{value}Gi"}}},
-        "image": {"unlisted_choice": {**base, "kubespawner_override": {"image": "{value}"}}},
-        "two": {"unlisted_choice": {**base, "kubespawner_override": {"ray_worker_replicas": "{value}",
-                                                                      "ray_worker_cpu": "{value}"}}},
-    }}]
+    plist = [
+        {
+            "slug": "p",
+            "profile_options": {
+                "cpu": {"unlisted_choice": {**base, "kubespawner_override": {"ray_worker_cpu": "{value}"}}},
+                "mem": {"unlisted_choice": {**base, "kubespawner_override": {"ray_head_memory": "{value}"}}},
+                "gib": {"unlisted_choice": {**base, "kubespawner_override": {"ray_worker_memory": "{value}Gi"}}},
+                "image": {"unlisted_choice": {**base, "kubespawner_override": {"image": "{value}"}}},
+                "two": {
+                    "unlisted_choice": {
+                        **base,
+                        "kubespawner_override": {"ray_worker_replicas": "{value}", "ray_worker_cpu": "{value}"},
+                    }
+                },
+            },
+        }
+    ]
     opts = with_limits(copy.deepcopy(plist), cfg)[0]["profile_options"]
     assert opts["cpu"]["unlisted_choice"]["display_name"] == "Other (up to 4 CPU)"
     assert opts["cpu"]["unlisted_choice"]["validation_regex"] == "^.*$"  # quantities: the server checks
@@ -151,23 +160,38 @@ async def test_the_kubernetes_spawner_renders_the_same_form(k8s_emu, ray_spawner
 
 # ---------------------------------------------------------------- summary
 def _spec(**traits):
-    cfg = RayConfig(**{**profiles.LIMITS, "ray_head_cpu": "1", "ray_head_memory": "1Gi", "ray_worker_cpu": "1",
-                       "ray_worker_memory": "1Gi", **traits})
+    cfg = RayConfig(
+        **{
+            **profiles.LIMITS,
+            "ray_head_cpu": "1",
+            "ray_head_memory": "1Gi",
+            "ray_worker_cpu": "1",
+            "ray_worker_memory": "1Gi",
+            **traits,
+        }
+    )
     return resolve_spec(cfg, username="alice", servername="", namespace="jhub", notebook_image="nb:1")
 
 
 def test_describe_a_cluster() -> None:
     assert describe(spec_size(_spec(ray_worker_replicas=2))) == "head 1 CPU, 1 GiB · 2 workers × 1 CPU, 1 GiB"
     assert describe(spec_size(_spec(ray_worker_replicas=0))) == "head 1 CPU, 1 GiB · no workers"
-    assert describe(spec_size(_spec(ray_worker_replicas=1, ray_worker_min_replicas=1, ray_worker_max_replicas=3))) \
+    assert (
+        describe(spec_size(_spec(ray_worker_replicas=1, ray_worker_min_replicas=1, ray_worker_max_replicas=3)))
         == "head 1 CPU, 1 GiB · 1–3 workers × 1 CPU, 1 GiB"
+    )
     gpu = spec_size(_spec(ray_worker_replicas=0, ray_gpu_worker_replicas=1, ray_gpu_worker_gpus=1))
     assert describe(gpu) == "head 1 CPU, 1 GiB · 1 GPU worker × 1 CPU, 1 GiB, 1 GPU"
 
 
 def test_local_cluster_size_from_restored_nodes() -> None:
-    node = lambda role, cpus: SimpleNamespace(role=role, num_cpus=cpus, num_gpus=0,  # noqa: E731
-                                              memory_bytes=700 * 2**20, object_store_bytes=324 * 2**20)
+    node = lambda role, cpus: SimpleNamespace(
+        role=role,
+        num_cpus=cpus,
+        num_gpus=0,  # noqa: E731
+        memory_bytes=700 * 2**20,
+        object_store_bytes=324 * 2**20,
+    )
     cluster = SimpleNamespace(name="ray-alice", nodes=[node("head", 1), node("workers-0", 2), node("workers-1", 2)])
     size = local_size(cluster)
     assert size["cluster"] == "ray-alice"
@@ -175,8 +199,9 @@ def test_local_cluster_size_from_restored_nodes() -> None:
 
 
 def _fake_spawner(name="", active=True, ready=True, pending=None, **attrs):
-    return SimpleNamespace(name=name, display_name=name, active=active, ready=ready, pending=pending,
-                           user=_User(), **attrs)
+    return SimpleNamespace(
+        name=name, display_name=name, active=active, ready=ready, pending=pending, user=_User(), **attrs
+    )
 
 
 def test_cluster_summary_of_a_spawner() -> None:
@@ -200,19 +225,29 @@ async def test_kubernetes_spawner_keeps_the_size_in_its_state(k8s_emu, ray_spawn
     second = ray_spawner_factory(k8s_emu)
     second.load_state(state)  # a restarted hub
     assert second.get_state() == state
-    assert "2 workers" in cluster_summary(SimpleNamespace(**{**_fake_spawner().__dict__, "_ray_size": second._ray_size}))["text"]
+    assert (
+        "2 workers"
+        in cluster_summary(SimpleNamespace(**{**_fake_spawner().__dict__, "_ray_size": second._ray_size}))["text"]
+    )
     second.clear_state()
     assert "ray_size" not in second.get_state()
 
 
 # ---------------------------------------------------------------- home page
 def _render_home(spawners: list) -> str:
-    base = ("{% block main %}<main>JupyterHub's home</main>{% endblock %}"
-            "{% block script %}<script>/* home.js */</script>{% endblock %}")
-    env = Environment(autoescape=True, loader=ChoiceLoader([
-        PrefixLoader({"templates": DictLoader({"home.html": base})}, "/"),
-        FileSystemLoader([rayspawner.templates_path()]),
-    ]))
+    base = (
+        "{% block main %}<main>JupyterHub's home</main>{% endblock %}"
+        "{% block script %}<script>/* home.js */</script>{% endblock %}"
+    )
+    env = Environment(
+        autoescape=True,
+        loader=ChoiceLoader(
+            [
+                PrefixLoader({"templates": DictLoader({"home.html": base})}, "/"),
+                FileSystemLoader([rayspawner.templates_path()]),
+            ]
+        ),
+    )
     user = SimpleNamespace(all_spawners=lambda include_default=True: iter(spawners))
     return env.get_template("home.html").render(user=user)
 

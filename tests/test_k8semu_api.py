@@ -20,8 +20,12 @@ def pod(name: str | None = None, labels: dict[str, str] | None = None, **meta: A
     md: dict[str, Any] = {"labels": labels or {}, **meta}
     if name:
         md["name"] = name
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": md,
-            "spec": {"containers": [{"name": "c", "image": "busybox", "env": [{"name": "A", "value": "1"}]}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": md,
+        "spec": {"containers": [{"name": "c", "image": "busybox", "env": [{"name": "A", "value": "1"}]}]},
+    }
 
 
 def body(e: ApiException) -> dict[str, Any]:
@@ -49,15 +53,23 @@ async def test_status_bodies_409_422_404(k8s_emu_client: Any) -> None:
     with pytest.raises(ApiException) as ei:
         await v1.create_namespaced_pod("t1", pod("p1"))
     assert ei.value.status == 409
-    assert body(ei.value) == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                              "message": 'pods "p1" already exists', "reason": "AlreadyExists",
-                              "details": {"name": "p1", "kind": "pods"}, "code": 409}
+    assert body(ei.value) == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'pods "p1" already exists',
+        "reason": "AlreadyExists",
+        "details": {"name": "p1", "kind": "pods"},
+        "code": 409,
+    }
     with pytest.raises(ApiException) as ei:
         await v1.create_namespaced_pod("t1", pod("Bad_Name"))
     b = body(ei.value)
     assert ei.value.status == 422 and b["reason"] == "Invalid" and b["code"] == 422
-    assert b["message"].startswith('Pod "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": '
-                                   "a lowercase RFC 1123 subdomain")
+    assert b["message"].startswith(
+        'Pod "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain'
+    )
     assert b["details"]["kind"] == "Pod" and b["details"]["causes"][0]["field"] == "metadata.name"
     with pytest.raises(ApiException) as ei:
         await v1.create_namespaced_pod("t1", pod("ok", labels={"bad key!": "x"}))
@@ -67,9 +79,16 @@ async def test_status_bodies_409_422_404(k8s_emu_client: Any) -> None:
     assert ei.value.status == 422 and "DNS-1035" in body(ei.value)["message"]
     with pytest.raises(ApiException) as ei:
         await v1.read_namespaced_pod("nope", "t1")
-    assert body(ei.value) == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                              "message": 'pods "nope" not found', "reason": "NotFound",
-                              "details": {"name": "nope", "kind": "pods"}, "code": 404}
+    assert body(ei.value) == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'pods "nope" not found',
+        "reason": "NotFound",
+        "details": {"name": "nope", "kind": "pods"},
+        "code": 404,
+    }
     with pytest.raises(ApiException) as ei:
         await apps.read_namespaced_deployment("nope", "t1")
     assert body(ei.value)["details"] == {"name": "nope", "group": "apps", "kind": "deployments"}
@@ -119,17 +138,30 @@ async def test_patch_types_replace_and_conflict(k8s_emu_client: Any) -> None:
     v1 = client.CoreV1Api(k8s_emu_client)
     await v1.create_namespaced_pod("p", pod("x", {"a": "1"}))
     # strategic merge (dict body): labels merged, containers merged by name
-    p = await v1.patch_namespaced_pod("x", "p", {"metadata": {"labels": {"b": "2"}},
-                                                 "spec": {"containers": [{"name": "c", "env": [{"name": "B", "value": "2"}]}]}})
+    p = await v1.patch_namespaced_pod(
+        "x",
+        "p",
+        {
+            "metadata": {"labels": {"b": "2"}},
+            "spec": {"containers": [{"name": "c", "env": [{"name": "B", "value": "2"}]}]},
+        },
+    )
     assert p.metadata.labels == {"a": "1", "b": "2"}
     assert [e.name for e in p.spec.containers[0].env] == ["A", "B"] and p.spec.containers[0].image == "busybox"
     # merge patch: lists replaced, null deletes
-    p = await v1.patch_namespaced_pod("x", "p", {"metadata": {"labels": {"a": None}}},
-                                      _content_type="application/merge-patch+json")
+    p = await v1.patch_namespaced_pod(
+        "x", "p", {"metadata": {"labels": {"a": None}}}, _content_type="application/merge-patch+json"
+    )
     assert p.metadata.labels == {"b": "2"}
     # JSON patch
-    p = await v1.patch_namespaced_pod("x", "p", [{"op": "add", "path": "/metadata/annotations", "value": {"k": "v"}},
-                                                 {"op": "replace", "path": "/metadata/labels/b", "value": "3"}])
+    p = await v1.patch_namespaced_pod(
+        "x",
+        "p",
+        [
+            {"op": "add", "path": "/metadata/annotations", "value": {"k": "v"}},
+            {"op": "replace", "path": "/metadata/labels/b", "value": "3"},
+        ],
+    )
     assert p.metadata.annotations == {"k": "v"} and p.metadata.labels == {"b": "3"}
     # ownerReferences merged by uid
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u-1"}
@@ -160,9 +192,20 @@ async def test_patch_types_replace_and_conflict(k8s_emu_client: Any) -> None:
     assert new.metadata.labels["d"] == "5" and new.status.phase != "Failed"
     # strategic merge on a deployment's spec.replicas
     apps = client.AppsV1Api(k8s_emu_client)
-    await apps.create_namespaced_deployment("p", {"metadata": {"name": "d"}, "spec": {
-        "replicas": 1, "selector": {"matchLabels": {"app": "d"}},
-        "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+    await apps.create_namespaced_deployment(
+        "p",
+        {
+            "metadata": {"name": "d"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {
+                    "metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]},
+                },
+            },
+        },
+    )
     d = await apps.patch_namespaced_deployment("d", "p", {"spec": {"replicas": 3}})
     assert d.spec.replicas == 3 and d.metadata.generation == 2
 
@@ -178,8 +221,9 @@ async def test_watch_resume_and_timeout(k8s_emu_client: Any) -> None:
     await v1.delete_namespaced_config_map("two", "w")
     seen = []
     t0 = time.monotonic()
-    async with watch.Watch().stream(v1.list_namespaced_config_map, "w", label_selector="w=1",
-                                    resource_version=rv, timeout_seconds=1) as stream:
+    async with watch.Watch().stream(
+        v1.list_namespaced_config_map, "w", label_selector="w=1", resource_version=rv, timeout_seconds=1
+    ) as stream:
         async for ev in stream:
             seen.append((ev["type"], ev["object"].metadata.name))
     elapsed = time.monotonic() - t0
@@ -188,8 +232,9 @@ async def test_watch_resume_and_timeout(k8s_emu_client: Any) -> None:
 
     # resourceVersion "0": synthetic ADDED for what exists
     seen = []
-    async with watch.Watch().stream(v1.list_namespaced_config_map, "w", resource_version="0",
-                                    timeout_seconds=1) as stream:
+    async with watch.Watch().stream(
+        v1.list_namespaced_config_map, "w", resource_version="0", timeout_seconds=1
+    ) as stream:
         async for ev in stream:
             seen.append((ev["type"], ev["object"].metadata.name))
     assert sorted(seen) == [("ADDED", "one"), ("ADDED", "other")]
@@ -201,9 +246,13 @@ async def test_watch_label_transitions_and_live_events(k8s_emu_client: Any) -> N
     seen: list[tuple[str, str]] = []
 
     async def consume() -> None:
-        async with watch.Watch().stream(v1.list_namespaced_config_map, "w2", label_selector="sel=yes",
-                                        resource_version=lst.metadata.resource_version,
-                                        timeout_seconds=2) as stream:
+        async with watch.Watch().stream(
+            v1.list_namespaced_config_map,
+            "w2",
+            label_selector="sel=yes",
+            resource_version=lst.metadata.resource_version,
+            timeout_seconds=2,
+        ) as stream:
             async for ev in stream:
                 seen.append((ev["type"], ev["object"].metadata.name))
 
@@ -219,6 +268,7 @@ async def test_watch_label_transitions_and_live_events(k8s_emu_client: Any) -> N
 async def test_watch_410_gone(k8s_emu_factory: Any) -> None:
     emu = k8s_emu_factory(history_size=5)
     from kubernetes_asyncio import config
+
     api = await config.new_client_from_config(config_file=str(emu.kubeconfig_path))
     async with api:
         v1 = client.CoreV1Api(api)
@@ -226,9 +276,9 @@ async def test_watch_410_gone(k8s_emu_factory: Any) -> None:
         for i in range(1, 10):
             await v1.create_namespaced_config_map("g", {"metadata": {"name": f"c{i}"}})
         with pytest.raises(ApiException) as ei:
-            async with watch.Watch().stream(v1.list_namespaced_config_map, "g",
-                                            resource_version=first.metadata.resource_version,
-                                            timeout_seconds=1) as stream:
+            async with watch.Watch().stream(
+                v1.list_namespaced_config_map, "g", resource_version=first.metadata.resource_version, timeout_seconds=1
+            ) as stream:
                 async for _ in stream:
                     pass
         assert ei.value.status == 410
@@ -236,18 +286,32 @@ async def test_watch_410_gone(k8s_emu_factory: Any) -> None:
 
 async def test_discovery_without_kuberay(k8s_emu: K8sEmu) -> None:
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {k8s_emu.admin_token}"}) as s:
+
         async def get(path: str) -> tuple[int, Any]:
             async with s.get(k8s_emu.url + path) as r:
                 return r.status, await r.json(content_type=None)
+
         st, v = await get("/version")
         assert st == 200 and v["major"] == "1"
         st, api = await get("/api")
         assert api["kind"] == "APIVersions" and api["versions"] == ["v1"]
         st, core = await get("/api/v1")
         names = {r["name"]: r for r in core["resources"]}
-        assert {"pods", "services", "secrets", "configmaps", "events", "persistentvolumeclaims", "namespaces",
-                "serviceaccounts", "pods/log", "pods/status"} <= set(names)
-        assert names["pods"]["kind"] == "Pod" and names["pods"]["namespaced"] is True and "watch" in names["pods"]["verbs"]
+        assert {
+            "pods",
+            "services",
+            "secrets",
+            "configmaps",
+            "events",
+            "persistentvolumeclaims",
+            "namespaces",
+            "serviceaccounts",
+            "pods/log",
+            "pods/status",
+        } <= set(names)
+        assert (
+            names["pods"]["kind"] == "Pod" and names["pods"]["namespaced"] is True and "watch" in names["pods"]["verbs"]
+        )
         assert names["namespaces"]["namespaced"] is False
         st, apis = await get("/apis")
         groups = {g["name"] for g in apis["groups"]}
@@ -278,8 +342,13 @@ async def test_deletecollection_and_status_subresource(k8s_emu_client: Any, k8s_
         await v1.create_namespaced_secret("dc", {"metadata": {"name": f"s{i}", "labels": {"g": "1" if i else "2"}}})
     await v1.delete_collection_namespaced_secret("dc", label_selector="g=1")
     assert [s["metadata"]["name"] for s in k8s_emu.list_objects("secrets", "dc")] == ["s0"]
-    await v1.create_namespaced_persistent_volume_claim("dc", {"metadata": {"name": "c"}, "spec": {
-        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    await v1.create_namespaced_persistent_volume_claim(
+        "dc",
+        {
+            "metadata": {"name": "c"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
     out = await v1.patch_namespaced_persistent_volume_claim_status("c", "dc", {"status": {"phase": "Bound"}})
     assert out.status.phase == "Bound"
     assert ("patch", "persistentvolumeclaims/status", "dc", "c") in k8s_emu.request_log
@@ -287,26 +356,49 @@ async def test_deletecollection_and_status_subresource(k8s_emu_client: Any, k8s_
 
 async def test_custom_object_patch_content_types(k8s_emu_kuberay: K8sEmu) -> None:
     from kubernetes_asyncio import config
+
     api = await config.new_client_from_config(config_file=str(k8s_emu_kuberay.kubeconfig_path))
     async with api:
         co = client.CustomObjectsApi(api)
-        await co.create_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", {
-            "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "rc"},
-            "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "h", "image": "i"}]}}}}})
+        await co.create_namespaced_custom_object(
+            "ray.io",
+            "v1",
+            "jhub",
+            "rayclusters",
+            {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayCluster",
+                "metadata": {"name": "rc"},
+                "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "h", "image": "i"}]}}}},
+            },
+        )
         # a dict body is sent as json-patch by the generated client: the real server answers 400
         with pytest.raises(ApiException) as ei:
-            await co.patch_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", "rc",
-                                                    {"metadata": {"labels": {"a": "b"}}})
+            await co.patch_namespaced_custom_object(
+                "ray.io", "v1", "jhub", "rayclusters", "rc", {"metadata": {"labels": {"a": "b"}}}
+            )
         assert ei.value.status == 400 and "jsonPatchOp" in body(ei.value)["message"]
         # strategic merge is not supported for custom resources
         with pytest.raises(ApiException) as ei:
-            await co.patch_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", "rc",
-                                                    {"metadata": {"labels": {"a": "b"}}},
-                                                    _content_type="application/strategic-merge-patch+json")
+            await co.patch_namespaced_custom_object(
+                "ray.io",
+                "v1",
+                "jhub",
+                "rayclusters",
+                "rc",
+                {"metadata": {"labels": {"a": "b"}}},
+                _content_type="application/strategic-merge-patch+json",
+            )
         assert ei.value.status == 415
-        rc = await co.patch_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", "rc",
-                                                     {"metadata": {"labels": {"a": "b"}}},
-                                                     _content_type="application/merge-patch+json")
+        rc = await co.patch_namespaced_custom_object(
+            "ray.io",
+            "v1",
+            "jhub",
+            "rayclusters",
+            "rc",
+            {"metadata": {"labels": {"a": "b"}}},
+            _content_type="application/merge-patch+json",
+        )
         assert rc["metadata"]["labels"] == {"a": "b"}
         # status subresource of a custom resource
         st = await co.get_namespaced_custom_object_status("ray.io", "v1", "jhub", "rayclusters", "rc")

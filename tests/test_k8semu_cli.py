@@ -19,8 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_cli_serve_writes_kubeconfig_and_serves(tmp_path: Path) -> None:
     kc = tmp_path / "kc.yaml"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.k8semu", "serve", "--port", "0", "--kubeconfig", str(kc),
-                             "--kuberay"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.k8semu", "serve", "--port", "0", "--kubeconfig", str(kc), "--kuberay"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not kc.exists() and time.monotonic() < deadline:
@@ -29,8 +34,9 @@ def test_cli_serve_writes_kubeconfig_and_serves(tmp_path: Path) -> None:
         conf = yaml.safe_load(kc.read_text())
         server = conf["clusters"][0]["cluster"]["server"]
         assert server.startswith("http://127.0.0.1:")
-        req = urllib.request.Request(server + "/apis/ray.io/v1",
-                                     headers={"Authorization": "Bearer " + conf["users"][0]["user"]["token"]})
+        req = urllib.request.Request(
+            server + "/apis/ray.io/v1", headers={"Authorization": "Bearer " + conf["users"][0]["user"]["token"]}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             assert json.load(r)["resources"][0]["name"] == "rayclusters"
     finally:
@@ -61,10 +67,20 @@ def test_custom_kubelet_instance_and_context_manager() -> None:
             calls.append("shutdown")
 
     with K8sEmu(kubelet=Recorder()) as emu:
-        emu.create_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-                           "spec": {"containers": [{"name": "c", "image": "i"}]}})
-        st = emu.wait_for(lambda: (emu.get_object("pods", "default", "p") or {}).get("status", {}).get("podIP") and
-                          emu.get_object("pods", "default", "p")["status"])
+        emu.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "c", "image": "i"}]},
+            }
+        )
+        st = emu.wait_for(
+            lambda: (
+                (emu.get_object("pods", "default", "p") or {}).get("status", {}).get("podIP")
+                and emu.get_object("pods", "default", "p")["status"]
+            )
+        )
         # the scheduler's PodScheduled condition survives a kubelet status replace
         assert [c["type"] for c in st["conditions"]] == ["PodScheduled"]
         emu.delete_object("pods", "default", "p")

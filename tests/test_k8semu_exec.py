@@ -25,16 +25,35 @@ needs_process_kubelet = [
 ]
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
 
-POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ex", "labels": {"app": "ex"}},
-       "spec": {"containers": [{"name": "c", "image": "x", "command": ["sleep", "600"],
-                                "env": [{"name": "GREETING", "value": "hello-from-env"}]}]}}
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "p", "namespace": "ex", "labels": {"app": "ex"}},
+    "spec": {
+        "containers": [
+            {
+                "name": "c",
+                "image": "x",
+                "command": ["sleep", "600"],
+                "env": [{"name": "GREETING", "value": "hello-from-env"}],
+            }
+        ]
+    },
+}
 
 
-def kubectl(emu: K8sEmu, tmp: Path, *args: str, input_: str | None = None,
-            kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    emu: K8sEmu, tmp: Path, *args: str, input_: str | None = None, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig or emu.kubeconfig_path)}
-    return subprocess.run(["kubectl", "--cache-dir", str(tmp / "cache"), *args], env=env, input=input_,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["kubectl", "--cache-dir", str(tmp / "cache"), *args],
+        env=env,
+        input=input_,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -50,22 +69,45 @@ def apply(marks: list[Any]) -> Callable[[Any], Any]:
         for m in marks:
             fn = m(fn)
         return fn
+
     return deco
 
 
 @apply([*needs_process_kubelet, needs_kubectl])
 def test_kubectl_exec_stdout_stderr_exit_code_stdin(process_emu: K8sEmu, tmp_path: Path) -> None:
-    p = kubectl(process_emu, tmp_path, "exec", "p", "-n", "ex", "--", "python", "-c",
-                "import os, socket, sys; print('out', os.environ['GREETING'], socket.gethostname()); "
-                "print('err-line', file=sys.stderr)")
+    p = kubectl(
+        process_emu,
+        tmp_path,
+        "exec",
+        "p",
+        "-n",
+        "ex",
+        "--",
+        "python",
+        "-c",
+        "import os, socket, sys; print('out', os.environ['GREETING'], socket.gethostname()); "
+        "print('err-line', file=sys.stderr)",
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout == "out hello-from-env p\n"  # the container's env, the pod's hostname
     assert p.stderr == "err-line\n"
     p = kubectl(process_emu, tmp_path, "exec", "p", "-n", "ex", "-c", "c", "--", "sh", "-c", "echo partial; exit 3")
     assert p.returncode == 3 and p.stdout == "partial\n", (p.returncode, p.stdout, p.stderr)
     assert "command terminated with exit code 3" in p.stderr
-    p = kubectl(process_emu, tmp_path, "exec", "-i", "p", "-n", "ex", "--", "sh", "-c", "tr a-z A-Z",
-                input_="piped through stdin\n")
+    p = kubectl(
+        process_emu,
+        tmp_path,
+        "exec",
+        "-i",
+        "p",
+        "-n",
+        "ex",
+        "--",
+        "sh",
+        "-c",
+        "tr a-z A-Z",
+        input_="piped through stdin\n",
+    )
     assert (p.returncode, p.stdout) == (0, "PIPED THROUGH STDIN\n"), p.stderr
     p = kubectl(process_emu, tmp_path, "exec", "p", "-n", "ex", "-c", "nope", "--", "true")
     assert p.returncode != 0 and "container nope is not valid for pod p" in p.stderr
@@ -82,13 +124,26 @@ async def test_ws_api_client_exec(process_emu: K8sEmu) -> None:
     async with WsApiClient(configuration=cfg) as ws_api:
         v1 = client.CoreV1Api(api_client=ws_api)
         out = await v1.connect_get_namespaced_pod_exec(
-            "p", "ex", command=["python", "-c", "import sys; print(6 * 7); print('to-stderr', file=sys.stderr)"],
-            stderr=True, stdin=False, stdout=True, tty=False)
+            "p",
+            "ex",
+            command=["python", "-c", "import sys; print(6 * 7); print('to-stderr', file=sys.stderr)"],
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+        )
         assert "42\n" in out and "to-stderr\n" in out, out
         # Raw frames: channel bytes, and the final Status on channel 3 with the exit code.
-        ws = await v1.connect_get_namespaced_pod_exec("p", "ex", command=["sh", "-c", "echo x; exit 5"],
-                                                      stderr=True, stdin=False, stdout=True, tty=False,
-                                                      _preload_content=False)
+        ws = await v1.connect_get_namespaced_pod_exec(
+            "p",
+            "ex",
+            command=["sh", "-c", "echo x; exit 5"],
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            _preload_content=False,
+        )
         frames = []
         async with ws as conn:
             async for msg in conn:
@@ -109,8 +164,10 @@ def test_exec_under_the_sim_kubelet_says_why(k8s_emu: K8sEmu, tmp_path: Path) ->
 
 
 def exec_status(emu: K8sEmu, token: str) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(f"{emu.url}/api/v1/namespaces/ex/pods/p/exec?command=true&stdout=1",
-                                 headers={"Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(
+        f"{emu.url}/api/v1/namespaces/ex/pods/p/exec?command=true&stdout=1",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())
@@ -123,13 +180,23 @@ def test_exec_rbac_needs_create_on_pods_exec(k8s_emu_factory: Callable[..., K8sE
     emu.create_object(POD)
     code, body = exec_status(emu, "alice-token")
     assert code == 403 and 'cannot create resource "pods/exec"' in body["message"], body
-    emu.create_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                       "metadata": {"name": "exec", "namespace": "ex"},
-                       "rules": [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}]})
-    emu.create_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                       "metadata": {"name": "exec", "namespace": "ex"},
-                       "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "exec"},
-                       "subjects": [{"kind": "User", "name": "alice"}]})
+    emu.create_object(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "exec", "namespace": "ex"},
+            "rules": [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}],
+        }
+    )
+    emu.create_object(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "exec", "namespace": "ex"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "exec"},
+            "subjects": [{"kind": "User", "name": "alice"}],
+        }
+    )
     code, body = exec_status(emu, "alice-token")
     # Authorized now: the sim kubelet answers, and a plain (non-websocket) request would be refused next.
     assert code == 400 and "pods/exec needs the process kubelet" in body["message"], body

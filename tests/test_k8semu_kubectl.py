@@ -21,17 +21,27 @@ def kubectl(k8s_emu_kuberay: K8sEmu, tmp_path: Path):
     def run(*args: str, check: bool = True, emu: K8sEmu | None = None) -> subprocess.CompletedProcess[str]:
         e = emu or k8s_emu_kuberay
         env = {**os.environ, "KUBECONFIG": str(e.kubeconfig_path)}
-        p = subprocess.run(["kubectl", "--cache-dir", str(tmp_path / "cache"), *args], env=env,
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            ["kubectl", "--cache-dir", str(tmp_path / "cache"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
         return p
+
     return run
 
 
 def pod(name: str, ns: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }
 
 
 def test_get_pods_get_yaml_delete(kubectl: Any, k8s_emu_kuberay: K8sEmu) -> None:
@@ -52,12 +62,19 @@ def test_get_pods_get_yaml_delete(kubectl: Any, k8s_emu_kuberay: K8sEmu) -> None
     assert p.returncode != 0 and 'pods "alpha" not found' in p.stderr
 
 
-def test_get_rayclusters_with_and_without_kuberay(kubectl: Any, k8s_emu_kuberay: K8sEmu,
-                                                 k8s_emu: K8sEmu) -> None:
-    k8s_emu_kuberay.create_object({"apiVersion": "ray.io/v1", "kind": "RayCluster",
-                                   "metadata": {"name": "rc1", "namespace": "default"},
-                                   "spec": {"headGroupSpec": {"template": {"spec": {"containers": [
-                                       {"name": "ray-head", "image": "rayproject/ray"}]}}}}})
+def test_get_rayclusters_with_and_without_kuberay(kubectl: Any, k8s_emu_kuberay: K8sEmu, k8s_emu: K8sEmu) -> None:
+    k8s_emu_kuberay.create_object(
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCluster",
+            "metadata": {"name": "rc1", "namespace": "default"},
+            "spec": {
+                "headGroupSpec": {
+                    "template": {"spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray"}]}}
+                }
+            },
+        }
+    )
     out = kubectl("get", "rayclusters").stdout
     assert "rc1" in out
     doc = yaml.safe_load(kubectl("get", "raycluster", "rc1", "-o", "yaml").stdout)
@@ -116,8 +133,11 @@ def test_apply(kubectl: Any, k8s_emu_kuberay: K8sEmu, tmp_path: Path) -> None:
     assert "kubectl.kubernetes.io/last-applied-configuration" in cm["metadata"]["annotations"]
     emu.wait_for(lambda: len(emu.list_objects("pods", "applied", label_selector="app=web")) == 1)
     # re-apply with changes: strategic merge patch (built-ins) / merge patch (CRD)
-    f.write_text(MANIFEST.replace("k: v1", "k: v2").replace("replicas: 1\n  selector", "replicas: 2\n  selector")
-                 .replace("    replicas: 1\n    rayStartParams", "    replicas: 2\n    rayStartParams"))
+    f.write_text(
+        MANIFEST.replace("k: v1", "k: v2")
+        .replace("replicas: 1\n  selector", "replicas: 2\n  selector")
+        .replace("    replicas: 1\n    rayStartParams", "    replicas: 2\n    rayStartParams")
+    )
     out = kubectl("apply", "-f", str(f)).stdout
     assert "configmap/cfg configured" in out and "deployment.apps/web configured" in out
     assert "raycluster.ray.io/rc configured" in out

@@ -22,9 +22,15 @@ async def spawner_factory(k8s_emu: K8sEmu, monkeypatch: pytest.MonkeyPatch):
     made: list[KubeSpawner] = []
 
     def make(**kw: Any) -> KubeSpawner:
-        opts: dict[str, Any] = dict(k8s_api_host=k8s_emu.url, namespace="jhub", start_timeout=20, http_timeout=5,
-                                    image="quay.io/jupyterhub/k8s-singleuser-sample:4.0.0",
-                                    api_token="test-token", oauth_client_id="unused")
+        opts: dict[str, Any] = dict(
+            k8s_api_host=k8s_emu.url,
+            namespace="jhub",
+            start_timeout=20,
+            http_timeout=5,
+            image="quay.io/jupyterhub/k8s-singleuser-sample:4.0.0",
+            api_token="test-token",
+            oauth_client_id="unused",
+        )
         opts.update(kw)
         sp = KubeSpawner(_mock=True, **opts)
         made.append(sp)
@@ -65,8 +71,7 @@ async def test_kubespawner_start_running_stop(k8s_emu: K8sEmu, spawner_factory) 
 
     # the pod and event reflectors used list + watch
     verbs = {(v, r) for v, r, _, _ in k8s_emu.request_log}
-    assert {("list", "pods"), ("watch", "pods"), ("list", "events"), ("watch", "events"),
-            ("create", "pods")} <= verbs
+    assert {("list", "pods"), ("watch", "pods"), ("list", "events"), ("watch", "events"), ("create", "pods")} <= verbs
     assert k8s_emu.open_watches.current >= 2
 
     await asyncio.wait_for(spawner.stop(), 20)
@@ -77,7 +82,7 @@ async def test_kubespawner_start_running_stop(k8s_emu: K8sEmu, spawner_factory) 
 
 async def test_kubespawner_start_fails_on_image_pull(k8s_emu: K8sEmu, spawner_factory) -> None:
     spawner = spawner_factory(extra_annotations={"k8semu/image-pull": "fail"}, start_timeout=2)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - KubeSpawner's own error type for this varies by version
         await asyncio.wait_for(spawner.start(), 10)
     events = k8s_emu.list_objects("events", "jhub")
     assert any(e["reason"] == "Failed" and "ErrImagePull" in e["message"] for e in events)

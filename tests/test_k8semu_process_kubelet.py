@@ -28,8 +28,10 @@ pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="process kubelet tests need root (ip netns, mount namespaces)"),
-    pytest.mark.skipif(os.geteuid() == 0 and not netns_available(),
-                       reason="this machine cannot create network namespaces (ip netns add / veth failed)"),
+    pytest.mark.skipif(
+        os.geteuid() == 0 and not netns_available(),
+        reason="this machine cannot create network namespaces (ip netns add / veth failed)",
+    ),
 ]
 
 NS = "k8semu-test"
@@ -46,8 +48,10 @@ class FakeCluster:
         self.services: dict[str, str] = {}  # service name -> backing pod name
 
     def add_secret(self, name: str, **data: str) -> None:
-        self.secrets[name] = {"metadata": {"name": name, "namespace": NS},
-                              "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+        self.secrets[name] = {
+            "metadata": {"name": name, "namespace": NS},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
 
     def hosts(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -89,13 +93,17 @@ class FakeCtx:
 
 
 def make_pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "uid": str(uuid.uuid4()), "labels": {"app": "k8semu-test"}},
-            "spec": {"containers": containers, "terminationGracePeriodSeconds": 5, **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "uid": str(uuid.uuid4()), "labels": {"app": "k8semu-test"}},
+        "spec": {"containers": containers, "terminationGracePeriodSeconds": 5, **spec},
+    }
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float = 30, what: str = "condition",
-                   diag: Callable[[], str] | None = None) -> Any:
+async def wait_for(
+    pred: Callable[[], Any], timeout: float = 30, what: str = "condition", diag: Callable[[], str] | None = None
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = pred()
@@ -116,8 +124,9 @@ def leftovers(kubelet: ProcessKubelet, n: int | None) -> list[str]:
         except psutil.Error:
             continue
     if n is not None:
-        found += [f"netns {x}" for x in (os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else [])
-                  if x.startswith(f"k8semu-{n}-")]
+        found += [
+            f"netns {x}" for x in (os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []) if x.startswith(f"k8semu-{n}-")
+        ]
         found += [f"link {x}" for x in os.listdir("/sys/class/net") if x == f"k8semu{n}" or x.startswith(f"k8v{n}p")]
     return found
 
@@ -137,38 +146,60 @@ def status_of(c: FakeCluster, pod: str, container: str | None = None) -> dict[st
     st = c.status.get(pod, {})
     if container is None:
         return st
-    return next((x for x in st.get("containerStatuses", []) + st.get("initContainerStatuses", [])
-                 if x["name"] == container), {})
+    return next(
+        (x for x in st.get("containerStatuses", []) + st.get("initContainerStatuses", []) if x["name"] == container), {}
+    )
 
 
-PY_DUMP = "import json, os, socket; print(json.dumps({'env': dict(os.environ), 'host': socket.gethostname(), " \
-          "'svc': socket.gethostbyname('k8semu-svc.k8semu-test.svc.cluster.local'), 'tmp': os.listdir('/tmp')}))"
+PY_DUMP = (
+    "import json, os, socket; print(json.dumps({'env': dict(os.environ), 'host': socket.gethostname(), "
+    "'svc': socket.gethostbyname('k8semu-svc.k8semu-test.svc.cluster.local'), 'tmp': os.listdir('/tmp')}))"
+)
 
 
 async def test_env_secret_fieldref_hosts_and_sandbox(kubelet: ProcessKubelet) -> None:
     c = FakeCluster()
     c.services["k8semu-svc"] = "k8semu-env"
-    pod = make_pod("k8semu-env", [{
-        "name": "main", "image": "python:3.11", "command": ["python", "-c"], "args": [PY_DUMP],
-        "resources": {"limits": {"cpu": "1500m", "memory": "1Gi"}},
-        "env": [
-            {"name": "PLAIN", "value": "v1"},
-            {"name": "EXPANDED", "value": "$(PLAIN)-x"},
-            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "k8semu-sec", "key": "token"}}},
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
-            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-            {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
-            {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
-        ]}], restartPolicy="Never", nodeName="k8semu-node-1")
+    pod = make_pod(
+        "k8semu-env",
+        [
+            {
+                "name": "main",
+                "image": "python:3.11",
+                "command": ["python", "-c"],
+                "args": [PY_DUMP],
+                "resources": {"limits": {"cpu": "1500m", "memory": "1Gi"}},
+                "env": [
+                    {"name": "PLAIN", "value": "v1"},
+                    {"name": "EXPANDED", "value": "$(PLAIN)-x"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "k8semu-sec", "key": "token"}}},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+                    {
+                        "name": "MEM_MI",
+                        "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+                    },
+                ],
+            }
+        ],
+        restartPolicy="Never",
+        nodeName="k8semu-node-1",
+    )
     await kubelet.run_pod(pod, c.ctx(pod))
     # The Secret does not exist yet: the container waits with CreateContainerConfigError.
-    await wait_for(lambda: status_of(c, "k8semu-env", "main").get("state", {}).get("waiting", {}).get("reason")
-                   == "CreateContainerConfigError", what="CreateContainerConfigError")
+    await wait_for(
+        lambda: (
+            status_of(c, "k8semu-env", "main").get("state", {}).get("waiting", {}).get("reason")
+            == "CreateContainerConfigError"
+        ),
+        what="CreateContainerConfigError",
+    )
     assert 'secret "k8semu-sec" not found' in status_of(c, "k8semu-env", "main")["state"]["waiting"]["message"]
     c.add_secret("k8semu-sec", token="s3cr3t")
     await wait_for(lambda: status_of(c, "k8semu-env").get("phase") in ("Succeeded", "Failed"), what="completion")
@@ -177,15 +208,40 @@ async def test_env_secret_fieldref_hosts_and_sandbox(kubelet: ProcessKubelet) ->
     out = json.loads(logs.strip().splitlines()[-1])
     env, st = out["env"], status_of(c, "k8semu-env")
     assert st["podIP"].startswith("10.244.") and st["hostIP"] == kubelet.network.host_ip
-    assert {k: env[k] for k in ("PLAIN", "EXPANDED", "TOKEN", "POD_NAME", "POD_NS", "POD_UID", "POD_IP", "HOST_IP",
-                                "NODE", "APP", "CPUS", "MEM_MI")} == {
-        "PLAIN": "v1", "EXPANDED": "v1-x", "TOKEN": "s3cr3t", "POD_NAME": "k8semu-env", "POD_NS": NS,
-        "POD_UID": pod["metadata"]["uid"], "POD_IP": st["podIP"], "HOST_IP": st["hostIP"], "NODE": "k8semu-node-1",
-        "APP": "k8semu-test", "CPUS": "2", "MEM_MI": "1024"}
+    assert {
+        k: env[k]
+        for k in (
+            "PLAIN",
+            "EXPANDED",
+            "TOKEN",
+            "POD_NAME",
+            "POD_NS",
+            "POD_UID",
+            "POD_IP",
+            "HOST_IP",
+            "NODE",
+            "APP",
+            "CPUS",
+            "MEM_MI",
+        )
+    } == {
+        "PLAIN": "v1",
+        "EXPANDED": "v1-x",
+        "TOKEN": "s3cr3t",
+        "POD_NAME": "k8semu-env",
+        "POD_NS": NS,
+        "POD_UID": pod["metadata"]["uid"],
+        "POD_IP": st["podIP"],
+        "HOST_IP": st["hostIP"],
+        "NODE": "k8semu-node-1",
+        "APP": "k8semu-test",
+        "CPUS": "2",
+        "MEM_MI": "1024",
+    }
     assert env["PATH"].split(":")[0] == os.path.dirname(os.sys.executable)
-    assert out["host"] == "k8semu-env"            # own UTS namespace
-    assert out["svc"] == st["podIP"]              # service name through the pod's hosts file
-    assert out["tmp"] == []                       # private, empty /tmp
+    assert out["host"] == "k8semu-env"  # own UTS namespace
+    assert out["svc"] == st["podIP"]  # service name through the pod's hosts file
+    assert out["tmp"] == []  # private, empty /tmp
     cs = status_of(c, "k8semu-env", "main")
     assert cs["state"]["terminated"]["exitCode"] == 0 and cs["state"]["terminated"]["reason"] == "Completed"
     assert {"Scheduled", "Pulled", "Created", "Started", "Failed"} <= set(c.reasons("k8semu-env"))
@@ -193,16 +249,30 @@ async def test_env_secret_fieldref_hosts_and_sandbox(kubelet: ProcessKubelet) ->
 
 async def test_init_containers_termination_message(kubelet: ProcessKubelet) -> None:
     c = FakeCluster()
-    pod = make_pod("k8semu-init", [{"name": "main", "image": "x", "command": ["sh", "-c", "cat /tmp/step; sleep 600"]}],
-                   initContainers=[
-                       {"name": "first", "image": "x",
-                        "command": ["sh", "-c", "echo one > /tmp/step; printf 'hello from init' > /dev/termination-log"]},
-                       {"name": "second", "image": "x", "terminationMessagePath": "/tmp/custom-msg",
-                        "command": ["sh", "-c", "test -f /tmp/step && echo two >> /tmp/step && echo done > /tmp/custom-msg"]},
-                   ])
+    pod = make_pod(
+        "k8semu-init",
+        [{"name": "main", "image": "x", "command": ["sh", "-c", "cat /tmp/step; sleep 600"]}],
+        initContainers=[
+            {
+                "name": "first",
+                "image": "x",
+                "command": ["sh", "-c", "echo one > /tmp/step; printf 'hello from init' > /dev/termination-log"],
+            },
+            {
+                "name": "second",
+                "image": "x",
+                "terminationMessagePath": "/tmp/custom-msg",
+                "command": ["sh", "-c", "test -f /tmp/step && echo two >> /tmp/step && echo done > /tmp/custom-msg"],
+            },
+        ],
+    )
     await kubelet.run_pod(pod, c.ctx(pod))
-    await wait_for(lambda: status_of(c, "k8semu-init").get("phase") == "Running"
-                   and status_of(c, "k8semu-init", "main").get("ready"), what="Running")
+    await wait_for(
+        lambda: (
+            status_of(c, "k8semu-init").get("phase") == "Running" and status_of(c, "k8semu-init", "main").get("ready")
+        ),
+        what="Running",
+    )
     first, second = status_of(c, "k8semu-init")["initContainerStatuses"]
     assert first["state"]["terminated"]["message"] == "hello from init"
     assert second["state"]["terminated"]["message"] == "done\n"
@@ -235,15 +305,24 @@ async def test_restart_policies(kubelet: ProcessKubelet) -> None:
 
 async def test_probes_readiness_http_liveness_exec(kubelet: ProcessKubelet) -> None:
     c = FakeCluster()
-    pod = make_pod("k8semu-probes", [{
-        "name": "web", "image": "x",
-        "command": ["sh", "-c", "rm -f /tmp/fail; exec python -m http.server 8080"],
-        "ports": [{"name": "http", "containerPort": 8080}],
-        "startupProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 60},
-        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-        "livenessProbe": {"exec": {"command": ["sh", "-c", "test ! -f /tmp/fail"]}, "periodSeconds": 1,
-                          "failureThreshold": 2},
-    }])
+    pod = make_pod(
+        "k8semu-probes",
+        [
+            {
+                "name": "web",
+                "image": "x",
+                "command": ["sh", "-c", "rm -f /tmp/fail; exec python -m http.server 8080"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "startupProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 60},
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                "livenessProbe": {
+                    "exec": {"command": ["sh", "-c", "test ! -f /tmp/fail"]},
+                    "periodSeconds": 1,
+                    "failureThreshold": 2,
+                },
+            }
+        ],
+    )
     await kubelet.run_pod(pod, c.ctx(pod))
     await wait_for(lambda: status_of(c, "k8semu-probes", "web").get("ready"), what="ready via httpGet")
     cs = status_of(c, "k8semu-probes", "web")
@@ -267,8 +346,10 @@ async def test_kill_pod_leaves_nothing(kubelet: ProcessKubelet) -> None:
     await kubelet.run_pod(pod, c.ctx(pod))
     await wait_for(lambda: status_of(c, "k8semu-kill").get("phase") == "Running", what="Running")
     netns = kubelet.runner(NS, "k8semu-kill").net.netns  # type: ignore[union-attr]
-    await wait_for(lambda: len([p for p in netns_pids(str(netns)) if psutil.Process(p).name() == "sleep"]) >= 3,
-                   what="three sleeps in the pod's netns")
+    await wait_for(
+        lambda: len([p for p in netns_pids(str(netns)) if psutil.Process(p).name() == "sleep"]) >= 3,
+        what="three sleeps in the pod's netns",
+    )
     t0 = time.monotonic()
     await kubelet.kill_pod(pod, 2)
     assert time.monotonic() - t0 < 8
@@ -280,8 +361,10 @@ async def test_kill_pod_leaves_nothing(kubelet: ProcessKubelet) -> None:
 RAY_TIMEOUT = 300  # seconds, for each of: head Ready, client done (2 cores shared with others)
 RAY_TOKEN = "k8semu-" + "0123456789abcdef" * 2
 HEAD_SVC = "k8semu-ray-head-svc"
-HEAD_PROBE = "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success && " \
-             "wget -T 10 -q -O- http://localhost:8265/api/gcs_healthz | grep success"
+HEAD_PROBE = (
+    "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success && "
+    "wget -T 10 -q -O- http://localhost:8265/api/gcs_healthz | grep success"
+)
 
 # A notebook-side process: only RAY_ADDRESS and the token in its env. The first Ray Client
 # connect to a fresh head can fail with "Starting Ray client server failed" (FIELD-NOTES):
@@ -316,29 +399,67 @@ print("RESULT " + json.dumps({"counts": {k[0]: v for k, v in counts.items()}, "n
 
 
 def ray_env() -> list[dict[str, Any]]:
-    return [{"name": "RAY_AUTH_MODE", "value": "token"},
-            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "k8semu-ray-token", "key": "token"}}}]
+    return [
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "k8semu-ray-token", "key": "token"}}},
+    ]
 
 
 def ray_pods() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     common = ["--block", "--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
-    head = make_pod("k8semu-ray-head", [{
-        "name": "ray-head", "image": "rayproject/ray:2.60.0", "command": ["ray"],
-        "args": ["start", "--head", "--port=6379", "--ray-client-server-port=10001", "--dashboard-host=0.0.0.0",
-                 "--dashboard-port=8265", *common],
-        "env": ray_env(), "ports": [{"name": "client", "containerPort": 10001}],
-        # KubeRay's head readiness probe (`ray health-check` takes > 5 s on a loaded 2-core box).
-        "readinessProbe": {"exec": {"command": ["sh", "-c", HEAD_PROBE]}, "initialDelaySeconds": 10,
-                           "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 10},
-    }])
-    worker = make_pod("k8semu-ray-worker", [{
-        "name": "ray-worker", "image": "rayproject/ray:2.60.0", "command": ["ray"],
-        "args": ["start", f"--address={HEAD_SVC}:6379", *common], "env": ray_env(),
-    }])
-    client = make_pod("k8semu-ray-client", [{
-        "name": "client", "image": "jupyter/base", "command": ["python", "-c", CLIENT],
-        "env": [{"name": "RAY_ADDRESS", "value": f"ray://{HEAD_SVC}.{NS}.svc.cluster.local:10001"}, *ray_env()],
-    }], restartPolicy="Never")
+    head = make_pod(
+        "k8semu-ray-head",
+        [
+            {
+                "name": "ray-head",
+                "image": "rayproject/ray:2.60.0",
+                "command": ["ray"],
+                "args": [
+                    "start",
+                    "--head",
+                    "--port=6379",
+                    "--ray-client-server-port=10001",
+                    "--dashboard-host=0.0.0.0",
+                    "--dashboard-port=8265",
+                    *common,
+                ],
+                "env": ray_env(),
+                "ports": [{"name": "client", "containerPort": 10001}],
+                # KubeRay's head readiness probe (`ray health-check` takes > 5 s on a loaded 2-core box).
+                "readinessProbe": {
+                    "exec": {"command": ["sh", "-c", HEAD_PROBE]},
+                    "initialDelaySeconds": 10,
+                    "periodSeconds": 5,
+                    "timeoutSeconds": 2,
+                    "failureThreshold": 10,
+                },
+            }
+        ],
+    )
+    worker = make_pod(
+        "k8semu-ray-worker",
+        [
+            {
+                "name": "ray-worker",
+                "image": "rayproject/ray:2.60.0",
+                "command": ["ray"],
+                "args": ["start", f"--address={HEAD_SVC}:6379", *common],
+                "env": ray_env(),
+            }
+        ],
+    )
+    client = make_pod(
+        "k8semu-ray-client",
+        [
+            {
+                "name": "client",
+                "image": "jupyter/base",
+                "command": ["python", "-c", CLIENT],
+                "env": [{"name": "RAY_ADDRESS", "value": f"ray://{HEAD_SVC}.{NS}.svc.cluster.local:10001"}, *ray_env()],
+            }
+        ],
+        restartPolicy="Never",
+    )
     return head, worker, client
 
 
@@ -353,15 +474,22 @@ async def test_ray_head_worker_and_client_in_three_netns(kubelet: ProcessKubelet
     await kubelet.run_pod(worker, c.ctx(worker))
 
     def diag() -> str:
-        return (f"events: {[e for e in c.events if e[3] == 'Warning'][-5:]}\nhead log:\n"
-                f"{kubelet.logs(NS, 'k8semu-ray-head')[-3000:]}\nworker log:\n{kubelet.logs(NS, 'k8semu-ray-worker')[-2000:]}")
+        return (
+            f"events: {[e for e in c.events if e[3] == 'Warning'][-5:]}\nhead log:\n"
+            f"{kubelet.logs(NS, 'k8semu-ray-head')[-3000:]}\n"
+            f"worker log:\n{kubelet.logs(NS, 'k8semu-ray-worker')[-2000:]}"
+        )
 
     # Generous timeouts: the 2 cores are shared with other engineers' Ray clusters.
     await wait_for(lambda: status_of(c, "k8semu-ray-head", "ray-head").get("ready"), RAY_TIMEOUT, "head ready", diag)
     log.info("head ready after %.1fs", time.monotonic() - t0)
     await kubelet.run_pod(client, c.ctx(client))
-    await wait_for(lambda: status_of(c, "k8semu-ray-client").get("phase") in ("Succeeded", "Failed"), RAY_TIMEOUT,
-                   "client pod done", diag)
+    await wait_for(
+        lambda: status_of(c, "k8semu-ray-client").get("phase") in ("Succeeded", "Failed"),
+        RAY_TIMEOUT,
+        "client pod done",
+        diag,
+    )
     out = kubelet.logs(NS, "k8semu-ray-client", "client")
     log.info("client done after %.1fs:\n%s", time.monotonic() - t0, out)
     assert status_of(c, "k8semu-ray-client")["phase"] == "Succeeded", out + kubelet.logs(NS, "k8semu-ray-worker")
@@ -374,8 +502,11 @@ async def test_ray_head_worker_and_client_in_three_netns(kubelet: ProcessKubelet
     assert status_of(c, "k8semu-ray-worker", "ray-worker")["state"].get("running")
     # Token auth is really on: without the token the client is refused at once.
     rc, no_token = await kubelet.exec_in_pod(
-        NS, "k8semu-ray-worker", ["env", "-u", "RAY_AUTH_TOKEN", "python", "-c",
-                                  f"import ray; ray.init('ray://{HEAD_SVC}:10001')"], timeout=60)
+        NS,
+        "k8semu-ray-worker",
+        ["env", "-u", "RAY_AUTH_TOKEN", "python", "-c", f"import ray; ray.init('ray://{HEAD_SVC}:10001')"],
+        timeout=60,
+    )
     assert rc != 0 and "AuthenticationError" in no_token, no_token
     for p in (client, worker, head):
         await kubelet.kill_pod(p, 5)
@@ -391,19 +522,24 @@ async def test_hosts_file_follows_service_changes(kubelet: ProcessKubelet) -> No
     await wait_for(lambda: all(status_of(c, p["metadata"]["name"]).get("phase") == "Running" for p in (pod, other)))
     rc, out = await kubelet.exec_in_pod(NS, "k8semu-hosts", ["getent", "hosts", "k8semu-late-svc"])
     assert rc != 0, out
-    c.services["k8semu-late-svc"] = "k8semu-hosts-other"   # a Service appears later
+    c.services["k8semu-late-svc"] = "k8semu-hosts-other"  # a Service appears later
     ip = status_of(c, "k8semu-hosts-other")["podIP"]
 
     async def resolved() -> str:
-        return (await kubelet.exec_in_pod(NS, "k8semu-hosts", ["getent", "hosts",
-                                                                f"k8semu-late-svc.{NS}.svc.cluster.local"]))[1]
+        return (
+            await kubelet.exec_in_pod(
+                NS, "k8semu-hosts", ["getent", "hosts", f"k8semu-late-svc.{NS}.svc.cluster.local"]
+            )
+        )[1]
+
     deadline = time.monotonic() + 10
     while ip not in (out := await resolved()):
         assert time.monotonic() < deadline, out
         await asyncio.sleep(0.2)
     # and the pods reach each other over the bridge
-    rc, out = await kubelet.exec_in_pod(NS, "k8semu-hosts", ["python", "-c",
-                                        f"import socket; socket.create_connection(('{ip}', 9), 2)"])
+    rc, out = await kubelet.exec_in_pod(
+        NS, "k8semu-hosts", ["python", "-c", f"import socket; socket.create_connection(('{ip}', 9), 2)"]
+    )
     assert "Connection refused" in out  # an answer (RST) from the other netns, not a timeout
 
 
@@ -411,8 +547,9 @@ async def test_loopback_fallback_mode() -> None:
     k = ProcessKubelet(network="loopback", time_scale=0.2)
     c = FakeCluster()
     c.services["k8semu-svc"] = "k8semu-lo"
-    pod = make_pod("k8semu-lo", [{"name": "main", "image": "x", "command": ["python", "-c", PY_DUMP]}],
-                   restartPolicy="Never")
+    pod = make_pod(
+        "k8semu-lo", [{"name": "main", "image": "x", "command": ["python", "-c", PY_DUMP]}], restartPolicy="Never"
+    )
     try:
         await k.run_pod(pod, c.ctx(pod))
         assert k.mode == "loopback"
@@ -440,8 +577,11 @@ async def test_leftovers_of_a_dead_kubelet_are_removed() -> None:
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     (LOCK_DIR / f"net-{n}.lock").write_text(str(dead.pid))
     ns = f"k8semu-{n}-7"
-    for cmd in (f"ip link add k8semu{n} type bridge", f"ip netns add {ns}",
-                f"ip link add k8v{n}p7 type veth peer name eth0 netns {ns}"):
+    for cmd in (
+        f"ip link add k8semu{n} type bridge",
+        f"ip netns add {ns}",
+        f"ip link add k8v{n}p7 type veth peer name eth0 netns {ns}",
+    ):
         subprocess.run(cmd.split(), check=True)
     sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"], start_new_session=True)
     await asyncio.sleep(0.3)

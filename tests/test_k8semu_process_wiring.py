@@ -16,13 +16,14 @@ import pytest
 from tests.k8semu import K8sEmu
 from tests.k8semu.node import service_hosts
 
-pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the process kubelet needs root")]
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="the process kubelet needs root")]
 
 
 def pod_log(emu: K8sEmu, ns: str, name: str) -> str:
-    req = urllib.request.Request(f"{emu.url}/api/v1/namespaces/{ns}/pods/{name}/log?container=c",
-                                 headers={"Authorization": f"Bearer {emu.admin_token}"})
+    req = urllib.request.Request(
+        f"{emu.url}/api/v1/namespaces/{ns}/pods/{name}/log?container=c",
+        headers={"Authorization": f"Bearer {emu.admin_token}"},
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().decode()
 
@@ -30,16 +31,42 @@ def pod_log(emu: K8sEmu, ns: str, name: str) -> str:
 def test_process_kubelet_through_the_api(k8s_emu_factory: Any) -> None:
     pytest.importorskip("tests.k8semu.kubelet_process")
     emu: K8sEmu = k8s_emu_factory(kubelet="process")
-    emu.create_object({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "px"},
-                       "data": {"token": base64.b64encode(b"sekrit").decode()}})
-    emu.create_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "px"},
-                       "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}})
-    emu.create_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "px",
-                                                                        "labels": {"app": "web"}},
-                       "spec": {"containers": [{"name": "c", "image": "unused", "command": [
-                           "sh", "-c", "echo token=$TOKEN pod=$POD; exec sleep 60"],
-                           "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}},
-                                   {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}})
+    emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s", "namespace": "px"},
+            "data": {"token": base64.b64encode(b"sekrit").decode()},
+        }
+    )
+    emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "px"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        }
+    )
+    emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "px", "labels": {"app": "web"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": "unused",
+                        "command": ["sh", "-c", "echo token=$TOKEN pod=$POD; exec sleep 60"],
+                        "env": [
+                            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}},
+                            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        ],
+                    }
+                ]
+            },
+        }
+    )
 
     def ready() -> dict[str, Any] | None:
         st = (emu.get_object("pods", "px", "p") or {}).get("status") or {}

@@ -69,25 +69,38 @@ async def test_rbac_allow_and_deny(rbac_emu: K8sEmu) -> None:
             await v1.patch_namespaced_pod("p1", "jhub", {"metadata": {"labels": {"a": "b"}}})
         assert ei.value.status == 403
         assert json.loads(ei.value.body) == {
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
             "message": f'pods "p1" is forbidden: User "{HUB}" cannot patch resource "pods" in API group "" '
-                       'in the namespace "jhub"',
-            "reason": "Forbidden", "details": {"name": "p1", "kind": "pods"}, "code": 403}
+            'in the namespace "jhub"',
+            "reason": "Forbidden",
+            "details": {"name": "p1", "kind": "pods"},
+            "code": 403,
+        }
         with pytest.raises(ApiException) as ei:
             await v1.create_namespaced_pod("other", pod("p2"))
         assert json.loads(ei.value.body)["message"] == (
-            f'pods is forbidden: User "{HUB}" cannot create resource "pods" in API group "" in the namespace "other"')
+            f'pods is forbidden: User "{HUB}" cannot create resource "pods" in API group "" in the namespace "other"'
+        )
         with pytest.raises(ApiException) as ei:
             await v1.list_pod_for_all_namespaces()
         assert json.loads(ei.value.body)["message"].endswith("at the cluster scope")
         co = client.CustomObjectsApi(api)
         with pytest.raises(ApiException) as ei:
-            await co.create_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters",
-                                                     {"apiVersion": "ray.io/v1", "kind": "RayCluster",
-                                                      "metadata": {"name": "rc"}, "spec": {}})
+            await co.create_namespaced_custom_object(
+                "ray.io",
+                "v1",
+                "jhub",
+                "rayclusters",
+                {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "rc"}, "spec": {}},
+            )
         b = json.loads(ei.value.body)
-        assert b["message"] == (f'rayclusters.ray.io is forbidden: User "{HUB}" cannot create resource "rayclusters" '
-                                'in API group "ray.io" in the namespace "jhub"')
+        assert b["message"] == (
+            f'rayclusters.ray.io is forbidden: User "{HUB}" cannot create resource "rayclusters" '
+            'in API group "ray.io" in the namespace "jhub"'
+        )
         assert b["details"] == {"group": "ray.io", "kind": "rayclusters"}
         # subresource + resourceNames
         await v1.create_namespaced_pod("jhub", pod("allowed"))
@@ -97,28 +110,55 @@ async def test_rbac_allow_and_deny(rbac_emu: K8sEmu) -> None:
         assert 'cannot get resource "pods/log"' in json.loads(ei.value.body)["message"]
 
         # the admin adds a rule at runtime: it takes effect
-        rbac_emu.create_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                                "metadata": {"name": "ray", "namespace": "jhub"},
-                                "rules": [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["*"]}]})
-        rbac_emu.create_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                                "metadata": {"name": "ray", "namespace": "jhub"},
-                                "subjects": [{"kind": "ServiceAccount", "name": "hub", "namespace": "jhub"}],
-                                "roleRef": {"kind": "Role", "name": "ray", "apiGroup": "rbac.authorization.k8s.io"}})
-        await co.create_namespaced_custom_object("ray.io", "v1", "jhub", "rayclusters", {
-            "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "rc"},
-            "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "h", "image": "i"}]}}}}})
+        rbac_emu.create_object(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "ray", "namespace": "jhub"},
+                "rules": [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["*"]}],
+            }
+        )
+        rbac_emu.create_object(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "ray", "namespace": "jhub"},
+                "subjects": [{"kind": "ServiceAccount", "name": "hub", "namespace": "jhub"}],
+                "roleRef": {"kind": "Role", "name": "ray", "apiGroup": "rbac.authorization.k8s.io"},
+            }
+        )
+        await co.create_namespaced_custom_object(
+            "ray.io",
+            "v1",
+            "jhub",
+            "rayclusters",
+            {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayCluster",
+                "metadata": {"name": "rc"},
+                "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "h", "image": "i"}]}}}},
+            },
+        )
 
 
 async def test_rbac_401_and_admin(rbac_emu: K8sEmu) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.get(rbac_emu.url + "/api/v1/namespaces/jhub/pods") as r:
             assert r.status == 401
-            assert await r.json() == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
+            assert await r.json() == {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "Unauthorized",
+                "reason": "Unauthorized",
+                "code": 401,
+            }
         async with s.get(rbac_emu.url + "/api/v1/pods", headers={"Authorization": "Bearer wrong"}) as r:
             assert r.status == 401
-        async with s.get(rbac_emu.url + "/api/v1/pods",
-                         headers={"Authorization": f"Bearer {rbac_emu.admin_token}"}) as r:
+        async with s.get(
+            rbac_emu.url + "/api/v1/pods", headers={"Authorization": f"Bearer {rbac_emu.admin_token}"}
+        ) as r:
             assert r.status == 200
     # the default kubeconfig uses the admin token
     api = await config.new_client_from_config(config_file=str(rbac_emu.kubeconfig_path))
@@ -158,9 +198,16 @@ async def test_faults_500_429_403_409(k8s_emu: K8sEmu, k8s_emu_client: Any) -> N
     k8s_emu.faults.clear()
     await v1.list_namespaced_secret("f")
     got = [(i["verb"], i["resource"], i["status"]) for i in k8s_emu.faults.injected]
-    assert got == [("create", "pods", 500), ("get", "pods", 429), ("get", "pods", 429), ("delete", "pods", 403),
-                   ("patch", "pods", 409), ("list", "secrets", 503), ("list", "secrets", 503),
-                   ("list", "secrets", 503)]
+    assert got == [
+        ("create", "pods", 500),
+        ("get", "pods", 429),
+        ("get", "pods", 429),
+        ("delete", "pods", 403),
+        ("patch", "pods", 409),
+        ("list", "secrets", 503),
+        ("list", "secrets", 503),
+        ("list", "secrets", 503),
+    ]
 
 
 async def test_fault_latency(k8s_emu: K8sEmu, k8s_emu_client: Any) -> None:

@@ -17,12 +17,14 @@ from tests.k8semu.netns import netns_available
 from tests.test_k8semu_process_kubelet import NS, FakeCluster, kubelet, make_pod, status_of, wait_for  # noqa: F401
 
 
-
 def process_test(fn: Any) -> Any:
     """Marks of a process-kubelet test (root, network namespaces, slow)."""
-    for mark in (pytest.mark.netns, pytest.mark.slow,
-                 pytest.mark.skipif(os.geteuid() != 0, reason="the process kubelet needs root"),
-                 pytest.mark.skipif(os.geteuid() == 0 and not netns_available(), reason="no network namespaces")):
+    for mark in (
+        pytest.mark.netns,
+        pytest.mark.slow,
+        pytest.mark.skipif(os.geteuid() != 0, reason="the process kubelet needs root"),
+        pytest.mark.skipif(os.geteuid() == 0 and not netns_available(), reason="no network namespaces"),
+    ):
         fn = mark(fn)
     return fn
 
@@ -59,16 +61,37 @@ while True:
 
 
 def sidecar_pod(name: str, main: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return make_pod(name, [main], initContainers=[
-        {"name": "side", "image": "x", "restartPolicy": "Always", "command": ["python", "-c", SIDECAR],
-         # The next init container starts only once this succeeded (the file exists).
-         "startupProbe": {"exec": {"command": ["test", "-f", "/tmp/side-file"]}, "periodSeconds": 1,
-                          "failureThreshold": 100},
-         "readinessProbe": {"exec": {"command": ["sh", "-c", "test ! -f /tmp/side-unready && "
-                                                 "wget -q -T 2 -O /dev/null http://127.0.0.1:8081/"]},
-                            "periodSeconds": 1, "failureThreshold": 1}},
-        {"name": "after", "image": "x", "command": ["sh", "-c", "cat /tmp/side-file > /tmp/seen-by-init"]},
-    ], **spec)
+    return make_pod(
+        name,
+        [main],
+        initContainers=[
+            {
+                "name": "side",
+                "image": "x",
+                "restartPolicy": "Always",
+                "command": ["python", "-c", SIDECAR],
+                # The next init container starts only once this succeeded (the file exists).
+                "startupProbe": {
+                    "exec": {"command": ["test", "-f", "/tmp/side-file"]},
+                    "periodSeconds": 1,
+                    "failureThreshold": 100,
+                },
+                "readinessProbe": {
+                    "exec": {
+                        "command": [
+                            "sh",
+                            "-c",
+                            "test ! -f /tmp/side-unready && wget -q -T 2 -O /dev/null http://127.0.0.1:8081/",
+                        ]
+                    },
+                    "periodSeconds": 1,
+                    "failureThreshold": 1,
+                },
+            },
+            {"name": "after", "image": "x", "command": ["sh", "-c", "cat /tmp/side-file > /tmp/seen-by-init"]},
+        ],
+        **spec,
+    )
 
 
 def pod_ready(c: FakeCluster, pod: str) -> bool:
@@ -89,8 +112,10 @@ async def test_sidecar_order_readiness_restart_and_teardown(kubelet: ProcessKube
     name = "k8semu-sidecar"
 
     def diag() -> str:
-        return f"status: {status_of(c, name)}\nside log: {kubelet.logs(NS, name, 'side')}\n" \
-               f"main log: {kubelet.logs(NS, name, 'main')}"
+        return (
+            f"status: {status_of(c, name)}\nside log: {kubelet.logs(NS, name, 'side')}\n"
+            f"main log: {kubelet.logs(NS, name, 'main')}"
+        )
 
     await wait_for(lambda: pod_ready(c, name), 60, "pod Ready", diag)
     st = status_of(c, name)
@@ -104,8 +129,11 @@ async def test_sidecar_order_readiness_restart_and_teardown(kubelet: ProcessKube
     assert "main-sees from-sidecar | from-sidecar" in kubelet.logs(NS, name, "main")
     assert "side-up" in kubelet.logs(NS, name, "side")
     # The first status in which "after" has left waiting shows the sidecar started, running.
-    first = next({x["name"]: x for x in h["initContainerStatuses"]} for h in c.history[name]
-                 if "waiting" not in h["initContainerStatuses"][1]["state"])
+    first = next(
+        {x["name"]: x for x in h["initContainerStatuses"]}
+        for h in c.history[name]
+        if "waiting" not in h["initContainerStatuses"][1]["state"]
+    )
     assert first["side"]["started"] and "running" in first["side"]["state"], first
 
     # Readiness of the sidecar feeds the pod's Ready condition; exec targets the sidecar.
@@ -122,8 +150,12 @@ async def test_sidecar_order_readiness_restart_and_teardown(kubelet: ProcessKube
     side_c = next(x for x in runner.inits if x.name == "side")
     assert side_c.proc is not None
     os.kill(side_c.proc.pid, signal.SIGKILL)
-    await wait_for(lambda: status_of(c, name, "side").get("restartCount") == 1
-                   and status_of(c, name, "side").get("ready"), 60, "sidecar restarted and ready", diag)
+    await wait_for(
+        lambda: status_of(c, name, "side").get("restartCount") == 1 and status_of(c, name, "side").get("ready"),
+        60,
+        "sidecar restarted and ready",
+        diag,
+    )
     side = status_of(c, name, "side")
     assert side["lastState"]["terminated"]["exitCode"] == 137 and side["started"]
     assert status_of(c, name, "main")["restartCount"] == 0 and status_of(c, name)["phase"] == "Running"
@@ -133,8 +165,10 @@ async def test_sidecar_order_readiness_restart_and_teardown(kubelet: ProcessKube
     # Teardown: the main container has exited before the sidecar gets SIGTERM.
     await kubelet.kill_pod(pod, 5)
     main_log, side_log = kubelet.logs(NS, name, "main"), kubelet.logs(NS, name, "side")
-    assert stamp(main_log, "main-term") < stamp(main_log, "main-exit") <= stamp(side_log, "side-term"), \
-        (main_log, side_log)
+    assert stamp(main_log, "main-term") < stamp(main_log, "main-exit") <= stamp(side_log, "side-term"), (
+        main_log,
+        side_log,
+    )
     killing = [e[2] for e in c.events if e[0] == name and e[1] == "Killing"]
     assert killing == ["Stopping container main", "Stopping container side"], killing
 
@@ -146,8 +180,12 @@ async def test_sidecar_stopped_when_main_completes(kubelet: ProcessKubelet) -> N
     pod = sidecar_pod("k8semu-sidecar-job", main, restartPolicy="Never")
     name = "k8semu-sidecar-job"
     await kubelet.run_pod(pod, c.ctx(pod))
-    await wait_for(lambda: status_of(c, name).get("phase") in ("Succeeded", "Failed"), 60, "pod done",
-                   lambda: f"{status_of(c, name)}\n{kubelet.logs(NS, name, 'side')}")
+    await wait_for(
+        lambda: status_of(c, name).get("phase") in ("Succeeded", "Failed"),
+        60,
+        "pod done",
+        lambda: f"{status_of(c, name)}\n{kubelet.logs(NS, name, 'side')}",
+    )
     st = status_of(c, name)
     assert st["phase"] == "Succeeded", st  # the sidecar's SIGTERM exit does not fail the pod
     side = status_of(c, name, "side")
@@ -158,11 +196,20 @@ async def test_sidecar_stopped_when_main_completes(kubelet: ProcessKubelet) -> N
 
 
 async def test_sim_kubelet_reports_sidecars(k8s_emu: K8sEmu) -> None:
-    k8s_emu.create_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sc", "namespace": "default"},
-                           "spec": {"initContainers": [
-                               {"name": "side", "image": "busybox", "restartPolicy": "Always"},
-                               {"name": "init", "image": "busybox"}],
-                               "containers": [{"name": "main", "image": "busybox"}]}})
+    k8s_emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "sc", "namespace": "default"},
+            "spec": {
+                "initContainers": [
+                    {"name": "side", "image": "busybox", "restartPolicy": "Always"},
+                    {"name": "init", "image": "busybox"},
+                ],
+                "containers": [{"name": "main", "image": "busybox"}],
+            },
+        }
+    )
 
     def ready() -> dict[str, Any] | None:
         st = (k8s_emu.get_object("pods", "default", "sc") or {}).get("status") or {}

@@ -65,7 +65,7 @@ asyncio.run(main())
 def tagged(out: str, tag: str) -> object:
     line = next((x for x in out.splitlines() if x.startswith(tag + " ")), None)
     assert line is not None, f"no {tag} line in:\n{out}"
-    return json.loads(line[len(tag) + 1:])
+    return json.loads(line[len(tag) + 1 :])
 
 
 @pytest.mark.timeout(300)
@@ -73,16 +73,24 @@ def test_pod_runs_the_kubelets_venv_under_tmp() -> None:
     top = Path(tempfile.mkdtemp(prefix="k8semu-tmpvenv-", dir="/tmp"))
     try:
         venv = top / "venv"
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                       check=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+            check=True,
+            timeout=120,
+        )
         vpy = venv / "bin" / "python"
-        site = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              check=True, capture_output=True, text=True).stdout.strip()
+        site = subprocess.run(
+            [str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         # The project venv's packages (ray, psutil, ...), without copying them.
         Path(site, "k8semu-project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         (top / "not-for-pods").write_text("host /tmp content next to the venv\n")
-        p = subprocess.run([str(vpy), "-c", DRIVER, str(top)], cwd=CHECKOUT, capture_output=True, text=True,
-                           timeout=240)
+        p = subprocess.run(
+            [str(vpy), "-c", DRIVER, str(top)], cwd=CHECKOUT, capture_output=True, text=True, timeout=240
+        )
         out = p.stdout + p.stderr
         assert p.returncode == 0, out
         net = tagged(out, "NET")

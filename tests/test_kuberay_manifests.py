@@ -43,7 +43,9 @@ NOTEBOOK_IMAGE = "quay.io/rayspawner/notebook:2.60.0"
 OWNER = common.owner_reference("jupyter-alice", "0f0e0d0c-0b0a-0908-0706-050403020100")
 NOTEBOOK_SELECTOR = {"component": "singleuser-server", naming.LABEL_USERNAME: "alice", naming.LABEL_SERVERNAME: ""}
 
-requires_crd = pytest.mark.skipif(not CRD.exists(), reason=f"KubeRay CRD schema not found at {CRD} (../shared/schemas absent)")
+requires_crd = pytest.mark.skipif(
+    not CRD.exists(), reason=f"KubeRay CRD schema not found at {CRD} (../shared/schemas absent)"
+)
 
 
 # ------------------------------------------------------------------ the validator
@@ -127,8 +129,14 @@ def as_pod(template: dict, name: str) -> dict:
 
 # ------------------------------------------------------------------ every spec the spawner can produce
 def _spec(cfg: RayConfig, servername: str = "") -> RayClusterSpec:
-    return resolve_spec(cfg, username="alice", servername=servername, namespace="jhub",
-                        notebook_image=NOTEBOOK_IMAGE, notebook_selector=NOTEBOOK_SELECTOR)
+    return resolve_spec(
+        cfg,
+        username="alice",
+        servername=servername,
+        namespace="jhub",
+        notebook_image=NOTEBOOK_IMAGE,
+        notebook_selector=NOTEBOOK_SELECTOR,
+    )
 
 
 def _hub_config(values: dict) -> dict[str, Any]:
@@ -166,18 +174,41 @@ TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedu
 MATRIX_AXES: dict[str, list[dict[str, Any]]] = {
     "scaling": [
         {},
-        {"ray_worker_replicas": 1, "ray_worker_min_replicas": 0, "ray_worker_max_replicas": 4,
-         "ray_autoscaler_idle_timeout_seconds": 120, "ray_autoscaler_upscaling_mode": "Conservative"},
+        {
+            "ray_worker_replicas": 1,
+            "ray_worker_min_replicas": 0,
+            "ray_worker_max_replicas": 4,
+            "ray_autoscaler_idle_timeout_seconds": 120,
+            "ray_autoscaler_upscaling_mode": "Conservative",
+        },
         {"ray_worker_replicas": 0},
     ],
     "gpu": [{}, {"ray_gpu_worker_replicas": 1, "ray_gpu_worker_gpus": 1, "ray_head_gpu": 0}],
-    "security": [{}, {"ray_auth_enabled": False}, {"ray_network_policy_enabled": False},
-                 {"ray_network_policy_extra_ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
-                                                        "ports": [{"protocol": "TCP", "port": 8080}]}]}],
-    "placement": [{}, {"ray_node_selector": {"node-pool": "ray"}, "ray_tolerations": [TOLERATION],
-                       "ray_volumes": [VOLUME], "ray_volume_mounts": [MOUNT],
-                       "ray_extra_env": {"OMP_NUM_THREADS": "1"}, "ray_extra_labels": {"team": "ml"},
-                       "ray_extra_annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"}}],
+    "security": [
+        {},
+        {"ray_auth_enabled": False},
+        {"ray_network_policy_enabled": False},
+        {
+            "ray_network_policy_extra_ingress": [
+                {
+                    "from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+                    "ports": [{"protocol": "TCP", "port": 8080}],
+                }
+            ]
+        },
+    ],
+    "placement": [
+        {},
+        {
+            "ray_node_selector": {"node-pool": "ray"},
+            "ray_tolerations": [TOLERATION],
+            "ray_volumes": [VOLUME],
+            "ray_volume_mounts": [MOUNT],
+            "ray_extra_env": {"OMP_NUM_THREADS": "1"},
+            "ray_extra_labels": {"team": "ml"},
+            "ray_extra_annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"},
+        },
+    ],
     "image": [{}, {"ray_image": "quay.io/rayspawner/ray:2.60.0", "ray_image_pull_policy": "IfNotPresent"}],
 }
 
@@ -227,9 +258,18 @@ def test_raycluster_validates_against_crd_and_pod_schema(name: str, crd_validato
 
 BROKEN: list[tuple[str, Any]] = [
     ("unknown top-level spec field", lambda rc: rc["spec"].__setitem__("headGroupSpecs", {})),
-    ("unknown field in a container", lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("bogus", 1)),
-    ("unknown field in pod template metadata", lambda rc: rc["spec"]["headGroupSpec"]["template"]["metadata"].__setitem__("uid", "x")),
-    ("rayStartParams value not a string", lambda rc: rc["spec"]["headGroupSpec"]["rayStartParams"].__setitem__("num-cpus", 1)),
+    (
+        "unknown field in a container",
+        lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("bogus", 1),
+    ),
+    (
+        "unknown field in pod template metadata",
+        lambda rc: rc["spec"]["headGroupSpec"]["template"]["metadata"].__setitem__("uid", "x"),
+    ),
+    (
+        "rayStartParams value not a string",
+        lambda rc: rc["spec"]["headGroupSpec"]["rayStartParams"].__setitem__("num-cpus", 1),
+    ),
     ("replicas as a string", lambda rc: rc["spec"]["workerGroupSpecs"][0].__setitem__("replicas", "2")),
     ("replicas beyond int32", lambda rc: rc["spec"]["workerGroupSpecs"][0].__setitem__("maxReplicas", 2**31)),
     ("worker group without template", lambda rc: rc["spec"]["workerGroupSpecs"][0].pop("template")),
@@ -238,8 +278,16 @@ BROKEN: list[tuple[str, Any]] = [
     ("invalid upscalingMode", lambda rc: rc["spec"].__setitem__("autoscalerOptions", {"upscalingMode": "Fast"})),
     ("invalid auth mode", lambda rc: rc["spec"].__setitem__("authOptions", {"mode": "password"})),
     ("enableInTreeAutoscaling not a boolean", lambda rc: rc["spec"].__setitem__("enableInTreeAutoscaling", "true")),
-    ("container port as a string", lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"][0].__setitem__("containerPort", "6379")),
-    ("env var without name", lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append({"value": "x"})),
+    (
+        "container port as a string",
+        lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"][0].__setitem__(
+            "containerPort", "6379"
+        ),
+    ),
+    (
+        "env var without name",
+        lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append({"value": "x"}),
+    ),
 ]
 
 
@@ -336,19 +384,32 @@ def test_same_pods_as_the_pods_backend(name: str) -> None:
     rc = kuberay.raycluster(spec, OWNER)
     by_group = dict(kuberay.pod_templates(rc))
     pairs = [("head", pods.head_pod(spec, OWNER)["spec"], spec.head)]
-    pairs += [(g.name, pods.worker_deployment(spec, g, OWNER)["spec"]["template"]["spec"], g.resources) for g in spec.worker_groups]
+    pairs += [
+        (g.name, pods.worker_deployment(spec, g, OWNER)["spec"]["template"]["spec"], g.resources)
+        for g in spec.worker_groups
+    ]
     for group, pod_spec, res in pairs:
         ours = by_group[group]["spec"]
         volumes = [v for v in ours["volumes"] if v["name"] != kuberay.AUTOSCALER_TOKEN_VOLUME]
         assert volumes == pod_spec["volumes"]
-        for key in ("securityContext", "automountServiceAccountToken", "enableServiceLinks", "nodeSelector", "tolerations", "initContainers"):
+        for key in (
+            "securityContext",
+            "automountServiceAccountToken",
+            "enableServiceLinks",
+            "nodeSelector",
+            "tolerations",
+            "initContainers",
+        ):
             assert ours.get(key) == pod_spec.get(key), key
         a, b = ours["containers"][0], pod_spec["containers"][0]
         for key in ("image", "imagePullPolicy", "env", "resources", "securityContext", "volumeMounts", "livenessProbe"):
             assert a.get(key) == b.get(key), (group, key)
         # ray start is told the same sizes
-        group_spec = rc["spec"]["headGroupSpec"] if group == "head" else \
-            next(g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == group)
+        group_spec = (
+            rc["spec"]["headGroupSpec"]
+            if group == "head"
+            else next(g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == group)
+        )
         params = group_spec["rayStartParams"]
         args = " ".join(b["command"]) + " " + " ".join(b.get("args", []))
         for key in ("num-cpus", "num-gpus", "memory", "object-store-memory"):
@@ -384,8 +445,13 @@ def test_cluster_objects_signature_matches_pods_backend() -> None:
     assert inspect.signature(kuberay.cluster_objects) == inspect.signature(pods.cluster_objects)
     spec = next(iter(ALL_SPECS.values()))
     kinds = [o["kind"] for o in kuberay.cluster_objects(spec, None)]
-    policies = ["NetworkPolicy", "NetworkPolicy"] if spec.network_policy and spec.notebook_selector else \
-        ["NetworkPolicy"] if spec.network_policy else []
+    policies = (
+        ["NetworkPolicy", "NetworkPolicy"]
+        if spec.network_policy and spec.notebook_selector
+        else ["NetworkPolicy"]
+        if spec.network_policy
+        else []
+    )
     assert kinds == policies + ["RayCluster"]
     assert kinds == [o["kind"] for o in kuberay.cluster_objects(spec, None)]
     assert "ownerReferences" not in kuberay.raycluster(spec, None)["metadata"]

@@ -20,7 +20,13 @@ import pytest
 import requests
 
 from rayspawner.backends.local import (
-    MARKER, NODE_PORTS, LocalBackend, LocalCluster, PortBlocks, find_processes, listening_ports,
+    MARKER,
+    NODE_PORTS,
+    LocalBackend,
+    LocalCluster,
+    PortBlocks,
+    find_processes,
+    listening_ports,
 )
 from rayspawner.config import RayConfig
 from rayspawner.options import resolve_spec
@@ -94,7 +100,9 @@ def test_port_blocks_skip_listening_ports(tmp_path: Path) -> None:
 def test_state_never_holds_the_token_and_env_follows_the_mode() -> None:
     from rayspawner.backends.local import LocalNode
 
-    c = LocalCluster("ray-x", "abcd1234", "/tmp/rsp/abcd1234", "/tmp/rsp", [LocalNode("head", 24000, 1)], token="s3cret")
+    c = LocalCluster(
+        "ray-x", "abcd1234", "/tmp/rsp/abcd1234", "/tmp/rsp", [LocalNode("head", 24000, 1)], token="s3cret"
+    )
     state = c.to_state()
     assert "s3cret" not in json.dumps(state) and "s3cret" not in repr(c)
     assert LocalCluster.from_state(state).token is None
@@ -119,9 +127,16 @@ async def test_every_node_has_its_own_temp_dir_label_and_memory(tmp_path: Path) 
         temp_dirs = [next(a for a in arg if a.startswith("--temp-dir=")) for arg in args]
         assert len(set(temp_dirs)) == 3, temp_dirs  # own session dirs: no shared socket names
         # short: <root>/<8 hex>/w<i> keeps Ray's socket paths under ~107 characters
-        assert [t[len("--temp-dir="):] for t in temp_dirs] == [cluster.temp_dir, f"{cluster.temp_dir}/w1", f"{cluster.temp_dir}/w2"]
+        assert [t[len("--temp-dir=") :] for t in temp_dirs] == [
+            cluster.temp_dir,
+            f"{cluster.temp_dir}/w1",
+            f"{cluster.temp_dir}/w2",
+        ]
         assert [next(a for a in arg if a.startswith("--labels=")) for arg in args] == [
-            "--labels=rayspawner-node=head", "--labels=rayspawner-node=workers-0", "--labels=rayspawner-node=workers-1"]
+            "--labels=rayspawner-node=head",
+            "--labels=rayspawner-node=workers-0",
+            "--labels=rayspawner-node=workers-1",
+        ]
         for node, arg in zip(cluster.nodes, args):
             memory = int(next(a for a in arg if a.startswith("--memory="))[9:])
             store = int(next(a for a in arg if a.startswith("--object-store-memory="))[22:])
@@ -164,7 +179,9 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
     try:
         clusters = {u: await backend.prepare(s) for u, s in specs.items()}
         # distinct ports, temp dirs, tokens; short temp dirs
-        ports = {u: {p for n in c.nodes for p in range(n.base_port, n.base_port + NODE_PORTS)} for u, c in clusters.items()}
+        ports = {
+            u: {p for n in c.nodes for p in range(n.base_port, n.base_port + NODE_PORTS)} for u, c in clusters.items()
+        }
         assert not ports["alice"] & ports["bob"]
         assert clusters["alice"].temp_dir != clusters["bob"].temp_dir and len(clusters["alice"].temp_dir) < 30
         assert clusters["alice"].token != clusters["bob"].token
@@ -206,12 +223,16 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         # without a token, and with alice's token, bob's cluster refuses
         none, wrong = await asyncio.gather(
             asyncio.to_thread(run_client, envs["bob"], None),
-            asyncio.to_thread(run_client, envs["bob"], clusters["alice"].token))
+            asyncio.to_thread(run_client, envs["bob"], clusters["alice"].token),
+        )
         assert not none["ok"] and not wrong["ok"], (none, wrong)
         dash = envs["bob"]["RAY_DASHBOARD_URL"] + "/api/version"
         assert requests.get(dash, timeout=10).status_code == 401
         assert requests.get(dash, headers=auth, timeout=10).status_code == 403  # wrong token: forbidden (no token: 401)
-        assert requests.get(dash, headers={"Authorization": f"Bearer {clusters['bob'].token}"}, timeout=10).status_code == 200
+        assert (
+            requests.get(dash, headers={"Authorization": f"Bearer {clusters['bob'].token}"}, timeout=10).status_code
+            == 200
+        )
 
         # a worker whose raylet dies (its `ray start --block` parent lives on) is seen and restarted
         victim = a.workers[1]
@@ -219,8 +240,9 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         assert len(raylets) == 1, raylets
         raylets[0].kill()
         for _ in range(240):  # Ray marks the old node DEAD and the restarted one joins
-            nodes = requests.get(envs["alice"]["RAY_DASHBOARD_URL"] + "/api/v0/nodes?limit=100&detail=true",
-                                 headers=auth, timeout=10).json()["data"]["result"]["result"]
+            nodes = requests.get(
+                envs["alice"]["RAY_DASHBOARD_URL"] + "/api/v0/nodes?limit=100&detail=true", headers=auth, timeout=10
+            ).json()["data"]["result"]["result"]
             alive = sorted(n["labels"]["rayspawner-node"] for n in nodes if n["state"] == "ALIVE")
             dead = [n["labels"]["rayspawner-node"] for n in nodes if n["state"] == "DEAD"]
             if alive == ["head", "workers-0", "workers-1"] and dead == ["workers-1"]:

@@ -28,11 +28,29 @@ def test_demo_prints_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     out = tmp_path / "demo.log"
     with open(out, "wb") as f:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "rayspawner", "demo", "--port", str(port), "--hub-api-port", str(free_port()),
-             "--proxy-api-port", str(free_port()), "--state-dir", str(tmp_path / "state")],
-            stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+            [
+                sys.executable,
+                "-m",
+                "rayspawner",
+                "demo",
+                "--port",
+                str(port),
+                "--hub-api-port",
+                str(free_port()),
+                "--proxy-api-port",
+                str(free_port()),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
     url, temp_root = f"http://127.0.0.1:{port}", f"/tmp/rspd{port}"
-    api = lambda m, p, **kw: requests.request(m, f"{url}/hub/api{p}", headers={"Authorization": f"token {token}"}, timeout=30, **kw)  # noqa: E731
+    api = lambda m, p, **kw: requests.request(
+        m, f"{url}/hub/api{p}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
+    )  # noqa: E731
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -50,8 +68,12 @@ def test_demo_prints_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         # the printed password logs in (any user name)
         browser = requests.Session()
         browser.get(f"{url}/hub/login", timeout=30)  # sets the _xsrf cookie the login form posts back
-        login = browser.post(f"{url}/hub/login", allow_redirects=False, timeout=30,
-                             data={"username": "carol", "password": password, "_xsrf": browser.cookies.get("_xsrf", "")})
+        login = browser.post(
+            f"{url}/hub/login",
+            allow_redirects=False,
+            timeout=30,
+            data={"username": "carol", "password": password, "_xsrf": browser.cookies.get("_xsrf", "")},
+        )
         assert login.status_code == 302 and "/hub/login" not in login.headers.get("location", ""), login.status_code
         # a Ray server is running when Ctrl-C arrives
         assert api("POST", "/users/dave").status_code == 201

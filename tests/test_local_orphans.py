@@ -47,8 +47,14 @@ async def test_sweep_removes_only_clusters_no_live_server_owns(tmp_path: Path) -
         _cluster_dir(root, "orphan01", created=old, hub_pid=dead, notebook_pid=dead)
         _cluster_dir(root, "owned001", created=old, hub_pid=dead)
         _cluster_dir(root, "young001", created=time.time(), hub_pid=dead)
-        _cluster_dir(root, "livenb01", created=old, hub_pid=dead, notebook_pid=notebook.pid,
-                     notebook_started=psutil.Process(notebook.pid).create_time())
+        _cluster_dir(
+            root,
+            "livenb01",
+            created=old,
+            hub_pid=dead,
+            notebook_pid=notebook.pid,
+            notebook_started=psutil.Process(notebook.pid).create_time(),
+        )
         _cluster_dir(root, "otherhub", created=old, hub_pid=other_hub.pid)
         (root / ".ports").mkdir()
 

@@ -42,8 +42,14 @@ def test_form_is_kubespawners_with_our_profiles() -> None:
 
 
 def test_options_from_form() -> None:
-    opts = spawner().options_from_form({"profile": ["ray"], "profile-option-ray--workers": ["2"],
-                                        "profile-option-ray--worker_size": ["medium"], "junk": ["x"]})
+    opts = spawner().options_from_form(
+        {
+            "profile": ["ray"],
+            "profile-option-ray--workers": ["2"],
+            "profile-option-ray--worker_size": ["medium"],
+            "junk": ["x"],
+        }
+    )
     assert opts == {"profile": "ray", "workers": "2", "worker_size": "medium"}
 
 
@@ -63,16 +69,19 @@ async def test_ray_profile_and_options_make_the_spec() -> None:
     assert s._ray_spec.desired_workers == 1 and s.ray_worker_cpu == "1"
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"profile": "ray", "workers--unlisted-choice": "9"}, "limit is 4"),
-    ({"profile": "ray", "workers--unlisted-choice": "x; rm -rf /"}, "failed validation regex"),
-    ({"profile": "ray", "workers--unlisted-choice": "-1"}, "failed validation regex"),
-    ({"profile": "ray", "workers": "lots"}, "not one of the choices"),
-    ({"profile": "ray", "bogus": "1"}, "Unknown option"),
-    ({"profile": "nope"}, "No such profile"),
-    ({"profile": "ray-gpu"}, "this machine has 0"),
-    ({"profile": ["ray"]}, "must be a string"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"profile": "ray", "workers--unlisted-choice": "9"}, "limit is 4"),
+        ({"profile": "ray", "workers--unlisted-choice": "x; rm -rf /"}, "failed validation regex"),
+        ({"profile": "ray", "workers--unlisted-choice": "-1"}, "failed validation regex"),
+        ({"profile": "ray", "workers": "lots"}, "not one of the choices"),
+        ({"profile": "ray", "bogus": "1"}, "Unknown option"),
+        ({"profile": "nope"}, "No such profile"),
+        ({"profile": "ray-gpu"}, "this machine has 0"),
+        ({"profile": ["ray"]}, "must be a string"),
+    ],
+)
 async def test_bad_options_are_refused(options: dict, message: str) -> None:
     with pytest.raises(InvalidOptions, match=message) as e:
         await load(spawner(), options)
@@ -110,11 +119,13 @@ def test_bad_port_range_is_a_config_error() -> None:
 async def test_progress_rises_in_plain_words(monkeypatch) -> None:
     from rayspawner.backends.base import ClusterStatus
 
-    seq = [ClusterStatus(phase="starting", workers_desired=2),
-           ClusterStatus(head_ready=True, workers_desired=2),
-           ClusterStatus(head_ready=True, workers_ready=1, workers_desired=2),
-           ClusterStatus(head_ready=True, workers_ready=0, workers_desired=2),  # a worker died
-           ClusterStatus(head_ready=True, workers_ready=2, workers_desired=2)]
+    seq = [
+        ClusterStatus(phase="starting", workers_desired=2),
+        ClusterStatus(head_ready=True, workers_desired=2),
+        ClusterStatus(head_ready=True, workers_ready=1, workers_desired=2),
+        ClusterStatus(head_ready=True, workers_ready=0, workers_desired=2),  # a worker died
+        ClusterStatus(head_ready=True, workers_ready=2, workers_desired=2),
+    ]
     cluster = type("C", (), {"events": []})()
 
     class Backend:
@@ -132,8 +143,15 @@ async def test_progress_rises_in_plain_words(monkeypatch) -> None:
     pcts = [e["progress"] for e in events]
     assert all(isinstance(p, int) for p in pcts) and pcts == sorted(pcts), events
     text = "\n".join(e["message"] for e in events)
-    for words in ("Ray head of ray-alice: starting", "Notebook server started", "accepting connections",
-                  "Ray workers joined 1/2", "workers-1 died", "Ray workers joined 2/2", "is ready"):
+    for words in (
+        "Ray head of ray-alice: starting",
+        "Notebook server started",
+        "accepting connections",
+        "Ray workers joined 1/2",
+        "workers-1 died",
+        "Ray workers joined 2/2",
+        "is ready",
+    ):
         assert words in text, (words, text)
 
 

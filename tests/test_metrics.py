@@ -33,9 +33,15 @@ NAMES = (
 PROFILES = [
     {"display_name": "Plain", "slug": "plain", "default": True},
     {"display_name": "Ray", "slug": "ray", "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 1}},
-    {"display_name": "Ray (broken image)", "slug": "ray-broken",
-     "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 1,
-                              "ray_extra_annotations": {"k8semu/image-pull": "fail"}}},
+    {
+        "display_name": "Ray (broken image)",
+        "slug": "ray-broken",
+        "kubespawner_override": {
+            "ray_enabled": True,
+            "ray_worker_replicas": 1,
+            "ray_extra_annotations": {"k8semu/image-pull": "fail"},
+        },
+    },
 ]
 
 
@@ -66,8 +72,9 @@ c.RaySpawner.ray_stop_timeout = 10
 
 
 def metrics(hub: HubProcess, auth: bool = True) -> tuple[int, str]:
-    req = urllib.request.Request(hub.url + "/hub/metrics",
-                                 headers={"Authorization": f"token {hub.token}"} if auth else {})
+    req = urllib.request.Request(
+        hub.url + "/hub/metrics", headers={"Authorization": f"token {hub.token}"} if auth else {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
@@ -97,8 +104,12 @@ def wait_for_metric(hub: HubProcess, predicate, timeout: float = 60) -> str:  # 
         if predicate(text):
             return text
         time.sleep(0.3)
-    raise AssertionError(f"metrics did not move in {timeout}s:\n" +
-                         "\n".join(l for l in text.splitlines() if l.startswith("rayspawner")) + "\n" + hub.log()[-3000:])
+    raise AssertionError(
+        f"metrics did not move in {timeout}s:\n"
+        + "\n".join(line for line in text.splitlines() if line.startswith("rayspawner"))
+        + "\n"
+        + hub.log()[-3000:]
+    )
 
 
 def wait_server_gone(hub: HubProcess, user: str, timeout: float = 60) -> None:
@@ -131,11 +142,15 @@ def test_spawn_and_teardown_move_the_metrics(hub: HubProcess, emu: K8sEmu) -> No
     if status == 500:
         assert "didn't respond" in hub.log(), hub.log()[-3000:]
     # the Ray cluster came up: one spawn observed, one cluster running
-    text = wait_for_metric(hub, lambda t: sample(t, "rayspawner_cluster_spawn_duration_seconds_count", backend="pods") == spawns + 1)
+    text = wait_for_metric(
+        hub, lambda t: sample(t, "rayspawner_cluster_spawn_duration_seconds_count", backend="pods") == spawns + 1
+    )
     assert sample(text, "rayspawner_cluster_spawn_duration_seconds_sum", backend="pods") > 0
     # JupyterHub then cannot reach the (simulated) notebook and stops the server: the teardown is counted
     # and the running gauge goes back
-    text = wait_for_metric(hub, lambda t: sample(t, "rayspawner_cluster_teardown_duration_seconds_count", backend="pods") == teardowns + 1)
+    text = wait_for_metric(
+        hub, lambda t: sample(t, "rayspawner_cluster_teardown_duration_seconds_count", backend="pods") == teardowns + 1
+    )
     assert sample(text, "rayspawner_clusters_running", backend="pods") == 0
     wait_server_gone(hub, "alice")
     assert ray_objects(emu) == []
@@ -147,7 +162,10 @@ def test_failed_spawn_is_counted_by_reason(hub: HubProcess, emu: K8sEmu) -> None
     failures = sample(before, "rayspawner_cluster_spawn_failures_total", backend="pods", reason="image")
     status, body = hub.api("POST", "/users/bob/server", {"profile": "ray-broken"})
     assert status in (201, 202, 500), body
-    text = wait_for_metric(hub, lambda t: sample(t, "rayspawner_cluster_spawn_failures_total", backend="pods", reason="image") == failures + 1)
+    text = wait_for_metric(
+        hub,
+        lambda t: sample(t, "rayspawner_cluster_spawn_failures_total", backend="pods", reason="image") == failures + 1,
+    )
     assert sample(text, "rayspawner_clusters_running", backend="pods") == 0
     wait_server_gone(hub, "bob")
     assert ray_objects(emu) == []

@@ -40,7 +40,10 @@ def apply_profile(cfg: RayConfig, user_options: dict, profiles: list[dict]) -> N
     for name, opt in profile.get("profile_options", {}).items():
         unlisted = user_options.get(f"{name}--unlisted-choice")
         if unlisted:
-            overrides = {k: recursive_format(v, value=unlisted) for k, v in opt["unlisted_choice"]["kubespawner_override"].items()}
+            overrides = {
+                k: recursive_format(v, value=unlisted)
+                for k, v in opt["unlisted_choice"]["kubespawner_override"].items()
+            }
         elif user_options.get(name):
             overrides = opt["choices"][user_options[name]].get("kubespawner_override", {})
         else:
@@ -76,10 +79,19 @@ def test_good_options_map_to_spec():
     spec = spec_for({"profile": "ray", "workers": "2"})
     assert spec.worker_groups[0].replicas == 2
     assert spec.image == NOTEBOOK_IMAGE  # defaults to the notebook image
-    spec = spec_for({"profile": "ray", "workers--unlisted-choice": "3", "size--unlisted-choice": "4Gi", "cpu--unlisted-choice": "1500m"})
+    spec = spec_for(
+        {
+            "profile": "ray",
+            "workers--unlisted-choice": "3",
+            "size--unlisted-choice": "4Gi",
+            "cpu--unlisted-choice": "1500m",
+        }
+    )
     w = spec.worker_groups[0]
     assert (w.replicas, w.resources.memory_bytes, w.resources.cpu_millis) == (3, 4 * 2**30, 1500)
-    spec = spec_for({"profile": "ray", "gpus--unlisted-choice": "1", "image--unlisted-choice": "quay.io/rayspawner/ray:2.60.0"})
+    spec = spec_for(
+        {"profile": "ray", "gpus--unlisted-choice": "1", "image--unlisted-choice": "quay.io/rayspawner/ray:2.60.0"}
+    )
     assert [g.name for g in spec.worker_groups] == ["workers", "gpu-workers"]
     assert spec.worker_groups[1].resources.gpu == 1
     assert spec.image == "quay.io/rayspawner/ray:2.60.0"
@@ -101,7 +113,10 @@ def test_autoscaling_bounds():
     [
         ({"ray_max_worker_memory": "lots"}, "Invalid admin limit"),
         ({"ray_max_total_cpu": "-3"}, "Invalid admin limit"),
-        ({"ray_allowed_images_regex": "([", "ray_allowed_images": [], "ray_image": "quay.io/rayspawner/x"}, "not a valid regular expression"),
+        (
+            {"ray_allowed_images_regex": "([", "ray_allowed_images": [], "ray_image": "quay.io/rayspawner/x"},
+            "not a valid regular expression",
+        ),
         ({"ray_object_store_fraction": 0.99}, "ray_object_store_fraction"),
         ({"ray_cluster_name_template": "ray-{nope}"}, "ray_cluster_name_template"),
     ],
@@ -113,10 +128,20 @@ def test_config_errors_are_admin_errors(config, fragment):
 
 def test_regex_allowlist():
     regex = r"quay\.io/rayspawner/ray:[0-9.]+"
-    spec = spec_for({"profile": "ray-fixed"}, ray_image="quay.io/rayspawner/ray:2.60.0", ray_allowed_images=[], ray_allowed_images_regex=regex)
+    spec = spec_for(
+        {"profile": "ray-fixed"},
+        ray_image="quay.io/rayspawner/ray:2.60.0",
+        ray_allowed_images=[],
+        ray_allowed_images_regex=regex,
+    )
     assert spec.image.endswith(":2.60.0")
     with pytest.raises(InvalidOptions, match="must match"):
-        spec_for({"profile": "ray-fixed"}, ray_image="quay.io/rayspawner/ray:latest", ray_allowed_images=[], ray_allowed_images_regex=regex)
+        spec_for(
+            {"profile": "ray-fixed"},
+            ray_image="quay.io/rayspawner/ray:latest",
+            ray_allowed_images=[],
+            ray_allowed_images_regex=regex,
+        )
 
 
 @pytest.mark.parametrize("text,expected", [("500m", 500), ("2", 2000), ("1.5", 1500), (2, 2000), (0.25, 250)])
@@ -124,7 +149,9 @@ def test_parse_cpu(text, expected):
     assert parse_cpu(text) == expected
 
 
-@pytest.mark.parametrize("text,expected", [("2Gi", 2 * 2**30), ("512Mi", 512 * 2**20), ("2G", 2 * 10**9), (1024, 1024), ("1.5Gi", 3 * 2**29)])
+@pytest.mark.parametrize(
+    "text,expected", [("2Gi", 2 * 2**30), ("512Mi", 512 * 2**20), ("2G", 2 * 10**9), (1024, 1024), ("1.5Gi", 3 * 2**29)]
+)
 def test_parse_memory(text, expected):
     assert parse_memory(text) == expected
 

@@ -31,11 +31,22 @@ FILES = {"pods": ["role-pods.yaml"], "kuberay": ["role-pods.yaml", "role-kuberay
 #: verbs granted only for recovery paths a clean spawn/stop does not take (documented in role-pods.yaml):
 #: adopting or replacing an object on a 409 after a hub crash, re-reading one cluster on re-attach.
 #: role-pods.yaml rules that only the pods backend uses to create/delete (KubeRay's operator makes these itself)
-PODS_BACKEND_ONLY = {("create", "deployments"), ("delete", "deployments"), ("create", "services"), ("delete", "services")}
+PODS_BACKEND_ONLY = {
+    ("create", "deployments"),
+    ("delete", "deployments"),
+    ("create", "services"),
+    ("delete", "services"),
+}
 #: watched by KubeSpawner's own reflectors (their 403 comes from KubeSpawner, not rayspawner)
 KUBESPAWNER_REFLECTED = {"pods", "events"}
-RECOVERY_ONLY = {("get", "secrets"), ("get", "services"), ("get", "deployments"), ("get", "networkpolicies"),
-                 ("get", "rayclusters"), ("get", "pods")}
+RECOVERY_ONLY = {
+    ("get", "secrets"),
+    ("get", "services"),
+    ("get", "deployments"),
+    ("get", "networkpolicies"),
+    ("get", "rayclusters"),
+    ("get", "pods"),
+}
 
 
 def _docs(names: list[str]) -> list[dict[str, Any]]:
@@ -94,8 +105,11 @@ async def _spawn_sweep_stop(sp: Any) -> None:
     sp.user_options = dict(RAY)
     try:
         await asyncio.wait_for(sp.start(), 30)
-        await sp.sweep_orphans(None if sp._ray_backend.kind == "pods" else ("RayCluster", "Deployment", "Pod", "Service",
-                                                                             "NetworkPolicy", "Secret"))
+        await sp.sweep_orphans(
+            None
+            if sp._ray_backend.kind == "pods"
+            else ("RayCluster", "Deployment", "Pod", "Service", "NetworkPolicy", "Secret")
+        )
     finally:
         await asyncio.wait_for(sp.stop(), 30)
 
@@ -144,6 +158,8 @@ async def test_removing_any_rule_fails_naming_it_and_leaves_nothing(
         pass
     assert _leftovers(emu) == [], f"left behind without the {resource} rule"
     if resource not in message and resource in KUBESPAWNER_REFLECTED:
-        pytest.xfail(f"KubeSpawner's {resource} reflector raises a bare ApiException (403) without the body, "
-                     "so the spawn fails but the message does not name the rule (RaySpawner could translate it)")
+        pytest.xfail(
+            f"KubeSpawner's {resource} reflector raises a bare ApiException (403) without the body, "
+            "so the spawn fails but the message does not name the rule (RaySpawner could translate it)"
+        )
     assert resource in message, f"without the {resource} rule the error does not name it: {message[:600]}"

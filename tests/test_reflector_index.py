@@ -10,9 +10,13 @@ from rayspawner.reflector_index import ReflectorIndex, pod_events
 
 
 def _event(i: int, pod: str, second: int) -> dict:
-    return {"metadata": {"name": f"{pod}.{i:08x}", "namespace": "jhub", "uid": f"uid-{i}", "resourceVersion": str(i)},
-            "involvedObject": {"kind": "Pod", "name": pod, "namespace": "jhub"},
-            "lastTimestamp": f"2026-11-25T10:00:{second:02d}Z", "eventTime": None, "reason": f"r{i}"}
+    return {
+        "metadata": {"name": f"{pod}.{i:08x}", "namespace": "jhub", "uid": f"uid-{i}", "resourceVersion": str(i)},
+        "involvedObject": {"kind": "Pod", "name": pod, "namespace": "jhub"},
+        "lastTimestamp": f"2026-11-25T10:00:{second:02d}Z",
+        "eventTime": None,
+        "reason": f"r{i}",
+    }
 
 
 def _kubespawner_events(resources: dict, pod: str, last_uid: str | None) -> list[dict]:

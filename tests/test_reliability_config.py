@@ -26,11 +26,17 @@ pytestmark = pytest.mark.slow
 
 RAY = {"profile": "ray", "workers": "1"}
 CASES = {
-    "unknown-backend": ('c.RaySpawner.ray_backend = "bogus"', 500,
-                        ["ray_backend", "'auto', 'pods', 'kuberay'", "bogus", "jupyterhub_config.py"]),
+    "unknown-backend": (
+        'c.RaySpawner.ray_backend = "bogus"',
+        500,
+        ["ray_backend", "'auto', 'pods', 'kuberay'", "bogus", "jupyterhub_config.py"],
+    ),
     "bad-quantity": ('c.RaySpawner.ray_worker_memory = "lots"', 400, ["worker memory", "lots", "2Gi"]),
-    "kuberay-forced-without-crd": ('c.RaySpawner.ray_backend = "kuberay"', 500,
-                                   ["KubeRay is not installed", "ray_backend", "helm install"]),
+    "kuberay-forced-without-crd": (
+        'c.RaySpawner.ray_backend = "kuberay"',
+        500,
+        ["KubeRay is not installed", "ray_backend", "helm install"],
+    ),
     "unreachable-api": ('c.RaySpawner.ray_backend = "pods"', 500, ["Kubernetes API kept failing", "gave up after 3 s"]),
 }
 

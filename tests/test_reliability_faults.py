@@ -86,7 +86,11 @@ async def run_case(emu: Any, factory: Any, backend: str, ns: str, step: tuple, k
     verb, resource, nth, name = step
     fault = add_nth_fault(emu, verb, resource, nth, ns, name, **FAULTS[kind])
     sp = factory(emu, "alice", namespace=ns, ray_backend=backend, **TRAITS)
-    out: dict[str, Any] = {"step": f"{verb} {resource}#{nth}" + (f" ({name})" if name else ""), "kind": kind, "problems": []}
+    out: dict[str, Any] = {
+        "step": f"{verb} {resource}#{nth}" + (f" ({name})" if name else ""),
+        "kind": kind,
+        "problems": [],
+    }
     started = time.monotonic()
     res = await hub_start(sp, RAY)
     out["spawn_s"] = round(time.monotonic() - started, 1)
@@ -112,7 +116,9 @@ async def run_case(emu: Any, factory: Any, backend: str, ns: str, step: tuple, k
     out["fired"] = fault.fired
     out["total_s"] = round(time.monotonic() - started, 1)
     left = await settle(emu, ns, timeout=8)
-    notebook_delete_forbidden = (kind == "403" and (verb, resource) == ("delete", "pods") and name and name.startswith("jupyter-"))
+    notebook_delete_forbidden = (
+        kind == "403" and (verb, resource) == ("delete", "pods") and name and name.startswith("jupyter-")
+    )
     if notebook_delete_forbidden and left:
         # documented: the forbidden notebook pod (and its cluster) stay until the server's next start
         out["outcome"] += " (notebook pod kept)"
@@ -144,8 +150,10 @@ async def run_matrix(emu: Any, factory: Any, backend: str, kind: str) -> list[di
     }
     print(f"\n{backend}/{kind}: {FIGURES[(backend, kind)]}")
     for r in results:
-        print(f"  {r['step']:<50} {r['outcome']:<14} {r['spawn_s']:>5} {r['total_s']:>5} "
-              f"{r.get('spawn_message') or ''} | {r.get('stop_message') or ''}"[:260])
+        print(
+            f"  {r['step']:<50} {r['outcome']:<14} {r['spawn_s']:>5} {r['total_s']:>5} "
+            f"{r.get('spawn_message') or ''} | {r.get('stop_message') or ''}"[:260]
+        )
     return results
 
 

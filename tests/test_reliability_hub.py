@@ -32,22 +32,54 @@ pytestmark = pytest.mark.slow
 RAY = {"profile": "ray", "workers": "1"}
 #: (verb, resource, n-th such request of the spawn) held while the hub is killed; ("wait", ...) = head not ready yet
 KILL_POINTS = {
-    "pods": [("create", "secrets", 1), ("create", "pods", 1), ("patch", "secrets", 1), ("create", "networkpolicies", 1),
-             ("create", "services", 1), ("create", "pods", 2), ("create", "deployments", 1), ("wait", "ready", 0)],
-    "kuberay": [("create", "secrets", 1), ("create", "pods", 1), ("patch", "secrets", 1), ("create", "networkpolicies", 1),
-                ("create", "rayclusters", 1), ("wait", "ready", 0)],
+    "pods": [
+        ("create", "secrets", 1),
+        ("create", "pods", 1),
+        ("patch", "secrets", 1),
+        ("create", "networkpolicies", 1),
+        ("create", "services", 1),
+        ("create", "pods", 2),
+        ("create", "deployments", 1),
+        ("wait", "ready", 0),
+    ],
+    "kuberay": [
+        ("create", "secrets", 1),
+        ("create", "pods", 1),
+        ("patch", "secrets", 1),
+        ("create", "networkpolicies", 1),
+        ("create", "rayclusters", 1),
+        ("wait", "ready", 0),
+    ],
 }
 if not os.environ.get("RAYSPAWNER_ALL_KILL_POINTS"):  # CI: the steps where what exists differs most
     # ownerless Secret (sweep) / owned objects of a pending notebook (GC) / a cluster waiting for its head
-    KILL_POINTS = {b: [p for p in points if p in {("create", "pods", 1), ("create", "deployments", 1),
-                                                  ("create", "rayclusters", 1), ("wait", "ready", 0)}]
-                   for b, points in KILL_POINTS.items()}
+    KILL_POINTS = {
+        b: [
+            p
+            for p in points
+            if p
+            in {("create", "pods", 1), ("create", "deployments", 1), ("create", "rayclusters", 1), ("wait", "ready", 0)}
+        ]
+        for b, points in KILL_POINTS.items()
+    }
 UNRELATED = [
     {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": "jhub"}, "data": {}},
-    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ray-bob-ray-token", "namespace": "jhub",
-     "labels": {"app.kubernetes.io/managed-by": "helm", "ray.io/cluster": "ray-bob"}}, "data": {}},
-    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other-svc", "namespace": "jhub",
-     "labels": {"app.kubernetes.io/managed-by": "helm"}}, "spec": {"ports": [{"port": 80}]}},
+    {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "ray-bob-ray-token",
+            "namespace": "jhub",
+            "labels": {"app.kubernetes.io/managed-by": "helm", "ray.io/cluster": "ray-bob"},
+        },
+        "data": {},
+    },
+    {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "other-svc", "namespace": "jhub", "labels": {"app.kubernetes.io/managed-by": "helm"}},
+        "spec": {"ports": [{"port": 80}]},
+    },
 ]
 
 
@@ -115,7 +147,12 @@ def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend)
     emu = k8s_emu_factory(kuberay=backend == "kuberay", sim_delays={"pull": 1.5})
     for manifest in UNRELATED:
         emu.create_object(manifest)
-    unrelated_before = {(m["kind"], m["metadata"]["name"]): emu.get_object(m["kind"].lower() + "s", "jhub", m["metadata"]["name"])["metadata"]["resourceVersion"] for m in UNRELATED}
+    unrelated_before = {
+        (m["kind"], m["metadata"]["name"]): emu.get_object(m["kind"].lower() + "s", "jhub", m["metadata"]["name"])[
+            "metadata"
+        ]["resourceVersion"]
+        for m in UNRELATED
+    }
     env = {"KUBECONFIG": str(emu.kubeconfig_path)}
     workdir = tmp_path / "hub"
     workdir.mkdir()
@@ -130,11 +167,16 @@ def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend)
                 emu.faults.add(verb, resource, latency=HOLD, namespace="jhub", count=None)
             spawn_in_background(hub)
             if verb == "wait":
-                wait_for(lambda: ("create", "deployments" if backend == "pods" else "rayclusters") in writes_in_jhub(emu),
-                         30, f"{step}: cluster created")
+                wait_for(
+                    lambda: ("create", "deployments" if backend == "pods" else "rayclusters") in writes_in_jhub(emu),
+                    30,
+                    f"{step}: cluster created",
+                )
                 time.sleep(0.3)
             else:
-                wait_for(lambda: writes_in_jhub(emu).count((verb, resource)) >= nth, 30, f"{step} requested")
+                wait_for(
+                    lambda v=verb, r=resource, n=nth: writes_in_jhub(emu).count((v, r)) >= n, 30, f"{step} requested"
+                )
             hub.kill()
             figures["kills"] += 1
             if verb != "wait":
@@ -151,7 +193,9 @@ def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend)
             figures["left_after_restart"][step] = {"at_kill": len(at_kill), "swept": swept, "after": left}
             if ("secrets", "ray-alice-ray-token") in at_kill and ("pods", "jupyter-alice") not in at_kill:
                 assert swept, "an ownerless token Secret must be removed by the start-up sweep"
-            assert left == [], f"after a kill at {step} (objects then: {at_kill}) the restarted hub left {left}\n{hub.log()[-3000:]}"
+            assert left == [], (
+                f"after a kill at {step} (objects then: {at_kill}) the restarted hub left {left}\n{hub.log()[-3000:]}"
+            )
             status, user = hub.api("GET", "/users/alice")
             assert not user["servers"], user  # nothing running or pending
             for (kind, name), rv in unrelated_before.items():
@@ -176,8 +220,14 @@ async def test_running_server_reattaches_and_survives_the_sweep(k8s_emu_factory,
     second = ray_spawner_factory(emu, "alice", **traits)  # the restarted hub's spawner
     second.load_state(state)
     assert await second.poll() is None
-    assert await second.sweep_orphans(kinds=("RayCluster", "Deployment", "Pod", "Service", "NetworkPolicy", "Secret")
-                                      if backend == "kuberay" else None) == []
+    assert (
+        await second.sweep_orphans(
+            kinds=("RayCluster", "Deployment", "Pod", "Service", "NetworkPolicy", "Secret")
+            if backend == "kuberay"
+            else None
+        )
+        == []
+    )
     assert leftovers(emu) == before
     assert await hub_stop(second) is None
     assert await settle(emu) == []

@@ -17,15 +17,35 @@ from .reliability_helpers import hub_start, hub_stop, leftovers, readable, settl
 pytestmark = pytest.mark.asyncio
 
 RAY = {"profile": "ray", "workers": "1"}
-TRAITS = dict(k8s_api_request_timeout=3, k8s_api_request_retry_timeout=8, start_timeout=60, ray_stop_timeout=2,
-              ray_orphan_sweep_interval=0, ray_orphan_grace_seconds=0, delete_grace_period=0)
+TRAITS = dict(
+    k8s_api_request_timeout=3,
+    k8s_api_request_retry_timeout=8,
+    start_timeout=60,
+    ray_stop_timeout=2,
+    ray_orphan_sweep_interval=0,
+    ray_orphan_grace_seconds=0,
+    delete_grace_period=0,
+)
 BACKENDS = ["pods", "kuberay"]
 #: (verb, resource) at which the start is held (by a slow request) when stop() comes
 STOP_POINTS = {
-    "pods": [("list", "pods"), ("create", "secrets"), ("create", "pods"), ("patch", "secrets"),
-             ("create", "services"), ("create", "deployments"), ("wait", "ready")],
-    "kuberay": [("list", "rayclusters"), ("create", "secrets"), ("create", "pods"), ("patch", "secrets"),
-                ("create", "rayclusters"), ("wait", "ready")],
+    "pods": [
+        ("list", "pods"),
+        ("create", "secrets"),
+        ("create", "pods"),
+        ("patch", "secrets"),
+        ("create", "services"),
+        ("create", "deployments"),
+        ("wait", "ready"),
+    ],
+    "kuberay": [
+        ("list", "rayclusters"),
+        ("create", "secrets"),
+        ("create", "pods"),
+        ("patch", "secrets"),
+        ("create", "rayclusters"),
+        ("wait", "ready"),
+    ],
 }
 
 
@@ -47,7 +67,9 @@ async def test_stop_during_start(k8s_emu_factory, ray_spawner_factory, backend, 
     sp.user_options = dict(RAY)
     start = asyncio.ensure_future(sp.start())
     if slow:
-        await wait_until(lambda: any(r[0] == "create" and r[1] in ("deployments", "rayclusters") for r in emu.request_log))
+        await wait_until(
+            lambda: any(r[0] == "create" and r[1] in ("deployments", "rayclusters") for r in emu.request_log)
+        )
     else:
         await wait_until(lambda: (verb, resource) in {(r[0], r[1]) for r in emu.request_log})
     assert not start.done()
@@ -109,12 +131,32 @@ async def test_notebook_pod_gone_behind_the_hubs_back(k8s_emu_factory, ray_spawn
     sp = ray_spawner_factory(emu, "alice", ray_backend=backend, **TRAITS)
     assert (await hub_start(sp, RAY)).error is None
     if how == "evicted":
-        emu.patch_object("pods", "jhub", sp.pod_name, {"status": {
-            "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory.",
-            "containerStatuses": [{"name": "notebook", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
-                                   "state": {"terminated": {"exitCode": 137, "reason": "Evicted"}}}]}},
-            subresource="status")
-        await wait_until(lambda: (sp.pod_reflector.pods.get(f"jhub/{sp.pod_name}") or {}).get("status", {}).get("phase") == "Failed")
+        emu.patch_object(
+            "pods",
+            "jhub",
+            sp.pod_name,
+            {
+                "status": {
+                    "phase": "Failed",
+                    "reason": "Evicted",
+                    "message": "The node was low on resource: memory.",
+                    "containerStatuses": [
+                        {
+                            "name": "notebook",
+                            "ready": False,
+                            "restartCount": 0,
+                            "image": "x",
+                            "imageID": "",
+                            "state": {"terminated": {"exitCode": 137, "reason": "Evicted"}},
+                        }
+                    ],
+                }
+            },
+            subresource="status",
+        )
+        await wait_until(
+            lambda: (sp.pod_reflector.pods.get(f"jhub/{sp.pod_name}") or {}).get("status", {}).get("phase") == "Failed"
+        )
     else:
         emu.delete_object("pods", "jhub", sp.pod_name, grace_period_seconds=0)
         await wait_until(lambda: f"jhub/{sp.pod_name}" not in sp.pod_reflector.pods)

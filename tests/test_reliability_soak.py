@@ -29,16 +29,40 @@ CYCLES = int(os.environ.get("RAYSPAWNER_SOAK_CYCLES", "40"))
 SEED = int(os.environ.get("RAYSPAWNER_SOAK_SEED", "20261125"))
 USERS = [f"user{i:02d}" for i in range(20)]
 PARALLEL = 6
-TRAITS = dict(k8s_api_request_timeout=1, k8s_api_request_retry_timeout=8, start_timeout=60, ray_stop_timeout=5,
-              ray_orphan_sweep_interval=0, delete_grace_period=0)
-TARGETS = [("create", "secrets"), ("patch", "secrets"), ("create", "pods"), ("create", "services"),
-           ("create", "deployments"), ("create", "networkpolicies"), ("create", "rayclusters"), ("delete", "pods"),
-           ("delete", "secrets"), ("delete", "deployments"), ("delete", "rayclusters"), ("delete", "networkpolicies"),
-           ("list", "pods"), ("watch", "pods"), ("watch", "rayclusters")]
+TRAITS = dict(
+    k8s_api_request_timeout=1,
+    k8s_api_request_retry_timeout=8,
+    start_timeout=60,
+    ray_stop_timeout=5,
+    ray_orphan_sweep_interval=0,
+    delete_grace_period=0,
+)
+TARGETS = [
+    ("create", "secrets"),
+    ("patch", "secrets"),
+    ("create", "pods"),
+    ("create", "services"),
+    ("create", "deployments"),
+    ("create", "networkpolicies"),
+    ("create", "rayclusters"),
+    ("delete", "pods"),
+    ("delete", "secrets"),
+    ("delete", "deployments"),
+    ("delete", "rayclusters"),
+    ("delete", "networkpolicies"),
+    ("list", "pods"),
+    ("watch", "pods"),
+    ("watch", "rayclusters"),
+]
 #: kind: (weight, fault kwargs); 403 only on create/patch (a forbidden notebook delete is the documented exception)
-KINDS = {"500": (30, {"status": 500}), "429": (20, {"status": 429, "retry_after": 1}),
-         "timeout": (15, {"latency": 1.6}), "drop-watch": (10, {"drop_watch": True}),
-         "409": (15, {"status": 409}), "403": (10, {"status": 403})}
+KINDS = {
+    "500": (30, {"status": 500}),
+    "429": (20, {"status": 429, "retry_after": 1}),
+    "timeout": (15, {"latency": 1.6}),
+    "drop-watch": (10, {"drop_watch": True}),
+    "409": (15, {"status": 409}),
+    "403": (10, {"status": 403}),
+}
 
 
 async def test_soak(k8s_emu_factory, ray_spawner_factory):
@@ -96,9 +120,16 @@ async def test_soak(k8s_emu_factory, ray_spawner_factory):
     emu.faults.clear()
     left = await settle(emu, timeout=20)
     stats["faults_injected"] = len(emu.faults.injected)
-    figures = {"cycles": stats["cycles"], "users": len(USERS), "spawned": stats["spawned"],
-               "faults_injected": stats["faults_injected"], "failures": dict(failures), "leaked": left,
-               "seconds": round(time.monotonic() - started, 1), "seed": SEED}
+    figures = {
+        "cycles": stats["cycles"],
+        "users": len(USERS),
+        "spawned": stats["spawned"],
+        "faults_injected": stats["faults_injected"],
+        "failures": dict(failures),
+        "leaked": left,
+        "seconds": round(time.monotonic() - started, 1),
+        "seed": SEED,
+    }
     print(f"\nsoak: {figures}")
     assert stats["cycles"] == CYCLES
     assert not problems, problems

@@ -15,8 +15,11 @@ from .bad_inputs import BAD_INPUTS, LIMITS, PROFILES
 
 K8S_VERSION = "1.33"
 # bad inputs expressible on a command line (string values, a profile slug)
-RENDERABLE = [b for b in BAD_INPUTS if isinstance(b[1].get("profile"), str)
-              and all(isinstance(v, str) and "\n" not in v for v in b[1].values())][:5]
+RENDERABLE = [
+    b
+    for b in BAD_INPUTS
+    if isinstance(b[1].get("profile"), str) and all(isinstance(v, str) and "\n" not in v for v in b[1].values())
+][:5]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,13 @@ def config(tmp_path_factory) -> Path:
 def render(config: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     env["KUBECONFIG"] = "/nonexistent/kubeconfig"  # render must not need (or contact) a cluster
-    return subprocess.run([sys.executable, "-m", "rayspawner", "render", "-f", str(config), *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "rayspawner", "render", "-f", str(config), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("backend", ["pods", "kuberay"])
@@ -47,7 +55,8 @@ def test_render_prints_every_object_valid(config, backend):
     kinds = [d["kind"] for d in docs]
     # the cluster's policy and the notebook side's (rendered as for an isolated notebook, as under z2jh)
     expected = ["Pod", "Secret", "NetworkPolicy", "NetworkPolicy"] + (
-        ["Service", "Pod", "Deployment"] if backend == "pods" else ["RayCluster"])
+        ["Service", "Pod", "Deployment"] if backend == "pods" else ["RayCluster"]
+    )
     assert sorted(kinds) == sorted(expected)
     for d in docs:
         if d["kind"] != "RayCluster":

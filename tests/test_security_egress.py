@@ -33,15 +33,18 @@ def test_dns_peers_are_configurable():
     assert rule["to"] == [cache]
 
 
-@pytest.mark.parametrize("peers,fragment", [
-    ([], "any\\* destination"),
-    ([{}], "not a NetworkPolicyPeer"),
-    (["kube-system"], "not a NetworkPolicyPeer"),
-    ([{"namespace": "kube-system"}], "not a NetworkPolicyPeer"),
-    ([{"ipBlock": {"cidr": "not-an-ip"}}], "not a CIDR"),
-    ([{"ipBlock": {}}], "needs a cidr"),
-    ([{"podSelector": "k8s-app=kube-dns"}], "label selector dict"),
-])
+@pytest.mark.parametrize(
+    "peers,fragment",
+    [
+        ([], "any\\* destination"),
+        ([{}], "not a NetworkPolicyPeer"),
+        (["kube-system"], "not a NetworkPolicyPeer"),
+        ([{"namespace": "kube-system"}], "not a NetworkPolicyPeer"),
+        ([{"ipBlock": {"cidr": "not-an-ip"}}], "not a CIDR"),
+        ([{"ipBlock": {}}], "needs a cidr"),
+        ([{"podSelector": "k8s-app=kube-dns"}], "label selector dict"),
+    ],
+)
 def test_bad_dns_peers_are_refused(peers, fragment):
     with pytest.raises(ConfigError, match=f"ray_network_policy_dns_peers.*{fragment}"):
         RayConfig(ray_network_policy_dns_peers=peers)

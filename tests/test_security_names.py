@@ -28,12 +28,25 @@ from .spawner_fixtures import ray_objects, start, wait_until
 NS = "jhub"
 
 
-@pytest.mark.parametrize("template", [
-    "ray-{username}-{servername}", "ray-{servername}", "ray-{username}", "{username}{servername}",
-    "ray-{user_server:.8}", "ray-{user_server!r}", "ray--{user_server}", "Ray-{user_server}",
-    "ray_{user_server}", "{user_server}-{user_server}", "ray-{nope}", "ray-{", "ray",
-    "ray-{username}-{user_server}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "ray-{username}-{servername}",
+        "ray-{servername}",
+        "ray-{username}",
+        "{username}{servername}",
+        "ray-{user_server:.8}",
+        "ray-{user_server!r}",
+        "ray--{user_server}",
+        "Ray-{user_server}",
+        "ray_{user_server}",
+        "{user_server}-{user_server}",
+        "ray-{nope}",
+        "ray-{",
+        "ray",
+        "ray-{username}-{user_server}",
+    ],
+)
 def test_ambiguous_templates_are_refused_at_config_load(template):
     with pytest.raises(ConfigError, match="ray_cluster_name_template"):
         RayConfig(ray_cluster_name_template=template)
@@ -43,8 +56,9 @@ def test_ambiguous_templates_are_refused_at_config_load(template):
     assert cfg.ray_cluster_name_template == "ray-{user_server}"
 
 
-@pytest.mark.parametrize("template", ["ray-{user_server}", "{user_server}", "ray-{username}--{servername}",
-                                      "rc-{user_server}-x1"])
+@pytest.mark.parametrize(
+    "template", ["ray-{user_server}", "{user_server}", "ray-{username}--{servername}", "rc-{user_server}-x1"]
+)
 def test_unambiguous_templates_are_accepted(template):
     assert RayConfig(ray_cluster_name_template=template).ray_cluster_name_template == template
 
@@ -56,9 +70,30 @@ def test_readable_names_stay_as_they_were():
     assert naming.cluster_name("ray-{username}--{servername}", "alice") == "ray-alice"
 
 
-NAMES = ["alice", "alice-x", "x", "alice--x", "alice-", "Alice", "ALICE", "alice.", "alice!", "alice@example.org",
-         "alice-example-org", "x-alice", "a" * 40, "a" * 41, "a" * 60 + "b", "a" * 60 + "c", "9lives", "ray-alice",
-         "élise", "elise", "x---1234abcd", "alice--x---deadbeef"]
+NAMES = [
+    "alice",
+    "alice-x",
+    "x",
+    "alice--x",
+    "alice-",
+    "Alice",
+    "ALICE",
+    "alice.",
+    "alice!",
+    "alice@example.org",
+    "alice-example-org",
+    "x-alice",
+    "a" * 40,
+    "a" * 41,
+    "a" * 60 + "b",
+    "a" * 60 + "c",
+    "9lives",
+    "ray-alice",
+    "élise",
+    "elise",
+    "x---1234abcd",
+    "alice--x---deadbeef",
+]
 SERVERS = ["", "x", "dev", "gpu", "x-dev", "Dev", "a" * 30, "a" * 31]
 
 
@@ -83,16 +118,23 @@ def test_escaped_names_carry_a_long_hash():
 
 
 def cluster_object_names(cluster: str) -> set[tuple[str, str]]:
-    return {("Secret", naming.token_secret(cluster)), ("Service", naming.head_service(cluster)),
-            ("Pod", naming.head_pod(cluster)), ("NetworkPolicy", naming.network_policy(cluster)),
-            ("NetworkPolicy", naming.notebook_network_policy(cluster)), ("RayCluster", cluster),
-            *(("Deployment", naming.worker_deployment(cluster, g)) for g in ("workers", "gpu-workers"))}
+    return {
+        ("Secret", naming.token_secret(cluster)),
+        ("Service", naming.head_service(cluster)),
+        ("Pod", naming.head_pod(cluster)),
+        ("NetworkPolicy", naming.network_policy(cluster)),
+        ("NetworkPolicy", naming.notebook_network_policy(cluster)),
+        ("RayCluster", cluster),
+        *(("Deployment", naming.worker_deployment(cluster, g)) for g in ("workers", "gpu-workers")),
+    }
 
 
 def test_no_object_name_is_shared_by_two_clusters():
     # alice's GPU worker Deployment was "ray-alice-gpu-workers", the workers of user alice-gpu
-    clusters = {naming.cluster_name("ray-{user_server}", u, s) for u, s in itertools.product(
-        NAMES + ["alice-gpu", "alice-gpu-workers", "alice-ray", "alice-head"], SERVERS)}
+    clusters = {
+        naming.cluster_name("ray-{user_server}", u, s)
+        for u, s in itertools.product(NAMES + ["alice-gpu", "alice-gpu-workers", "alice-ray", "alice-head"], SERVERS)
+    }
     owner: dict[tuple[str, str], str] = {}
     for c in clusters:
         for obj in cluster_object_names(c):
@@ -110,12 +152,18 @@ def snapshot(emu, cluster: str) -> dict:
     for resource in resources:
         for obj in emu.list_objects(resource, NS, label_selector=f"ray.io/cluster={cluster}"):
             meta = obj["metadata"]
-            out[(resource, meta["name"])] = (meta["uid"], meta["resourceVersion"], (meta.get("labels") or {}).get(naming.LABEL_USERNAME, "alice"))
+            out[(resource, meta["name"])] = (
+                meta["uid"],
+                meta["resourceVersion"],
+                (meta.get("labels") or {}).get(naming.LABEL_USERNAME, "alice"),
+            )
     return out
 
 
 @pytest.mark.parametrize("backend", ["pods", "kuberay"])
-async def test_a_colliding_spawn_fails_and_leaves_the_first_cluster_alone(k8s_emu_factory, ray_spawner_factory, backend):
+async def test_a_colliding_spawn_fails_and_leaves_the_first_cluster_alone(
+    k8s_emu_factory, ray_spawner_factory, backend
+):
     """The admin changes the template from ray-{user_server} to {user_server} while alice's server
     runs; user "ray-alice" then gets the name of alice's cluster. His spawn fails, saying so; alice's
     objects keep their uid and resourceVersion (nothing deleted, replaced or patched)."""
@@ -149,20 +197,44 @@ async def test_kube_client_never_replaces_or_deletes_another_servers_object(k8s_
     ray_spawner_factory(k8s_emu)  # points the shared client at the emulator
     uids = {}
     for pod in ("jupyter-alice--x", "jupyter-x"):  # owners, so the API server's GC keeps the Secrets
-        k8s_emu.create_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS},
-                               "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+        k8s_emu.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "namespace": NS},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            }
+        )
         uids[pod] = k8s_emu.get_object("pods", NS, pod)["metadata"]["uid"]
     labels = naming.cluster_labels("ray-x", "alice", "x")
-    k8s_emu.create_object({"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "ray-x-ray-token", "namespace": NS, "labels": labels,
-        "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice--x", "uid": uids["jupyter-alice--x"]}]},
-        "data": {"auth_token": "YWxpY2U="}})
+    k8s_emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "ray-x-ray-token",
+                "namespace": NS,
+                "labels": labels,
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice--x", "uid": uids["jupyter-alice--x"]}
+                ],
+            },
+            "data": {"auth_token": "YWxpY2U="},
+        }
+    )
     theirs = k8s_emu.get_object("secrets", NS, "ray-x-ray-token")["metadata"]
     kube = KubeClient(retry_timeout=5)
-    mine = {"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "ray-x-ray-token", "namespace": NS, "labels": naming.cluster_labels("ray-x", "x", ""),
-        "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "jupyter-x", "uid": uids["jupyter-x"]}]},
-        "stringData": {"auth_token": "mallory"}}
+    mine = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "ray-x-ray-token",
+            "namespace": NS,
+            "labels": naming.cluster_labels("ray-x", "x", ""),
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "jupyter-x", "uid": uids["jupyter-x"]}],
+        },
+        "stringData": {"auth_token": "mallory"},
+    }
     with pytest.raises(ClusterStartError, match="belongs to another server") as e:
         await kube.create(mine)
     assert e.value.reason_label == "name_conflict"
@@ -174,11 +246,19 @@ async def test_kube_client_never_replaces_or_deletes_another_servers_object(k8s_
     assert now["data"]["auth_token"] == "YWxpY2U="
 
     # the same server's stale object (an earlier notebook pod) is still replaced, as before
-    stale = dict(mine, metadata=dict(mine["metadata"], name="ray-y-ray-token",
-                                     labels=naming.cluster_labels("ray-y", "x", "")))
+    stale = dict(
+        mine, metadata=dict(mine["metadata"], name="ray-y-ray-token", labels=naming.cluster_labels("ray-y", "x", ""))
+    )
     k8s_emu.create_object(stale)
-    fresh = dict(stale, metadata=dict(stale["metadata"], ownerReferences=[
-        {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice--x", "uid": uids["jupyter-alice--x"]}]))
+    fresh = dict(
+        stale,
+        metadata=dict(
+            stale["metadata"],
+            ownerReferences=[
+                {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice--x", "uid": uids["jupyter-alice--x"]}
+            ],
+        ),
+    )
     await KubeClient(retry_timeout=5).create(fresh)
     owners = k8s_emu.get_object("secrets", NS, "ray-y-ray-token")["metadata"]["ownerReferences"]
     assert [o["uid"] for o in owners] == [uids["jupyter-alice--x"]]

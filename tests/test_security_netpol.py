@@ -43,15 +43,26 @@ RAY = {"profile": "ray", "workers": "2"}
 #: Jobs API, and, as a node and a direct driver, the raylets' node and object managers and the
 #: worker port range (samples: both ends and the middle)
 CLIENT_NOTEBOOK_PORTS = [RAY_PORTS["gcs"], RAY_PORTS["client"], RAY_PORTS["dashboard"]]
-NOTEBOOK_PORTS = sorted([*CLIENT_NOTEBOOK_PORTS, NODE_MANAGER_PORT, OBJECT_MANAGER_PORT, MIN_WORKER_PORT, 10500,
-                         MAX_WORKER_PORT])
+NOTEBOOK_PORTS = sorted(
+    [*CLIENT_NOTEBOOK_PORTS, NODE_MANAGER_PORT, OBJECT_MANAGER_PORT, MIN_WORKER_PORT, 10500, MAX_WORKER_PORT]
+)
 #: what the cluster's pods need on the notebook's own node: node and object managers, dashboard
 #: agent (HTTP and gRPC) and the worker range (the driver's own core worker listens there)
-NOTEBOOK_NODE_PORTS = sorted([NODE_MANAGER_PORT, OBJECT_MANAGER_PORT, DASHBOARD_AGENT_PORT, DASHBOARD_AGENT_GRPC_PORT,
-                              MIN_WORKER_PORT, 10500, MAX_WORKER_PORT])
+NOTEBOOK_NODE_PORTS = sorted(
+    [
+        NODE_MANAGER_PORT,
+        OBJECT_MANAGER_PORT,
+        DASHBOARD_AGENT_PORT,
+        DASHBOARD_AGENT_GRPC_PORT,
+        MIN_WORKER_PORT,
+        10500,
+        MAX_WORKER_PORT,
+    ]
+)
 #: every port a Ray node listens on (the pinned ones) and some it never should (outside the ranges)
-ALL_RAY_PORTS = sorted({*RAY_PORTS.values(), *NOTEBOOK_NODE_PORTS, RUNTIME_ENV_AGENT_PORT, MAX_WORKER_PORT + 1,
-                        12345, 19999, 45678})
+ALL_RAY_PORTS = sorted(
+    {*RAY_PORTS.values(), *NOTEBOOK_NODE_PORTS, RUNTIME_ENV_AGENT_PORT, MAX_WORKER_PORT + 1, 12345, 19999, 45678}
+)
 OTHER_PORTS = [22, 80, 443, 8888]
 #: the labels z2jh's KubeSpawner config gives notebook pods (chart matchLabels: app, release, component)
 Z2JH_LABELS = {"app": "jupyterhub", "heritage": "jupyterhub", "release": "jhub", "chart": "jupyterhub-4.3.1"}
@@ -62,17 +73,34 @@ def bystanders(emu: Any) -> None:
         c: dict[str, Any] = {"name": "c", "image": "busybox"}
         if ports:
             c["ports"] = ports
-        emu.create_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
-                           "spec": {"containers": [c]}})
+        emu.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {"containers": [c]},
+            }
+        )
 
     pod(NS, "random", {"app": "random"})
     # a pod that copies the Ray labels but belongs to no user (e.g. someone's own "ray-head")
     pod(NS, "lookalike", {naming.LABEL_MANAGED_BY: "someone-else", naming.LABEL_COMPONENT: naming.COMPONENT_HEAD})
     pod("elsewhere", "intruder", {"app": "x"})
-    pod(NS, "hub", {"app": "jupyterhub", "release": "jhub", "component": "hub"}, [{"name": "http", "containerPort": 8081}])
-    dns = [{"name": "dns", "containerPort": 53, "protocol": "UDP"}, {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}]
+    pod(
+        NS,
+        "hub",
+        {"app": "jupyterhub", "release": "jhub", "component": "hub"},
+        [{"name": "http", "containerPort": 8081}],
+    )
+    dns = [
+        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+    ]
     pod("kube-system", "coredns", {"k8s-app": "kube-dns"}, dns)
-    odns = [{"name": "dns", "containerPort": 5353, "protocol": "UDP"}, {"name": "dns-tcp", "containerPort": 5353, "protocol": "TCP"}]
+    odns = [
+        {"name": "dns", "containerPort": 5353, "protocol": "UDP"},
+        {"name": "dns-tcp", "containerPort": 5353, "protocol": "TCP"},
+    ]
     pod("openshift-dns", "dns-default", {"dns.operator.openshift.io/daemonset-dns": "default"}, odns)
     pod("elsewhere", "fake-dns", {"k8s-app": "kube-dns"}, dns)  # the DNS label, in a namespace anyone may use
     pod("kube-system", "kube-other", {"k8s-app": "metrics-server"}, dns)
@@ -115,14 +143,23 @@ def who(net: Network, spawners: dict[str, Any]) -> dict[str, Any]:
         roles[f"{key}.head"] = cluster_pods(net, sp, naming.COMPONENT_HEAD)[0]
         for i, w in enumerate(cluster_pods(net, sp, naming.COMPONENT_WORKER)):
             roles[f"{key}.worker{i}"] = w
-    for ns, name in ((NS, "random"), (NS, "lookalike"), ("elsewhere", "intruder"), (NS, "hub"),
-                     ("kube-system", "coredns"), ("openshift-dns", "dns-default"), ("elsewhere", "fake-dns"),
-                     ("kube-system", "kube-other")):
+    for ns, name in (
+        (NS, "random"),
+        (NS, "lookalike"),
+        ("elsewhere", "intruder"),
+        (NS, "hub"),
+        ("kube-system", "coredns"),
+        ("openshift-dns", "dns-default"),
+        ("elsewhere", "fake-dns"),
+        ("kube-system", "kube-other"),
+    ):
         roles[name] = net.pod(ns, name)
     return roles
 
 
-def reachable(net: Network, roles: dict[str, Any], src: str, dst: str, ports: list[int], proto: str = "TCP") -> list[int]:
+def reachable(
+    net: Network, roles: dict[str, Any], src: str, dst: str, ports: list[int], proto: str = "TCP"
+) -> list[int]:
     return [p for p in ports if net.allowed(roles[src], roles[dst], p, proto)]
 
 
@@ -142,14 +179,28 @@ async def test_cluster_policy_semantics(backend, k8s_emu_factory, ray_spawner_fa
 
     # the notebook selector really matches the notebook pod KubeSpawner made (escaped user name)
     for key, sp in spawners.items():
-        assert selector_matches({"matchLabels": sp._ray_spec.notebook_selector}, r[f"{key}.notebook"]["metadata"]["labels"])
+        assert selector_matches(
+            {"matchLabels": sp._ray_spec.notebook_selector}, r[f"{key}.notebook"]["metadata"]["labels"]
+        )
         assert net.selecting(r[f"{key}.head"], "Ingress") and net.selecting(r[f"{key}.head"], "Egress")
 
     # A's notebook reaches A's head on exactly the notebook ports (not metrics, not the rest)
-    assert reachable(net, r, "A.notebook", "A.head", ALL_RAY_PORTS) == sorted(NOTEBOOK_PORTS), net.explain(r["A.notebook"], r["A.head"], 8080)
+    assert reachable(net, r, "A.notebook", "A.head", ALL_RAY_PORTS) == sorted(NOTEBOOK_PORTS), net.explain(
+        r["A.notebook"], r["A.head"], 8080
+    )
 
     # nobody else reaches A's Ray pods, on any port
-    for src in ("B.notebook", "A2.notebook", "random", "lookalike", "intruder", "hub", "B.head", "B.worker0", "A2.head"):
+    for src in (
+        "B.notebook",
+        "A2.notebook",
+        "random",
+        "lookalike",
+        "intruder",
+        "hub",
+        "B.head",
+        "B.worker0",
+        "A2.head",
+    ):
         for dst in ("A.head", "A.worker0", "A.worker1"):
             open_ports = reachable(net, r, src, dst, ALL_RAY_PORTS + OTHER_PORTS)
             assert open_ports == [], (src, dst, open_ports, net.explain(r[src], r[dst], open_ports[0]))
@@ -192,13 +243,32 @@ async def test_cluster_policy_semantics(backend, k8s_emu_factory, ray_spawner_fa
 async def test_extra_ingress_peer_only_opens_what_it_says(k8s_emu_factory, ray_spawner_factory):
     """ray_network_policy_extra_ingress: Prometheus (namespace "monitoring") may scrape 8080, nothing else."""
     emu = k8s_emu_factory()
-    emu.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring", "labels": {"purpose": "monitoring"}}})
-    emu.create_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "prometheus", "namespace": "monitoring",
-                                                                          "labels": {"app": "prometheus"}},
-                       "spec": {"containers": [{"name": "c", "image": "prom"}]}})
-    extra = [{"from": [{"namespaceSelector": {"matchLabels": {"purpose": "monitoring"}},
-                        "podSelector": {"matchLabels": {"app": "prometheus"}}}],
-              "ports": [{"protocol": "TCP", "port": 8080}]}]
+    emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "monitoring", "labels": {"purpose": "monitoring"}},
+        }
+    )
+    emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "prometheus", "namespace": "monitoring", "labels": {"app": "prometheus"}},
+            "spec": {"containers": [{"name": "c", "image": "prom"}]},
+        }
+    )
+    extra = [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {"matchLabels": {"purpose": "monitoring"}},
+                    "podSelector": {"matchLabels": {"app": "prometheus"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8080}],
+        }
+    ]
     sp = ray_spawner_factory(emu, "alice", ray_network_policy_extra_ingress=extra, ray_orphan_sweep_interval=0)
     sp.user_options = dict(RAY)
     await asyncio.wait_for(sp.start(), 30)
@@ -211,11 +281,21 @@ async def test_extra_ingress_peer_only_opens_what_it_says(k8s_emu_factory, ray_s
 def z2jh_singleuser_policy(values: dict[str, Any], release: str = "jhub", namespace: str = NS) -> dict[str, Any]:
     """The NetworkPolicy z2jh (chart 3.x/4.x, templates/singleuser/netpol.yaml and
     _helpers-netpol.tpl) renders for singleuser pods from these values, with the chart's defaults."""
-    np = {"enabled": True, "ingress": [], "egress": [], "interNamespaceAccessLabels": "ignore",
-          "egressAllowRules": {"cloudMetadataServer": False, "dnsPortsCloudMetadataServer": True,
-                               "dnsPortsKubeSystemNamespace": True, "dnsPortsPrivateIPs": True,
-                               "nonPrivateIPs": True, "privateIPs": False}}
-    given = ((values.get("singleuser") or {}).get("networkPolicy") or {})
+    np = {
+        "enabled": True,
+        "ingress": [],
+        "egress": [],
+        "interNamespaceAccessLabels": "ignore",
+        "egressAllowRules": {
+            "cloudMetadataServer": False,
+            "dnsPortsCloudMetadataServer": True,
+            "dnsPortsKubeSystemNamespace": True,
+            "dnsPortsPrivateIPs": True,
+            "nonPrivateIPs": True,
+            "privateIPs": False,
+        },
+    }
+    given = (values.get("singleuser") or {}).get("networkPolicy") or {}
     np.update({k: v for k, v in given.items() if k != "egressAllowRules"})
     np["egressAllowRules"].update(given.get("egressAllowRules") or {})
     if not np["enabled"]:
@@ -243,7 +323,9 @@ def z2jh_singleuser_policy(values: dict[str, Any], release: str = "jhub", namesp
         egress.append({"ports": dns_ports, "to": dns_to})
     if rules["nonPrivateIPs"]:
         block: dict[str, Any] = {"cidr": "0.0.0.0/0"}
-        excepted = ([] if rules["privateIPs"] else private) + ([] if rules["cloudMetadataServer"] else [f"{metadata_ip}/32"])
+        excepted = ([] if rules["privateIPs"] else private) + (
+            [] if rules["cloudMetadataServer"] else [f"{metadata_ip}/32"]
+        )
         if excepted:
             block["except"] = excepted
         egress.append({"to": [{"ipBlock": block}]})
@@ -251,14 +333,23 @@ def z2jh_singleuser_policy(values: dict[str, Any], release: str = "jhub", namesp
         egress.append({"to": [{"ipBlock": {"cidr": c}} for c in private]})
     egress.extend(np["egress"] or [])
     ingress: list[dict[str, Any]] = [
-        {"ports": [{"port": "notebook-port"}],
-         "from": [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-singleuser": "true"}}}]},
+        {
+            "ports": [{"port": "notebook-port"}],
+            "from": [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-singleuser": "true"}}}],
+        },
         *(np["ingress"] or []),
     ]
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": "singleuser", "namespace": namespace},
-            "spec": {"podSelector": match("singleuser-server"), "policyTypes": ["Ingress", "Egress"],
-                     "ingress": ingress, "egress": egress}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "singleuser", "namespace": namespace},
+        "spec": {
+            "podSelector": match("singleuser-server"),
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
 
 
 def shipped_values() -> dict[str, Any]:
@@ -272,15 +363,23 @@ def test_z2jh_values_need_no_ray_egress_rule():
     values add no rule for Ray (an all-clusters rule would let any notebook reach any Ray pod's
     ports as far as the notebook's own policy is concerned)."""
     rules = (shipped_values()["singleuser"]["networkPolicy"].get("egress")) or []
-    ray_rules = [r for r in rules if any((p.get("podSelector") or {}).get("matchLabels", {}).get(naming.LABEL_MANAGED_BY)
-                                         == naming.MANAGED_BY for p in r.get("to") or [])]
+    ray_rules = [
+        r
+        for r in rules
+        if any(
+            (p.get("podSelector") or {}).get("matchLabels", {}).get(naming.LABEL_MANAGED_BY) == naming.MANAGED_BY
+            for p in r.get("to") or []
+        )
+    ]
     assert ray_rules == []
 
 
 def own_ray_traffic(src: str, dst: str, port: int) -> bool:
     """Traffic the notebook-side policy exists for: a server's notebook and its own Ray pods."""
-    (s_key, s_role), (d_key, d_role) = src.split(".", 1) if "." in src else (src, ""), \
-        dst.split(".", 1) if "." in dst else (dst, "")
+    (s_key, s_role), (d_key, d_role) = (
+        src.split(".", 1) if "." in src else (src, ""),
+        dst.split(".", 1) if "." in dst else (dst, ""),
+    )
     if s_key != d_key or not s_role or not d_role:
         return False
     if s_role == "notebook" and d_role != "notebook":
@@ -297,8 +396,9 @@ async def test_z2jh_singleuser_policy_with_ours(backend, k8s_emu_factory, ray_sp
     emu = k8s_emu_factory(kuberay=backend == "kuberay")
     bystanders(emu)
     emu.create_object(z2jh)  # there before the spawns: the spawner sees the notebook pods isolated
-    spawners = await spawn_all(emu, ray_spawner_factory, backend, ray_orphan_sweep_interval=0,
-                               common_labels=dict(Z2JH_LABELS))
+    spawners = await spawn_all(
+        emu, ray_spawner_factory, backend, ray_orphan_sweep_interval=0, common_labels=dict(Z2JH_LABELS)
+    )
     both = await settled(emu, spawners)
     namespaces = emu.list_objects("namespaces")
     chart_only = Network(both.pods, [p for p in both.policies if p["metadata"]["name"] == "singleuser"], namespaces)
@@ -322,7 +422,12 @@ async def test_z2jh_singleuser_policy_with_ours(backend, k8s_emu_factory, ray_sp
             continue
         for port, proto in [(p, "TCP") for p in ALL_RAY_PORTS + OTHER_PORTS] + [(53, "UDP")]:
             if both.allowed(s, d, port, proto) and not chart_only.allowed(s, d, port, proto):
-                assert proto == "TCP" and own_ray_traffic(src, dst, port), (src, dst, port, both.explain(s, d, port, proto))
+                assert proto == "TCP" and own_ray_traffic(src, dst, port), (
+                    src,
+                    dst,
+                    port,
+                    both.explain(s, d, port, proto),
+                )
     for src in ("B.notebook", "A2.notebook"):
         assert reachable(both, r, src, "A.head", ALL_RAY_PORTS) == []
     for src in ("B.head", "B.worker0", "A2.head", "random", "intruder"):
@@ -338,8 +443,9 @@ async def test_client_mode_opens_only_the_client_ports(k8s_emu_factory, ray_spaw
     emu = k8s_emu_factory()
     bystanders(emu)
     emu.create_object(z2jh)
-    sp = ray_spawner_factory(emu, "alice", ray_connect_mode="client", ray_orphan_sweep_interval=0,
-                             common_labels=dict(Z2JH_LABELS))
+    sp = ray_spawner_factory(
+        emu, "alice", ray_connect_mode="client", ray_orphan_sweep_interval=0, common_labels=dict(Z2JH_LABELS)
+    )
     sp.user_options = dict(RAY)
     await asyncio.wait_for(sp.start(), 30)
     net = await settled(emu, {"A": sp})
@@ -353,8 +459,11 @@ async def test_client_mode_opens_only_the_client_ports(k8s_emu_factory, ray_spaw
 # ----------------------------------------------------------------- the evaluator itself
 def _pod(name: str, labels: dict[str, str], ns: str = NS, ip: str = "10.244.0.9", ports: list | None = None) -> dict:
     c: dict[str, Any] = {"name": "c", "image": "x", **({"ports": ports} if ports else {})}
-    return {"metadata": {"name": name, "namespace": ns, "labels": labels}, "spec": {"containers": [c]},
-            "status": {"podIP": ip}}
+    return {
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"containers": [c]},
+        "status": {"podIP": ip},
+    }
 
 
 def _policy(spec: dict[str, Any], ns: str = NS) -> dict:
@@ -372,17 +481,36 @@ def test_evaluator_semantics():
     net = Network([web, cli], [deny])
     assert not net.allowed(cli, web, 8080) and net.allowed(web, cli, 8080)
     # named port + matchExpressions + namespaceSelector with podSelector
-    rule = _policy({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
-                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}},
-                                           "podSelector": {"matchLabels": {"app": "cli"}}}],
-                                 "ports": [{"port": "http"}]}]})
+    rule = _policy(
+        {
+            "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {"matchLabels": {"team": "x"}},
+                            "podSelector": {"matchLabels": {"app": "cli"}},
+                        }
+                    ],
+                    "ports": [{"port": "http"}],
+                }
+            ],
+        }
+    )
     net = Network([web, cli, far], [rule], ns)
     assert net.allowed(far, web, 8080) and not net.allowed(far, web, 8081) and not net.allowed(cli, web, 8080)
     assert not net.allowed(far, web, 8080, "UDP")
     # endPort range, ipBlock with except, egress policyTypes
-    eg = _policy({"podSelector": {"matchLabels": {"app": "cli"}}, "policyTypes": ["Egress"],
-                  "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.0.9/32"]}}]},
-                             {"ports": [{"port": 8000, "endPort": 8100}]}]})
+    eg = _policy(
+        {
+            "podSelector": {"matchLabels": {"app": "cli"}},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.0.9/32"]}}]},
+                {"ports": [{"port": 8000, "endPort": 8100}]},
+            ],
+        }
+    )
     net = Network([web, cli], [eg])
     v = net.explain(cli, web, 8080)
     assert v.allowed and "rule 1" in v.egress
@@ -403,9 +531,12 @@ async def test_kuberay_autoscaling_egress_to_the_api_server_is_the_heads_alone(k
     api_ip = await wait_until(lambda: (emu.get_object("pods", NS, "hub").get("status") or {}).get("podIP"))
     api_ip = api_ip.replace("127.244.", "10.244.", 1)  # as Network.from_emu sees it
     traits = dict(ray_orphan_sweep_interval=0, ray_worker_min_replicas=2, ray_worker_max_replicas=3)
-    spawners = {"A": ray_spawner_factory(emu, "alice", ray_backend="kuberay", **traits),
-                "B": ray_spawner_factory(emu, "bob", ray_backend="kuberay", ray_autoscaler_api_server_cidrs=[f"{api_ip}/32"],
-                                         **traits)}
+    spawners = {
+        "A": ray_spawner_factory(emu, "alice", ray_backend="kuberay", **traits),
+        "B": ray_spawner_factory(
+            emu, "bob", ray_backend="kuberay", ray_autoscaler_api_server_cidrs=[f"{api_ip}/32"], **traits
+        ),
+    }
     for sp in spawners.values():
         sp.user_options = dict(RAY)
     await asyncio.wait_for(asyncio.gather(*(sp.start() for sp in spawners.values())), 60)
@@ -419,7 +550,9 @@ async def test_kuberay_autoscaling_egress_to_the_api_server_is_the_heads_alone(k
     assert [p for p in (443, 6443, 6379) if net.allowed(head_b, hub, p)] == [443, 6443]
     assert [p for p in (443, 6443) if net.allowed(head_b, random, p)] == []
     for w in workers:
-        assert [p for p in (443, 6443) if net.allowed(w, random, p) or net.allowed(w, hub, p)] == [], w["metadata"]["name"]
+        assert [p for p in (443, 6443) if net.allowed(w, random, p) or net.allowed(w, hub, p)] == [], w["metadata"][
+            "name"
+        ]
     assert [p for p in ALL_RAY_PORTS + OTHER_PORTS + [6443] if net.allowed(head_a, head_b, p)] == []
     assert [p for p in ALL_RAY_PORTS if net.allowed(random, head_a, p)] == []
     names = {p["metadata"]["name"] for p in net.policies}

@@ -19,7 +19,16 @@ from rayspawner.manifests import common, kuberay, pods
 Manifest = dict[str, Any]
 
 #: restricted-v2: volumes
-ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+ALLOWED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 #: restricted-v2: allowedCapabilities
 ALLOWED_CAPS = {"NET_BIND_SERVICE"}
 
@@ -109,8 +118,14 @@ def ray_pod_specs(manifests: list[Manifest]) -> list[tuple[str, Manifest]]:
             for group, template in kuberay.pod_templates(m):
                 spec = dict(template["spec"])
                 if group == "head" and opts:
-                    sidecar = {"name": "autoscaler", **{k: v for k, v in opts.items() if k in (
-                        "resources", "securityContext", "volumeMounts", "image")}}
+                    sidecar = {
+                        "name": "autoscaler",
+                        **{
+                            k: v
+                            for k, v in opts.items()
+                            if k in ("resources", "securityContext", "volumeMounts", "image")
+                        },
+                    }
                     spec["containers"] = [*spec["containers"], sidecar]
                 found.append((f"RayCluster {m['metadata']['name']} {group}", spec))
     return found
@@ -122,15 +137,29 @@ MOUNT = {"name": "data", "mountPath": "/data"}
 MATRIX: dict[str, dict[str, Any]] = {
     "defaults": {},
     "separate-ray-image": {"ray_image": "quay.io/rayspawner/ray:2.60.0"},  # adds the version init container
-    "gpu-workers": {"ray_gpu_worker_replicas": 1, "ray_gpu_worker_gpus": 1, "ray_max_worker_gpu": 1,
-                    "ray_tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    "ray_node_selector": {"pool": "gpu"}},
+    "gpu-workers": {
+        "ray_gpu_worker_replicas": 1,
+        "ray_gpu_worker_gpus": 1,
+        "ray_max_worker_gpu": 1,
+        "ray_tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "ray_node_selector": {"pool": "gpu"},
+    },
     "autoscaling": {"ray_worker_min_replicas": 0, "ray_worker_max_replicas": 4},
-    "volumes-and-extras": {"ray_volumes": [VOLUME], "ray_volume_mounts": [MOUNT], "ray_extra_env": {"X": "1"},
-                           "ray_image_pull_policy": "Always", "ray_extra_annotations": {"a": "b"}},
+    "volumes-and-extras": {
+        "ray_volumes": [VOLUME],
+        "ray_volume_mounts": [MOUNT],
+        "ray_extra_env": {"X": "1"},
+        "ray_image_pull_policy": "Always",
+        "ray_extra_annotations": {"a": "b"},
+    },
     "auth-and-policy-off": {"ray_auth_enabled": False, "ray_network_policy_enabled": False},
-    "tiny": {"ray_head_cpu": "250m", "ray_head_memory": "512Mi", "ray_worker_cpu": "100m", "ray_worker_memory": "512Mi",
-             "ray_worker_replicas": 0},
+    "tiny": {
+        "ray_head_cpu": "250m",
+        "ray_head_memory": "512Mi",
+        "ray_worker_cpu": "100m",
+        "ray_worker_memory": "512Mi",
+        "ray_worker_replicas": 0,
+    },
 }
 OWNER = common.owner_reference("jupyter-alice", "00000000-0000-0000-0000-000000000001")
 
@@ -155,7 +184,12 @@ async def test_every_ray_pod_manifest_is_restricted_v2(case, k8s_emu, ray_spawne
         if backend is kuberay and spec.autoscaling:
             head = next(s for w, s in found if w.endswith(" head"))
             # the API token goes to the autoscaler sidecar only, never into the Ray container
-            ray_mounts = [m["mountPath"] for c in head["containers"] if c["name"] != "autoscaler" for m in c.get("volumeMounts", [])]
+            ray_mounts = [
+                m["mountPath"]
+                for c in head["containers"]
+                if c["name"] != "autoscaler"
+                for m in c.get("volumeMounts", [])
+            ]
             assert kuberay.SERVICE_ACCOUNT_DIR not in ray_mounts
             assert [m["mountPath"] for m in head["containers"][-1]["volumeMounts"]] == [kuberay.SERVICE_ACCOUNT_DIR]
     # the init container RaySpawner adds to the notebook pod obeys the same container rules
@@ -173,8 +207,12 @@ async def test_every_ray_pod_manifest_is_restricted_v2(case, k8s_emu, ray_spawne
 async def test_pods_created_in_the_api_server_are_restricted_v2(kuberay_on, k8s_emu_factory, ray_spawner_factory):
     """What the Deployment controller / KubeRay simulation make from our manifests keeps the settings."""
     emu = k8s_emu_factory(kuberay=kuberay_on)
-    sp = ray_spawner_factory(emu, ray_backend="kuberay" if kuberay_on else "pods", ray_orphan_sweep_interval=0,
-                             **MATRIX["volumes-and-extras"])
+    sp = ray_spawner_factory(
+        emu,
+        ray_backend="kuberay" if kuberay_on else "pods",
+        ray_orphan_sweep_interval=0,
+        **MATRIX["volumes-and-extras"],
+    )
     sp.user_options = {"profile": "ray", "workers": "2"}
     await asyncio.wait_for(sp.start(), 30)
     name = sp._ray_spec.name
@@ -189,13 +227,22 @@ async def test_pods_created_in_the_api_server_are_restricted_v2(kuberay_on, k8s_
 
 
 def test_checker_catches_each_rule():
-    good = {"automountServiceAccountToken": False, "securityContext": dict(common.POD_SECURITY_CONTEXT),
-            "containers": [{"name": "c", "securityContext": dict(common.CONTAINER_SECURITY_CONTEXT),
-                            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}
+    good = {
+        "automountServiceAccountToken": False,
+        "securityContext": dict(common.POD_SECURITY_CONTEXT),
+        "containers": [
+            {
+                "name": "c",
+                "securityContext": dict(common.CONTAINER_SECURITY_CONTEXT),
+                "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
+            }
+        ],
+    }
     assert restricted_v2_violations(good, "good") == []
 
     def bad(**changes: Any) -> list[str]:
         import copy
+
         spec = copy.deepcopy(good)
         for path, value in changes.items():
             target = spec
@@ -213,9 +260,13 @@ def test_checker_catches_each_rule():
     assert bad(securityContext__runAsUser=1000) and bad(securityContext__fsGroup=1000)
     c = "containers__0__securityContext__"
     assert bad(**{c + "privileged": True}) and bad(**{c + "allowPrivilegeEscalation": None})
-    assert bad(**{c + "capabilities": {"drop": ["NET_RAW"]}}) and bad(**{c + "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}})
+    assert bad(**{c + "capabilities": {"drop": ["NET_RAW"]}}) and bad(
+        **{c + "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}}
+    )
     assert bad(**{c + "runAsUser": 0}) and bad(**{c + "seccompProfile": {"type": "Unconfined"}})
     assert bad(**{c + "runAsNonRoot": False})
     assert bad(containers__0__resources={"requests": {"cpu": "1"}})
     assert bad(containers__0__ports=[{"containerPort": 80, "hostPort": 80}])
-    assert bad(containers__0__volumeMounts=[{"name": "t", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}])
+    assert bad(
+        containers__0__volumeMounts=[{"name": "t", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
+    )

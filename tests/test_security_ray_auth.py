@@ -44,11 +44,15 @@ pytestmark = [
 ]
 
 NS = "jhub"
-PROFILES = [{
-    "display_name": "Ray (small)", "slug": "ray", "default": True,
-    # one head, no workers: only the head's auth is under test, and the machine has 2 cores
-    "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 0, "ray_head_memory": "1Gi"},
-}]
+PROFILES = [
+    {
+        "display_name": "Ray (small)",
+        "slug": "ray",
+        "default": True,
+        # one head, no workers: only the head's auth is under test, and the machine has 2 cores
+        "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 0, "ray_head_memory": "1Gi"},
+    }
+]
 
 # A Ray Client from the notebook's env; retries only the known flaky first-connect error.
 CLIENT = r"""
@@ -125,9 +129,14 @@ async def in_pod(emu: Any, pod: str, argv: list[str], timeout: float) -> tuple[i
 async def test_generated_head_requires_the_token(k8s_emu_factory, ray_spawner_factory):
     # Real probe timings (time_scale 1): the generated liveness probe allows 30 s + 6 x 10 s, which a
     # loaded 2-core machine needs; the emulator's default 0.25 would kill a slow-starting head.
-    emu = k8s_emu_factory(kubelet=ProcessKubelet(time_scale=1.0, keep_dirs=bool(os.environ.get("RAYSPAWNER_TEST_KEEP_DIRS"))))
+    emu = k8s_emu_factory(
+        kubelet=ProcessKubelet(time_scale=1.0, keep_dirs=bool(os.environ.get("RAYSPAWNER_TEST_KEEP_DIRS")))
+    )
     sp = ray_spawner_factory(
-        emu, profile_list=PROFILES, start_timeout=240, ray_orphan_sweep_interval=0,
+        emu,
+        profile_list=PROFILES,
+        start_timeout=240,
+        ray_orphan_sweep_interval=0,
         # the notebook pod only needs to exist (with its env) while clients run in its sandbox
         cmd=["/bin/sh", "-c", "exec sleep 3600", "notebook"],
         # other engineers' tests share the 2 cores: Ray's 15 s window for the dashboard agent to
@@ -164,7 +173,9 @@ async def test_generated_head_requires_the_token(k8s_emu_factory, ray_spawner_fa
         # the notebook's mode (RAY_AUTH_MODE=token) without a token: the client refuses to try
         "missing": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", py, "-c", CLIENT], 60),
         # a client with auth off (e.g. another user's plain ray.init): the server must refuse it
-        "no_auth": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", *SHORT_RETRIES, py, "-c", CLIENT], 90),
+        "no_auth": in_pod(
+            emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", *SHORT_RETRIES, py, "-c", CLIENT], 90
+        ),
         "wrong": in_pod(emu, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", *SHORT_RETRIES, py, "-c", CLIENT], 90),
         "http": in_pod(emu, nb, [py, "-c", HTTP, wrong], 60),
         "gcs_right": in_pod(emu, nb, [py, "-c", GCS], 60),
@@ -198,8 +209,12 @@ async def test_generated_head_requires_the_token(k8s_emu_factory, ray_spawner_fa
     codes = result(done["http"][1])
     assert codes == {
         # Ray: 401 without a token, 403 with a token that is not the cluster's
-        "/api/version none": 401, "/api/version wrong": 403, "/api/version right": 200,
-        "/api/jobs/ none": 401, "/api/jobs/ wrong": 403, "/api/jobs/ right": 200,
+        "/api/version none": 401,
+        "/api/version wrong": 403,
+        "/api/version right": 200,
+        "/api/jobs/ none": 401,
+        "/api/jobs/ wrong": 403,
+        "/api/jobs/ right": 200,
     }, codes
 
     gcs = result(done["gcs_right"][1])

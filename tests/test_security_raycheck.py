@@ -67,13 +67,17 @@ def test_unreachable_head_is_reported_at_once() -> None:
 
 def test_cli_needs_only_the_standard_library(dashboard: str) -> None:
     """The notebook image installs rayspawner with --no-deps: raycheck must not import kubespawner etc."""
-    code = ("import sys, rayspawner.raycheck as r; "
-            "bad = [m for m in ('kubespawner', 'kubernetes_asyncio', 'traitlets', 'ray') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else r.main())")
+    code = (
+        "import sys, rayspawner.raycheck as r; "
+        "bad = [m for m in ('kubespawner', 'kubernetes_asyncio', 'traitlets', 'ray') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else r.main())"
+    )
     env = {"RAY_DASHBOARD_URL": dashboard, "RAY_AUTH_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("OK: Ray 2.60.0"), done.stderr
     env["RAY_AUTH_TOKEN"] = "nope"
-    done = subprocess.run([sys.executable, "-m", "rayspawner.raycheck"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "rayspawner.raycheck"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1 and "rejected the token" in done.stderr and "nope" not in done.stderr
     assert raycheck.__doc__ and "30 s" in raycheck.__doc__

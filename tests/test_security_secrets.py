@@ -26,8 +26,20 @@ from rayspawner import naming
 from rayspawner import secretlog
 
 NS = "jhub"
-LOGGERS = ["", "traitlets", "JupyterHub", "rayspawner", "kubespawner", "tornado", "tornado.application",
-           "tornado.general", "kubernetes_asyncio", "kubernetes_asyncio.client.rest", "aiohttp", "asyncio"]
+LOGGERS = [
+    "",
+    "traitlets",
+    "JupyterHub",
+    "rayspawner",
+    "kubespawner",
+    "tornado",
+    "tornado.application",
+    "tornado.general",
+    "kubernetes_asyncio",
+    "kubernetes_asyncio.client.rest",
+    "aiohttp",
+    "asyncio",
+]
 RAY = {"profile": "ray", "workers": "2"}
 
 
@@ -139,7 +151,13 @@ def test_secret_redaction_filter_covers_secret_bodies():
     level = rest.level
     rest.setLevel(logging.DEBUG)
     try:
-        one = {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "s"}, "data": {"k": "c2VrcmV0"}, "stringData": {"x": "plain"}}
+        one = {
+            "kind": "Secret",
+            "apiVersion": "v1",
+            "metadata": {"name": "s"},
+            "data": {"k": "c2VrcmV0"},
+            "stringData": {"x": "plain"},
+        }
         many = {"kind": "SecretList", "items": [dict(one, kind=None)]}
         rest.debug("response body: %s", json.dumps(one).encode())
         rest.debug("response body: %s", json.dumps(many))
@@ -154,12 +172,31 @@ def test_secret_redaction_filter_covers_secret_bodies():
 
 def test_render_output_has_no_secret(tmp_path):
     config = tmp_path / "jupyterhub_config.py"
-    config.write_text("c.RaySpawner.profile_list = [{'display_name': 'Ray', 'slug': 'ray', "
-                      "'kubespawner_override': {'ray_enabled': True}}]\n")
+    config.write_text(
+        "c.RaySpawner.profile_list = [{'display_name': 'Ray', 'slug': 'ray', "
+        "'kubespawner_override': {'ray_enabled': True}}]\n"
+    )
     text, docs = "", []
     for backend in ("pods", "kuberay"):
-        done = subprocess.run([sys.executable, "-m", "rayspawner", "render", "-f", str(config), "--user", "alice",
-                               "--profile", "ray", "--backend", backend], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rayspawner",
+                "render",
+                "-f",
+                str(config),
+                "--user",
+                "alice",
+                "--profile",
+                "ray",
+                "--backend",
+                backend,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         text += done.stdout + done.stderr
         docs += [d for d in yaml.safe_load_all(done.stdout) if d]
@@ -168,8 +205,13 @@ def test_render_output_has_no_secret(tmp_path):
     assert all("stringData" not in s for s in secrets_out)
     # nothing token-shaped anywhere (the real token is a 43-character urlsafe string)
     assert not re.search(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", text)
-    envs = [e for d in docs if d["kind"] in ("Pod", "Deployment") for c in
-            (d["spec"].get("template", {}).get("spec") or d["spec"])["containers"] for e in c.get("env") or []]
+    envs = [
+        e
+        for d in docs
+        if d["kind"] in ("Pod", "Deployment")
+        for c in (d["spec"].get("template", {}).get("spec") or d["spec"])["containers"]
+        for e in c.get("env") or []
+    ]
     tokens = [e for e in envs if e["name"] == "RAY_AUTH_TOKEN"]
     assert tokens and all("value" not in e for e in tokens)
     cluster = next(d for d in docs if d["kind"] == "RayCluster")
@@ -185,9 +227,18 @@ async def test_local_spawner_log_and_state(tmp_path):
         name = "alice"
         url = "/user/alice/"
 
-    sp = LocalRaySpawner(profile_list=[{"display_name": "Ray", "slug": "ray", "default": True,
-                                        "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 1}}],
-                         local_gpus=0, local_temp_root=str(tmp_path / "rsp"))
+    sp = LocalRaySpawner(
+        profile_list=[
+            {
+                "display_name": "Ray",
+                "slug": "ray",
+                "default": True,
+                "kubespawner_override": {"ray_enabled": True, "ray_worker_replicas": 1},
+            }
+        ],
+        local_gpus=0,
+        local_temp_root=str(tmp_path / "rsp"),
+    )
     sp.user = User()
     with capture_all_logs(sp) as logs:
         sp.user_options = {"profile": "ray"}

@@ -17,7 +17,6 @@ from .spawner_fixtures import ray_objects
 from .spawner_fixtures import RAY, env_of, start, wait_until
 
 
-
 async def test_spawn_creates_owned_cluster_and_stop_removes_it(k8s_emu, ray_spawner_factory):
     sp = ray_spawner_factory(k8s_emu)
     url = await start(sp)
@@ -28,8 +27,13 @@ async def test_spawn_creates_owned_cluster_and_stop_removes_it(k8s_emu, ray_spaw
     await wait_until(lambda: len(ray_objects(k8s_emu, "ray-alice")) >= 8)
     objs = ray_objects(k8s_emu, "ray-alice")
     kinds = {k for k, _ in objs}
-    assert {("secrets", "ray-alice-ray-token"), ("services", "ray-alice-head-svc"), ("pods", "ray-alice-head"),
-            ("deployments", "ray-alice-workers"), ("networkpolicies", "ray-alice-ray")} <= set(objs)
+    assert {
+        ("secrets", "ray-alice-ray-token"),
+        ("services", "ray-alice-head-svc"),
+        ("pods", "ray-alice-head"),
+        ("deployments", "ray-alice-workers"),
+        ("networkpolicies", "ray-alice-ray"),
+    } <= set(objs)
     assert kinds == {"pods", "services", "secrets", "deployments", "replicasets", "networkpolicies"}
     assert sum(1 for k, n in objs if k == "pods" and "workers" in n) == 2
 
@@ -93,7 +97,9 @@ async def test_named_servers_and_users_are_independent(k8s_emu, ray_spawner_fact
     await asyncio.gather(start(a), start(a2), start(b))
     names = {n for k, n in ray_objects(k8s_emu) if k == "services"}
     assert names == {"ray-alice-head-svc", "ray-alice--big-head-svc", "ray-bob-head-svc"}
-    assert env_of(k8s_emu.get_object("pods", "jhub", b.pod_name))["RAY_ADDRESS"]["value"].startswith("ray-bob-head-svc.")
+    assert env_of(k8s_emu.get_object("pods", "jhub", b.pod_name))["RAY_ADDRESS"]["value"].startswith(
+        "ray-bob-head-svc."
+    )
     await a.stop()
     assert ray_objects(k8s_emu, "ray-alice") == []
     assert ray_objects(k8s_emu, "ray-alice--big") and ray_objects(k8s_emu, "ray-bob")
@@ -122,7 +128,10 @@ async def test_start_replaces_leftovers_from_an_earlier_server(k8s_emu, ray_spaw
     notebook = k8s_emu.get_object("pods", "jhub", again.pod_name)
     secret = k8s_emu.get_object("secrets", "jhub", "ray-alice-ray-token")
     assert secret["metadata"]["ownerReferences"][0]["uid"] == notebook["metadata"]["uid"]
-    assert k8s_emu.get_object("pods", "jhub", "ray-alice-head")["metadata"]["ownerReferences"][0]["uid"] == notebook["metadata"]["uid"]
+    assert (
+        k8s_emu.get_object("pods", "jhub", "ray-alice-head")["metadata"]["ownerReferences"][0]["uid"]
+        == notebook["metadata"]["uid"]
+    )
     await again.stop()
     assert ray_objects(k8s_emu) == []
 
@@ -198,7 +207,12 @@ def test_crash_loop_is_fatal_only_after_repeated_restarts():
 
     def pod(restarts):
         waiting = {"reason": "CrashLoopBackOff", "message": "back-off 10s"}
-        return {"status": {"phase": "Running", "containerStatuses": [{"name": "ray-head", "restartCount": restarts, "state": {"waiting": waiting}}]}}
+        return {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [{"name": "ray-head", "restartCount": restarts, "state": {"waiting": waiting}}],
+            }
+        }
 
     assert pod_problem(pod(1)) is None
     assert "keeps crashing" in pod_problem(pod(CRASH_LOOP_RESTARTS))
@@ -216,11 +230,25 @@ def test_api_errors_become_readable_reasons():
         e.body = _json.dumps({"kind": "Status", "message": message, "code": status})
         return e
 
-    quota = api_error(exc(403, 'pods "ray-alice-head" is forbidden: exceeded quota: compute, requested: cpu=1, used: cpu=8, limited: cpu=8'),
-                      "create", KINDS["Pod"], "jhub", "ray-alice-head")
+    quota = api_error(
+        exc(
+            403,
+            'pods "ray-alice-head" is forbidden: exceeded quota: compute, '
+            "requested: cpu=1, used: cpu=8, limited: cpu=8",
+        ),
+        "create",
+        KINDS["Pod"],
+        "jhub",
+        "ray-alice-head",
+    )
     assert quota.reason_label == "quota" and "Quota exceeded" in quota.message and "limited: cpu=8" in quota.message
-    rbac = api_error(exc(403, 'networkpolicies.networking.k8s.io is forbidden: User "system:serviceaccount:jhub:hub" cannot create'),
-                     "create", KINDS["NetworkPolicy"], "jhub", "ray-alice-ray")
+    rbac = api_error(
+        exc(403, 'networkpolicies.networking.k8s.io is forbidden: User "system:serviceaccount:jhub:hub" cannot create'),
+        "create",
+        KINDS["NetworkPolicy"],
+        "jhub",
+        "ray-alice-ray",
+    )
     assert rbac.reason_label == "forbidden"
     assert 'apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: ["create"]' in rbac.message
     other = api_error(exc(422, "spec.containers[0].image: Required value"), "create", KINDS["Pod"], "jhub", "x")
@@ -251,7 +279,10 @@ async def test_driver_mode_adds_the_notebook_node_and_client_mode_does_not(k8s_e
     assert node["image"] == pod["spec"]["containers"][0]["image"]
     assert "--address=ray-alice-head-svc.jhub.svc.cluster.local:6379" in node["command"][2]
     mounts = {m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
-    assert {"/tmp/ray", "/dev/shm"} <= mounts and {m["mountPath"] for m in node["volumeMounts"]} == {"/tmp/ray", "/dev/shm"}
+    assert {"/tmp/ray", "/dev/shm"} <= mounts and {m["mountPath"] for m in node["volumeMounts"]} == {
+        "/tmp/ray",
+        "/dev/shm",
+    }
     assert node_ready(pod)  # the spawn waited for it (ray_wait_for_head)
 
     pod = k8s_emu.get_object("pods", "jhub", client.pod_name)
@@ -265,8 +296,9 @@ async def test_driver_mode_adds_the_notebook_node_and_client_mode_does_not(k8s_e
 async def test_a_notebook_that_cannot_join_fails_the_spawn_readably(k8s_emu, ray_spawner_factory):
     """Driver mode: the head is ready but the notebook's Ray node never is (a NetworkPolicy in the
     way, say): the spawn fails with a message saying so, and nothing is left behind."""
-    sp = ray_spawner_factory(k8s_emu, start_timeout=6,
-                             extra_annotations={"k8semu/not-ready-containers": NOTEBOOK_NODE_CONTAINER})
+    sp = ray_spawner_factory(
+        k8s_emu, start_timeout=6, extra_annotations={"k8semu/not-ready-containers": NOTEBOOK_NODE_CONTAINER}
+    )
     sp.user_options = dict(RAY)
     with pytest.raises(ClusterStartError) as err:
         await asyncio.wait_for(sp.start(), 30)

@@ -46,10 +46,30 @@ async def test_sweep_against_api_server(k8s_emu, ray_spawner_factory):
     await asyncio.wait_for(sp.start(), 30)
     live_before = ray_objects(k8s_emu)
     # a hub that died between creating the token Secret and the notebook pod left this:
-    k8s_emu.create_object({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ray-carol-ray-token", "namespace": "jhub", "labels": {**MANAGED, "ray.io/cluster": "ray-carol"}}, "data": {}})
+    k8s_emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "ray-carol-ray-token",
+                "namespace": "jhub",
+                "labels": {**MANAGED, "ray.io/cluster": "ray-carol"},
+            },
+            "data": {},
+        }
+    )
     # somebody else's ownerless objects are never touched
-    k8s_emu.create_object({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": "jhub"}, "data": {}})
-    k8s_emu.create_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other-svc", "namespace": "jhub", "labels": {"app.kubernetes.io/managed-by": "helm"}}, "spec": {"ports": [{"port": 80}]}})
+    k8s_emu.create_object(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": "jhub"}, "data": {}}
+    )
+    k8s_emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "other-svc", "namespace": "jhub", "labels": {"app.kubernetes.io/managed-by": "helm"}},
+            "spec": {"ports": [{"port": 80}]},
+        }
+    )
     deleted = await sp.sweep_orphans()
     assert deleted == [("Secret", "ray-carol-ray-token")]
     assert ray_objects(k8s_emu) == live_before  # alice's running cluster untouched

@@ -24,8 +24,23 @@ IMAGES = ROOT / "images"
 CONTAINERFILES = sorted(IMAGES.glob("*/Containerfile"))
 
 KNOWN = {
-    "FROM", "ARG", "ENV", "LABEL", "RUN", "COPY", "ADD", "WORKDIR", "EXPOSE", "USER", "CMD",
-    "ENTRYPOINT", "VOLUME", "SHELL", "HEALTHCHECK", "STOPSIGNAL", "ONBUILD",
+    "FROM",
+    "ARG",
+    "ENV",
+    "LABEL",
+    "RUN",
+    "COPY",
+    "ADD",
+    "WORKDIR",
+    "EXPOSE",
+    "USER",
+    "CMD",
+    "ENTRYPOINT",
+    "VOLUME",
+    "SHELL",
+    "HEALTHCHECK",
+    "STOPSIGNAL",
+    "ONBUILD",
 }
 
 
@@ -77,11 +92,14 @@ def _pip_requirements(command: str) -> list[list[str]]:
         except ValueError:
             words = segment.split()
         for i, w in enumerate(words):
-            if (w.endswith("pip") or w.endswith("pip3") or re.fullmatch(r"pip3?(\.\d+)?", w.rsplit("/", 1)[-1])) \
-                    and i + 1 < len(words) and words[i + 1] == "install":
-                found.append(words[i + 2:])
+            if (
+                (w.endswith("pip") or w.endswith("pip3") or re.fullmatch(r"pip3?(\.\d+)?", w.rsplit("/", 1)[-1]))
+                and i + 1 < len(words)
+                and words[i + 1] == "install"
+            ):
+                found.append(words[i + 2 :])
             elif w == "-m" and i + 2 < len(words) and words[i + 1] == "pip" and words[i + 2] == "install":
-                found.append(words[i + 3:])
+                found.append(words[i + 3 :])
     return found
 
 
@@ -179,11 +197,15 @@ def test_ray_images_use_the_pinned_versions(name: str) -> None:
     cf = _load(IMAGES / name / "Containerfile")
     args = {**cf.global_args, **cf.stage_args}
     where = f"images/{name}/Containerfile"
-    assert args.get("RAY_VERSION") == RAY_VERSION, f"{where}: ARG RAY_VERSION={args.get('RAY_VERSION')} but versions.py has {RAY_VERSION}"
+    assert args.get("RAY_VERSION") == RAY_VERSION, (
+        f"{where}: ARG RAY_VERSION={args.get('RAY_VERSION')} but versions.py has {RAY_VERSION}"
+    )
     assert args.get("PYTHON_VERSION") == PYTHON_VERSION, (
         f"{where}: ARG PYTHON_VERSION={args.get('PYTHON_VERSION')} but versions.py has {PYTHON_VERSION}"
     )
-    assert cf.pins.get("ray") == RAY_VERSION, f"{where}: installs ray {cf.pins.get('ray')}, versions.py has {RAY_VERSION}"
+    assert cf.pins.get("ray") == RAY_VERSION, (
+        f"{where}: installs ray {cf.pins.get('ray')}, versions.py has {RAY_VERSION}"
+    )
     from_line = next(a for _, i, a in cf.instructions if i == "FROM")
     assert "ubi9" in cf.expand(from_line, cf.global_args), f"{where}: not based on Red Hat UBI 9: {from_line}"
 
@@ -259,7 +281,11 @@ PYTHON_PATTERNS = [
 
 
 def _text_files() -> list[Path]:
-    files = [p for p in (ROOT / "jupyterhub_config").rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".py", ".md", ".json")]
+    files = [
+        p
+        for p in (ROOT / "jupyterhub_config").rglob("*")
+        if p.is_file() and p.suffix in (".yaml", ".yml", ".py", ".md", ".json")
+    ]
     files += [p for p in (ROOT / "docs").rglob("*.md")] if (ROOT / "docs").is_dir() else []
     files += [p for p in IMAGES.rglob("*") if p.is_file()]
     readme = ROOT / "README.md"
@@ -322,13 +348,21 @@ def test_parser_catches_bad_containerfiles() -> None:
         "USER root\n"
     )
     text = "\n".join(bad.errors)
-    for expected in ("before the first FROM", "no ARG before FROM", "unknown instruction 'FRM'",
-                     "'ray' is not pinned", "'jupyterlab>=4' is not pinned", "-r is not allowed",
-                     "without --no-deps", "numeric non-root UID"):
+    for expected in (
+        "before the first FROM",
+        "no ARG before FROM",
+        "unknown instruction 'FRM'",
+        "'ray' is not pinned",
+        "'jupyterlab>=4' is not pinned",
+        "-r is not allowed",
+        "without --no-deps",
+        "numeric non-root UID",
+    ):
         assert expected in text, f"{expected!r} not reported in:\n{text}"
     good = parse_containerfile(
         "ARG BASE=ubi9\nFROM ${BASE}\nARG V=1.0\n"
-        "RUN /opt/bin/pip install --no-cache-dir \"ray[default]==${V}\" \\\n  x==2 \\\n# comment\n  && echo ok\nUSER 1001\n"
+        'RUN /opt/bin/pip install --no-cache-dir "ray[default]==${V}" \\\n  x==2 \\\n'
+        "# comment\n  && echo ok\nUSER 1001\n"
     )
     assert not good.errors, good.errors
     assert good.pins == {"ray": "1.0", "x": "2"}

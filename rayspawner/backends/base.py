@@ -48,8 +48,10 @@ class ClusterStatus:
             return f"Ray cluster {spec.name}: being removed"
         if not self.head_ready:
             return f"Ray cluster {spec.name}: head starting ({self.phase or 'starting'})"
-        return (f"Ray cluster {spec.name}: head accepting connections, "
-                f"workers joined {self.workers_ready}/{self.workers_desired}")
+        return (
+            f"Ray cluster {spec.name}: head accepting connections, "
+            f"workers joined {self.workers_ready}/{self.workers_desired}"
+        )
 
 
 class ClusterBackend(abc.ABC):
@@ -58,7 +60,7 @@ class ClusterBackend(abc.ABC):
     #: "pods", "kuberay" or "local" (kept in the spawner's state)
     kind: str = ""
 
-    async def prepare(self, spec: RayClusterSpec) -> None:
+    async def prepare(self, spec: RayClusterSpec) -> None:  # noqa: B027 - optional: nothing by default
         """Create what must exist before the notebook starts (e.g. the token Secret)."""
 
     @abc.abstractmethod

@@ -55,7 +55,9 @@ async def kuberay_served(log: logging.Logger | None = None) -> bool:
     try:
         served = await with_retries(discover, what="discover the KubeRay API (ray.io/v1)", timeout=15)
     except ApiException as e:
-        raise ClusterStartError(f"Could not ask the Kubernetes API which Ray backend to use: HTTP {e.status}", reason="discovery") from None
+        raise ClusterStartError(
+            f"Could not ask the Kubernetes API which Ray backend to use: HTTP {e.status}", reason="discovery"
+        ) from None
     _cache[host] = served
     if log:
         log.info("KubeRay %s on %s", "detected" if served else "not installed", host)
@@ -97,8 +99,9 @@ async def _check_crd(host: str, log: logging.Logger | None) -> str:
         return _auth_problem[host]
     api = shared_client("ApiextensionsV1Api")
     try:
-        crd = await with_retries(lambda: api.read_custom_resource_definition(CRD_NAME),
-                                 what=f"read the CRD {CRD_NAME}", timeout=15)
+        crd = await with_retries(
+            lambda: api.read_custom_resource_definition(CRD_NAME), what=f"read the CRD {CRD_NAME}", timeout=15
+        )
         crd = api.api_client.sanitize_for_serialization(crd)
         problem = token_auth_problem(crd)
     except (ApiException, ClusterStartError) as e:
@@ -107,7 +110,11 @@ async def _check_crd(host: str, log: logging.Logger | None) -> str:
         (log or logging.getLogger(__name__)).warning(
             "Cannot read the CRD %s (%s) to check that KubeRay >= %s can use rayspawner's token Secret; "
             "assuming it can. Grant the hub 'get customresourcedefinitions' (a ClusterRole, see docs/security.md) "
-            "to have it checked.", CRD_NAME, f"HTTP {status}" if status else e, KUBERAY_MIN_VERSION)
+            "to have it checked.",
+            CRD_NAME,
+            f"HTTP {status}" if status else e,
+            KUBERAY_MIN_VERSION,
+        )
     _auth_problem[host] = problem
     return problem
 
@@ -147,5 +154,12 @@ async def select_backend(wanted: str, log: logging.Logger | None = None) -> str:
     raise ConfigError(f"ray_backend must be 'auto', 'pods' or 'kuberay', not {wanted!r}.")
 
 
-__all__ = ["select_backend", "kuberay_served", "kuberay_token_auth_problem", "token_auth_problem", "forget",
-           "KUBERAY_MISSING", "KUBERAY_MIN_VERSION"]
+__all__ = [
+    "select_backend",
+    "kuberay_served",
+    "kuberay_token_auth_problem",
+    "token_auth_problem",
+    "forget",
+    "KUBERAY_MISSING",
+    "KUBERAY_MIN_VERSION",
+]

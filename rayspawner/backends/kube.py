@@ -80,9 +80,9 @@ def api_error(
         if "exceeded quota" in message:
             return ClusterStartError(f"Quota exceeded creating {target}: {message}", reason="quota")
         verbs = ", ".join(f'"{v}"' for v in (rule_verbs or [verb]))
-        rule = f"apiGroups: [\"{kind.group}\"], resources: [\"{kind.plural}\"], verbs: [{verbs}]"
+        rule = f'apiGroups: ["{kind.group}"], resources: ["{kind.plural}"], verbs: [{verbs}]'
         return ClusterStartError(
-            f"The hub is not allowed to {verb} {kind.plural} (API group \"{kind.group}\") in namespace "
+            f'The hub is not allowed to {verb} {kind.plural} (API group "{kind.group}") in namespace '
             f"{namespace}: {message}. Add this rule to the hub's Role ({rule}); "
             "see jupyterhub_config/rbac/ for the complete Role.",
             reason="forbidden",
@@ -136,7 +136,8 @@ async def with_retries(
             await asyncio.wait_for(gate.acquire(), max(0.01, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             raise ClusterStartError(
-                f"Too many Kubernetes API requests queued in the hub while trying to {what}; gave up after {int(timeout)} s.",
+                f"Too many Kubernetes API requests queued in the hub while trying to {what}; "
+                f"gave up after {int(timeout)} s.",
                 reason="api_unavailable",
             ) from None
         try:
@@ -180,7 +181,7 @@ async def _unparsed(request: Awaitable[Any]) -> None:
 
 
 def _other_server(existing: dict[str, str], wanted: dict[str, str]) -> str:
-    """"user X, server Y" when an existing object's owner labels name another server than
+    """ "user X, server Y" when an existing object's owner labels name another server than
     the manifest's (empty when they agree or either lacks them)."""
     keys = (naming.LABEL_USERNAME, naming.LABEL_SERVERNAME)
     if not all(k in wanted for k in keys) or not any(k in existing for k in keys):
@@ -219,8 +220,11 @@ class KubeClient:
         also_retry = frozenset({409}) if verb in ("delete", "patch") else frozenset()
         try:
             return await with_retries(
-                call, what=f"{verb} {kind.kind} {namespace}/{name}", timeout=self.retry_timeout,
-                request_timeout=self.request_timeout, also_retry=also_retry,
+                call,
+                what=f"{verb} {kind.kind} {namespace}/{name}",
+                timeout=self.retry_timeout,
+                request_timeout=self.request_timeout,
+                also_retry=also_retry,
             )
         except ApiException as e:
             raise api_error(e, verb, kind, namespace, name) from None
@@ -314,9 +318,17 @@ class KubeClient:
     async def patch(self, kind_name: str, namespace: str, name: str, body: dict[str, Any]) -> None:
         kind = KINDS[kind_name]
         fn = self._method(kind, "patch")
-        await self._call("patch", kind, namespace, name, lambda: _unparsed(
-            fn(name, namespace, body, _preload_content=False) if kind.api != "CustomObjectsApi"
-            else fn(namespace, name, body, _preload_content=False)))
+        await self._call(
+            "patch",
+            kind,
+            namespace,
+            name,
+            lambda: _unparsed(
+                fn(name, namespace, body, _preload_content=False)
+                if kind.api != "CustomObjectsApi"
+                else fn(namespace, name, body, _preload_content=False)
+            ),
+        )
 
     async def delete(self, kind_name: str, namespace: str, name: str, *, grace: int | None = None) -> bool:
         """Delete (background propagation); True if it existed. 404 is success."""

@@ -53,10 +53,14 @@ class _RayClusterApi:
         self.api_client = api.api_client
 
     async def list_namespaced_raycluster(self, namespace: str, **kwargs: Any) -> Any:
-        return await self._api.list_namespaced_custom_object(RAYCLUSTER.group, RAYCLUSTER.version, namespace, RAYCLUSTER.plural, **kwargs)
+        return await self._api.list_namespaced_custom_object(
+            RAYCLUSTER.group, RAYCLUSTER.version, namespace, RAYCLUSTER.plural, **kwargs
+        )
 
     async def list_raycluster_for_all_namespaces(self, **kwargs: Any) -> Any:
-        return await self._api.list_cluster_custom_object(RAYCLUSTER.group, RAYCLUSTER.version, RAYCLUSTER.plural, **kwargs)
+        return await self._api.list_cluster_custom_object(
+            RAYCLUSTER.group, RAYCLUSTER.version, RAYCLUSTER.plural, **kwargs
+        )
 
 
 class RayClusterReflector(ResourceReflector):
@@ -146,7 +150,9 @@ def _watch_error(e: BaseException, namespace: str) -> BaseException:
         return api_error(e, "list", RAYCLUSTER, namespace, rule_verbs=["get", "list", "watch", "create", "delete"])
     if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
         return e
-    return ClusterStartError(f"Could not watch RayClusters in namespace {namespace}: {type(e).__name__}: {e}", reason="watch")
+    return ClusterStartError(
+        f"Could not watch RayClusters in namespace {namespace}: {type(e).__name__}: {e}", reason="watch"
+    )
 
 
 # ------------------------------------------------------------------ status
@@ -205,7 +211,9 @@ def cluster_status(
         else:
             st.warnings.append(text)
     if status.get("state") == "failed" and not st.head_ready:
-        st.head_failed = st.head_failed or f"KubeRay reports the cluster failed ({status.get('reason') or 'no reason given'})"
+        st.head_failed = (
+            st.head_failed or f"KubeRay reports the cluster failed ({status.get('reason') or 'no reason given'})"
+        )
 
     if head is not None:
         st.versions = reported_versions(head)
@@ -245,7 +253,9 @@ class KubeRayBackend(ClusterBackend):
 
     async def create(self, spec: RayClusterSpec, owner: dict | None) -> None:
         if spec.auth_enabled and owner:
-            await self.kube.patch("Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}})
+            await self.kube.patch(
+                "Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}}
+            )
         for manifest in kuberay.cluster_objects(spec, owner):
             await self.kube.create(manifest)
         log.info("Created RayCluster %s/%s", spec.namespace, spec.name)
@@ -256,13 +266,16 @@ class KubeRayBackend(ClusterBackend):
     def _pods(self, ref: ClusterRef) -> list[dict]:
         prefix = f"{ref.namespace}/"
         return [
-            p for key, p in list(self.ray_pods().items())
+            p
+            for key, p in list(self.ray_pods().items())
             if key.startswith(prefix) and (p["metadata"].get("labels") or {}).get(naming.LABEL_CLUSTER) == ref.name
         ]
 
     async def status(self, spec: RayClusterSpec | ClusterRef) -> ClusterStatus:
         ref = spec.ref() if isinstance(spec, RayClusterSpec) else spec
-        return cluster_status(self._cluster(ref), self._pods(ref), spec if isinstance(spec, RayClusterSpec) else None, ref)
+        return cluster_status(
+            self._cluster(ref), self._pods(ref), spec if isinstance(spec, RayClusterSpec) else None, ref
+        )
 
     async def delete(self, ref: RayClusterSpec | ClusterRef, timeout: float) -> None:
         # with the spec that created the cluster, only what it created (as the pods backend)
@@ -285,7 +298,11 @@ class KubeRayBackend(ClusterBackend):
                 left = sorted(p["metadata"]["name"] for p in self._pods(ref))
                 log.warning(
                     "RayCluster %s/%s still terminating after %ss (cluster object %s; pods: %s)",
-                    ns, name, int(timeout), "present" if self._cluster(ref) else "gone", left,
+                    ns,
+                    name,
+                    int(timeout),
+                    "present" if self._cluster(ref) else "gone",
+                    left,
                 )
                 return
             await asyncio.sleep(0.2)

@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 
 _READY_LINE = "Ray runtime started"
 
+
 # ------------------------------------------------------------------- cluster
 @dataclass
 class LocalNode:
@@ -157,18 +158,39 @@ class LocalCluster:
         return f"127.0.0.1:{self.head.port('gcs')}"
 
     def notebook_env(self) -> dict[str, str]:
-        return local_notebook_env(self.name, "127.0.0.1", self.head.port("client"), self.head.port("dashboard"),
-                                  self.token, driver=self.driver, gcs_port=self.head.port("gcs"))
+        return local_notebook_env(
+            self.name,
+            "127.0.0.1",
+            self.head.port("client"),
+            self.head.port("dashboard"),
+            self.token,
+            driver=self.driver,
+            gcs_port=self.head.port("gcs"),
+        )
 
     def to_state(self) -> dict[str, Any]:
-        return {"name": self.name, "cid": self.cid, "temp_dir": self.temp_dir, "temp_root": self.temp_root,
-                "driver": self.driver, "nodes": [asdict(n) for n in self.nodes]}
+        return {
+            "name": self.name,
+            "cid": self.cid,
+            "temp_dir": self.temp_dir,
+            "temp_root": self.temp_root,
+            "driver": self.driver,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LocalCluster:
         nodes = [LocalNode(**{k: v for k, v in n.items() if k in _NODE_FIELDS}) for n in state["nodes"]]
-        return cls(state["name"], state["cid"], state["temp_dir"], state["temp_root"], nodes,
-                   driver=bool(state.get("driver", False)), head_ready=True, client_ok=True)
+        return cls(
+            state["name"],
+            state["cid"],
+            state["temp_dir"],
+            state["temp_root"],
+            nodes,
+            driver=bool(state.get("driver", False)),
+            head_ready=True,
+            client_ok=True,
+        )
 
     def write_info(self, **owner: Any) -> None:
         """``cluster.json`` in the temp dir: what the orphan sweep needs to judge the cluster
@@ -250,12 +272,27 @@ class LocalBackend(ClusterBackend):
         nodes = []
         for index, ((role, res), base) in enumerate(zip(roles, bases)):
             store = max(MIN_OBJECT_STORE_BYTES, int(res.memory_bytes * spec.object_store_fraction))
-            nodes.append(LocalNode(role, base, res.ray_num_cpus, res.gpu, store,
-                                   memory_bytes=max(0, res.memory_bytes - store),
-                                   temp_dir=temp_dir if index == 0 else os.path.join(temp_dir, f"w{index}")))
-        cluster = LocalCluster(spec.name, cid, temp_dir, self.temp_root, nodes,
-                               token=secrets.token_urlsafe(32) if spec.auth_enabled else None,
-                               driver=spec.driver_mode, extra_env=dict(spec.extra_env))
+            nodes.append(
+                LocalNode(
+                    role,
+                    base,
+                    res.ray_num_cpus,
+                    res.gpu,
+                    store,
+                    memory_bytes=max(0, res.memory_bytes - store),
+                    temp_dir=temp_dir if index == 0 else os.path.join(temp_dir, f"w{index}"),
+                )
+            )
+        cluster = LocalCluster(
+            spec.name,
+            cid,
+            temp_dir,
+            self.temp_root,
+            nodes,
+            token=secrets.token_urlsafe(32) if spec.auth_enabled else None,
+            driver=spec.driver_mode,
+            extra_env=dict(spec.extra_env),
+        )
         os.makedirs(cluster.temp_dir, mode=0o700)
         Path(cluster.temp_dir, "site").mkdir()
         Path(cluster.temp_dir, "site", "sitecustomize.py").write_text(_SITECUSTOMIZE)
@@ -280,29 +317,34 @@ class LocalBackend(ClusterBackend):
         """Record the notebook's pid (and start time) for the orphan sweep."""
         cluster = self.clusters.get(name)
         if cluster and notebook_pid:
-            cluster.write_info(hub_pid=os.getpid(), notebook_pid=notebook_pid,
-                               notebook_started=_create_time(notebook_pid))
+            cluster.write_info(
+                hub_pid=os.getpid(), notebook_pid=notebook_pid, notebook_started=_create_time(notebook_pid)
+            )
 
     def _env(self, cluster: LocalCluster, spec: RayClusterSpec | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "JUPYTERHUB_"))}
         env.update(self.extra_env)
         env.update(spec.extra_env if spec else cluster.extra_env)
-        env.update({
-            MARKER: cluster.cid,
-            MARKER_ROOT: cluster.temp_root,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            # the raylet waits for the dashboard agent's port file (15 s by default): on a busy
-            # machine the agent's imports alone take longer (Ray's own 30 s window still applies)
-            "RAY_agent_register_timeout_ms": "60000",
-            "RAY_raylet_start_wait_time_s": "60",
-            # the raylet holds a cluster's first driver until a prestarted worker registers
-            # (1.5-2 s here): without that, ray.init() in the kernel returns in ~0.05 s and
-            # the first task pays the worker start instead
-            "RAY_prestart_worker_first_driver": "0",
-            "RAY_CLUSTER_NAME": cluster.name,
-            CLIENT_PORTS_ENV: f"{cluster.head.base_port + _CLIENT_SERVERS[0]}-{cluster.head.base_port + _CLIENT_SERVERS[1]}",
-            "PYTHONPATH": os.pathsep.join(p for p in (os.path.join(cluster.temp_dir, "site"), env.get("PYTHONPATH")) if p),
-        })
+        env.update(
+            {
+                MARKER: cluster.cid,
+                MARKER_ROOT: cluster.temp_root,
+                "RAY_USAGE_STATS_ENABLED": "0",
+                # the raylet waits for the dashboard agent's port file (15 s by default): on a busy
+                # machine the agent's imports alone take longer (Ray's own 30 s window still applies)
+                "RAY_agent_register_timeout_ms": "60000",
+                "RAY_raylet_start_wait_time_s": "60",
+                # the raylet holds a cluster's first driver until a prestarted worker registers
+                # (1.5-2 s here): without that, ray.init() in the kernel returns in ~0.05 s and
+                # the first task pays the worker start instead
+                "RAY_prestart_worker_first_driver": "0",
+                "RAY_CLUSTER_NAME": cluster.name,
+                CLIENT_PORTS_ENV: "-".join(str(cluster.head.base_port + off) for off in _CLIENT_SERVERS),
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (os.path.join(cluster.temp_dir, "site"), env.get("PYTHONPATH")) if p
+                ),
+            }
+        )
         if cluster.token:
             env["RAY_AUTH_MODE"] = "token"
             env["RAY_AUTH_TOKEN"] = cluster.token
@@ -311,13 +353,19 @@ class LocalBackend(ClusterBackend):
     def _args(self, cluster: LocalCluster, node: LocalNode) -> list[str]:
         p = node.port
         args = [
-            "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-            f"--num-cpus={node.num_cpus}", f"--num-gpus={node.num_gpus}",
+            "start",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={node.num_cpus}",
+            f"--num-gpus={node.num_gpus}",
             f"--object-store-memory={node.object_store_bytes}",
             f"--temp-dir={node.temp_dir or cluster.temp_dir}",
             f"--labels={NODE_LABEL}={node.role}",
-            f"--node-manager-port={p('node_manager')}", f"--object-manager-port={p('object_manager')}",
-            f"--metrics-export-port={p('metrics')}", f"--runtime-env-agent-port={p('runtime_env_agent')}",
+            f"--node-manager-port={p('node_manager')}",
+            f"--object-manager-port={p('object_manager')}",
+            f"--metrics-export-port={p('metrics')}",
+            f"--runtime-env-agent-port={p('runtime_env_agent')}",
             f"--dashboard-agent-listen-port={p('dashboard_agent_listen')}",
             f"--dashboard-agent-grpc-port={p('dashboard_agent_grpc')}",
             f"--min-worker-port={node.base_port + _WORKER_PORTS[0]}",
@@ -326,8 +374,13 @@ class LocalBackend(ClusterBackend):
         if node.memory_bytes:
             args.append(f"--memory={node.memory_bytes}")
         if node is cluster.head:
-            args += ["--head", f"--port={p('gcs')}", f"--ray-client-server-port={p('client')}",
-                     "--dashboard-host=127.0.0.1", f"--dashboard-port={p('dashboard')}"]
+            args += [
+                "--head",
+                f"--port={p('gcs')}",
+                f"--ray-client-server-port={p('client')}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={p('dashboard')}",
+            ]
         else:
             args += [f"--address={cluster.gcs_address}"]
         return args
@@ -340,9 +393,14 @@ class LocalBackend(ClusterBackend):
         os.makedirs(node.temp_dir or cluster.temp_dir, mode=0o700, exist_ok=True)
         with open(out, "ab") as f:
             proc = await asyncio.create_subprocess_exec(
-                *self.ray_command, *self._args(cluster, node), stdin=asyncio.subprocess.DEVNULL,
-                stdout=f, stderr=asyncio.subprocess.STDOUT, env=self._env(cluster, spec),
-                cwd=cluster.temp_dir, start_new_session=True,
+                *self.ray_command,
+                *self._args(cluster, node),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=f,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self._env(cluster, spec),
+                cwd=cluster.temp_dir,
+                start_new_session=True,
             )
         node.pid = proc.pid
         cluster.procs[node.role] = proc
@@ -362,10 +420,14 @@ class LocalBackend(ClusterBackend):
             if proc.returncode is not None:
                 raise ClusterStartError(
                     f"The Ray {node.role} of cluster {cluster.name} exited (code {proc.returncode}) while "
-                    f"starting. Last lines of {out}:\n{_tail(out)}", reason="crash")
+                    f"starting. Last lines of {out}:\n{_tail(out)}",
+                    reason="crash",
+                )
             if time.monotonic() > deadline:
-                raise ClusterStartError(f"The Ray {node.role} of cluster {cluster.name} did not start within "
-                                        f"{int(timeout)} s; see {out}.", reason="timeout")
+                raise ClusterStartError(
+                    f"The Ray {node.role} of cluster {cluster.name} did not start within {int(timeout)} s; see {out}.",
+                    reason="timeout",
+                )
             await asyncio.sleep(0.25)
 
     # -------------------------------------------------------------- create
@@ -380,11 +442,19 @@ class LocalBackend(ClusterBackend):
         except BaseException as e:
             cluster.failed = str(e)
             raise
-        log.info("Ray cluster %s started in %.1f s (%s mode): GCS %s, dashboard 127.0.0.1:%d, "
-                 "%d worker(s), head pid %d, port blocks %s, temp dir %s", cluster.name,
-                 time.monotonic() - cluster.started, "driver" if cluster.driver else "client",
-                 cluster.gcs_address, cluster.head.port("dashboard"), len(cluster.workers), cluster.head.pid,
-                 ",".join(str(n.base_port) for n in cluster.nodes), cluster.temp_dir)
+        log.info(
+            "Ray cluster %s started in %.1f s (%s mode): GCS %s, dashboard 127.0.0.1:%d, "
+            "%d worker(s), head pid %d, port blocks %s, temp dir %s",
+            cluster.name,
+            time.monotonic() - cluster.started,
+            "driver" if cluster.driver else "client",
+            cluster.gcs_address,
+            cluster.head.port("dashboard"),
+            len(cluster.workers),
+            cluster.head.pid,
+            ",".join(str(n.base_port) for n in cluster.nodes),
+            cluster.temp_dir,
+        )
         cluster.boot = asyncio.ensure_future(self._boot_workers(cluster, spec))
         if not cluster.driver:
             cluster.warmup = asyncio.ensure_future(warm_up(self, cluster, spec))
@@ -415,15 +485,22 @@ class LocalBackend(ClusterBackend):
                 # window ("The current node timed out during startup"): try again.
                 if attempt == 3 or e.reason_label != "crash":
                     raise
-                log.warning("Ray cluster %s: the head failed to start (%s); raylet log:\n%s\nretrying",
-                            cluster.name, str(e).splitlines()[-1], _fatal(self._session_log(cluster, "raylet.out")))
+                log.warning(
+                    "Ray cluster %s: the head failed to start (%s); raylet log:\n%s\nretrying",
+                    cluster.name,
+                    str(e).splitlines()[-1],
+                    _fatal(self._session_log(cluster, "raylet.out")),
+                )
                 await self._kill(cluster, timeout=30)
 
     async def restart_worker(self, cluster: LocalCluster, node: LocalNode) -> None:
         """Kill whatever is left of one worker node and start it again (same ports, temp dir)."""
         pgids = [node.pid] if node.pid else []
-        await kill_processes(lambda: find_processes(None, "", cmdline_part=node.temp_dir + "/", pgids=pgids),
-                             30, what=f"{cluster.name}/{node.role}")
+        await kill_processes(
+            lambda: find_processes(None, "", cmdline_part=node.temp_dir + "/", pgids=pgids),
+            30,
+            what=f"{cluster.name}/{node.role}",
+        )
         proc = cluster.procs.get(node.role)
         if proc is not None and proc.returncode is None:
             await asyncio.gather(proc.wait(), return_exceptions=True)
@@ -432,6 +509,7 @@ class LocalBackend(ClusterBackend):
     @staticmethod
     def _session_log(cluster: LocalCluster, name: str) -> str:
         return os.path.join(cluster.temp_dir, "session_latest", "logs", name)
+
     # -------------------------------------------------------------- status
     def _cluster(self, ref: RayClusterSpec | ClusterRef | str) -> LocalCluster | None:
         name = ref if isinstance(ref, str) else ref.name
@@ -447,8 +525,9 @@ class LocalBackend(ClusterBackend):
         cluster = self._cluster(ref)
         return dict(cluster.failed_nodes) if cluster else {}
 
-    async def wait_ready(self, spec: RayClusterSpec, timeout: float, on_status=None,
-                         interval: float = 0.5) -> ClusterStatus:
+    async def wait_ready(
+        self, spec: RayClusterSpec, timeout: float, on_status=None, interval: float = 0.5
+    ) -> ClusterStatus:
         """Wait until Ray reports the head and every requested worker ALIVE."""
         deadline = time.monotonic() + timeout
         st = await super().wait_ready(spec, timeout, on_status, interval)
@@ -457,11 +536,15 @@ class LocalBackend(ClusterBackend):
             if failed:
                 raise ClusterStartError(
                     f"Ray cluster {spec.name}: {len(failed)} worker(s) could not join: "
-                    + "; ".join(f"{role}: {why}" for role, why in failed.items()), reason="crash")
+                    + "; ".join(f"{role}: {why}" for role, why in failed.items()),
+                    reason="crash",
+                )
             if time.monotonic() > deadline:
                 raise ClusterStartError(
                     f"Ray cluster {spec.name}: only {st.workers_ready} of {st.workers_desired} workers "
-                    f"joined within {int(timeout)} s.", reason="timeout")
+                    f"joined within {int(timeout)} s.",
+                    reason="timeout",
+                )
             await asyncio.sleep(interval)
             st = await self.status(spec)
             if on_status:
@@ -484,7 +567,9 @@ class LocalBackend(ClusterBackend):
         pgids = [n.pid for n in cluster.nodes if n.pid]
         stuck = await kill_processes(
             lambda: find_processes(MARKER, cluster.cid, cmdline_part=cluster.temp_dir, pgids=pgids),
-            timeout, what=cluster.name)
+            timeout,
+            what=cluster.name,
+        )
         for proc in cluster.procs.values():
             if proc.returncode is None:
                 await asyncio.gather(proc.wait(), return_exceptions=True)
@@ -507,14 +592,23 @@ class LocalBackend(ClusterBackend):
                 break
             await asyncio.sleep(0.2)
         if stuck or busy:
-            log.error("Ray cluster %s: teardown incomplete after %d s (pids %s, ports %s)",
-                      cluster.name, int(timeout), stuck, busy)
+            log.error(
+                "Ray cluster %s: teardown incomplete after %d s (pids %s, ports %s)",
+                cluster.name,
+                int(timeout),
+                stuck,
+                busy,
+            )
         else:
             await asyncio.to_thread(shutil.rmtree, cluster.temp_dir, True)
             self.blocks.release(n.base_port for n in cluster.nodes)
         self.clusters.pop(cluster.name, None)
-        log.info("Ray cluster %s: teardown done in %.1f s%s", cluster.name, time.monotonic() - started,
-                 " (incomplete)" if stuck or busy else "")
+        log.info(
+            "Ray cluster %s: teardown done in %.1f s%s",
+            cluster.name,
+            time.monotonic() - started,
+            " (incomplete)" if stuck or busy else "",
+        )
 
     # ------------------------------------------------------------ orphans
     async def sweep_orphans(self, grace: float) -> list[str]:
@@ -525,5 +619,9 @@ class LocalBackend(ClusterBackend):
         """Run :meth:`sweep_orphans` every ``interval`` seconds (the first after a short
         delay, so that a restarted hub has adopted its servers' clusters)."""
         if self._sweeper is None and interval > 0:
-            self._sweeper = run_periodically(lambda: self.sweep_orphans(grace), interval, min(interval, 10.0),
-                                             f"Local orphan sweep under {self.temp_root}")
+            self._sweeper = run_periodically(
+                lambda: self.sweep_orphans(grace),
+                interval,
+                min(interval, 10.0),
+                f"Local orphan sweep under {self.temp_root}",
+            )

@@ -33,8 +33,15 @@ log = logging.getLogger(__name__)
 #: ports per node: offsets 0-9 fixed services, 10-39 Ray Client servers (head), 40-99 workers
 NODE_PORTS = 100
 _FIXED = {
-    "gcs": 0, "client": 1, "dashboard": 2, "dashboard_agent_listen": 3, "dashboard_agent_grpc": 4,
-    "metrics": 5, "node_manager": 6, "object_manager": 7, "runtime_env_agent": 8,
+    "gcs": 0,
+    "client": 1,
+    "dashboard": 2,
+    "dashboard_agent_listen": 3,
+    "dashboard_agent_grpc": 4,
+    "metrics": 5,
+    "node_manager": 6,
+    "object_manager": 7,
+    "runtime_env_agent": 8,
 }
 _CLIENT_SERVERS = (10, 39)
 _WORKER_PORTS = (40, NODE_PORTS - 1)
@@ -90,8 +97,11 @@ class PortBlocks:
 
     def _candidates(self) -> list[int]:
         first = self.lo + (-self.lo) % NODE_PORTS
-        bases = [b for b in range(first, self.hi - NODE_PORTS + 2, NODE_PORTS)
-                 if not any(b < a_hi and b + NODE_PORTS > a_lo for a_lo, a_hi in _AVOID)]
+        bases = [
+            b
+            for b in range(first, self.hi - NODE_PORTS + 2, NODE_PORTS)
+            if not any(b < a_hi and b + NODE_PORTS > a_lo for a_lo, a_hi in _AVOID)
+        ]
         if not bases:
             return []
         start = random.randrange(len(bases))  # spread parallel hubs over the range
@@ -116,7 +126,9 @@ class PortBlocks:
             self.release(taken)
             raise ClusterStartError(
                 f"No free block of {NODE_PORTS} ports left in {self.lo}-{self.hi} for {count} Ray node(s); "
-                "stop some servers or widen LocalRaySpawner.local_port_range.", reason="ports")
+                "stop some servers or widen LocalRaySpawner.local_port_range.",
+                reason="ports",
+            )
         return taken
 
     def _lock(self, base: int) -> bool:
@@ -157,8 +169,9 @@ def port_blocks(lock_dir: str, lo: int, hi: int) -> PortBlocks:
 
 
 # ----------------------------------------------------------------- processes
-def find_processes(key: str | None, value: str, *, cmdline_part: str | None = None,
-                   pgids: Iterable[int] = ()) -> list[psutil.Process]:
+def find_processes(
+    key: str | None, value: str, *, cmdline_part: str | None = None, pgids: Iterable[int] = ()
+) -> list[psutil.Process]:
     """Processes whose environment has ``key=value`` (or whose command line contains
     ``cmdline_part``, or that are in one of ``pgids``); never this process."""
     found: list[psutil.Process] = []
@@ -323,8 +336,12 @@ async def sweep_orphans(temp_root: str, owned: set[str], grace: float) -> list[s
             log.error("Orphaned Ray cluster %s under %s: processes never died: %s", cid, temp_root, stuck)
         else:
             removed.append(cid)
-            log.info("Orphaned Ray cluster %s under %s (no live server owns it): removed in %.1f s",
-                     cid, temp_root, time.monotonic() - started)
+            log.info(
+                "Orphaned Ray cluster %s under %s (no live server owns it): removed in %.1f s",
+                cid,
+                temp_root,
+                time.monotonic() - started,
+            )
     return removed
 
 

@@ -89,14 +89,24 @@ async def supervise(backend: LocalBackend, cluster: LocalCluster, nodes: dict[st
                 continue  # still booting
             if node.restarts >= backend.worker_restart_limit:
                 cluster.failed_nodes[node.role] = f"{why}; restarted {node.restarts} time(s) already"
-                log.error("Ray cluster %s: worker %s failed (%s); not restarting it again",
-                          cluster.name, node.role, cluster.failed_nodes[node.role])
+                log.error(
+                    "Ray cluster %s: worker %s failed (%s); not restarting it again",
+                    cluster.name,
+                    node.role,
+                    cluster.failed_nodes[node.role],
+                )
                 continue
             node.restarts += 1
             cluster.events.append(f"worker {node.role} died ({why}); restarting it")
-            log.warning("Ray cluster %s: worker %s died (%s); restart %d/%d. Its log ends:\n%s",
-                        cluster.name, node.role, why, node.restarts, backend.worker_restart_limit,
-                        _tail(backend._out(cluster, node), 4))
+            log.warning(
+                "Ray cluster %s: worker %s died (%s); restart %d/%d. Its log ends:\n%s",
+                cluster.name,
+                node.role,
+                why,
+                node.restarts,
+                backend.worker_restart_limit,
+                _tail(backend._out(cluster, node), 4),
+            )
             await backend.restart_worker(cluster, node)
 
 
@@ -122,8 +132,11 @@ async def cluster_status(backend: LocalBackend, cluster: LocalCluster) -> Cluste
         return st
     if cluster.driver or cluster.client_ok:
         if not cluster.head_ready:
-            log.info("Ray cluster %s: head accepting connections after %.1f s", cluster.name,
-                     time.monotonic() - cluster.started)
+            log.info(
+                "Ray cluster %s: head accepting connections after %.1f s",
+                cluster.name,
+                time.monotonic() - cluster.started,
+            )
         cluster.head_ready = True
     else:
         st.phase = "waiting for a Ray Client to connect"
@@ -190,8 +203,15 @@ async def _probe(backend: LocalBackend, cluster: LocalCluster, spec: RayClusterS
     if not probe.exists():
         probe.write_text(_PROBE)
     proc = await asyncio.create_subprocess_exec(
-        backend.python, str(probe), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=env, cwd=cluster.temp_dir, start_new_session=True)
+        backend.python,
+        str(probe),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=cluster.temp_dir,
+        start_new_session=True,
+    )
     lines: list[str] = []
 
     async def read() -> dict:
@@ -219,27 +239,40 @@ async def _probe(backend: LocalBackend, cluster: LocalCluster, spec: RayClusterS
             pass
         await proc.wait()
 
+
 async def warm_up(backend: LocalBackend, cluster: LocalCluster, spec: RayClusterSpec | None) -> None:
     """Client mode: Ray Client connections until one succeeds (``cluster.client_ok``)."""
     last = "none"
     for attempt in range(1, backend.warmup_attempts + 1):
         if cluster.procs.get("head") and cluster.procs["head"].returncode is not None:
-            cluster.failed = (f"the head exited (code {cluster.procs['head'].returncode}); "
-                              f"last lines of its log:\n{_tail(os.path.join(cluster.temp_dir, 'head.out'))}")
+            cluster.failed = (
+                f"the head exited (code {cluster.procs['head'].returncode}); "
+                f"last lines of its log:\n{_tail(os.path.join(cluster.temp_dir, 'head.out'))}"
+            )
             return
         try:
             cluster.ready_info = await _probe(backend, cluster, spec, backend.warmup_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure is retried, then reported
-            log.warning("Ray cluster %s: warm-up client connection %d/%d failed: %s",
-                        cluster.name, attempt, backend.warmup_attempts, e)
+            log.warning(
+                "Ray cluster %s: warm-up client connection %d/%d failed: %s",
+                cluster.name,
+                attempt,
+                backend.warmup_attempts,
+                e,
+            )
             await asyncio.sleep(min(2.0 * attempt, 6.0))
             last = str(e)
             continue
         cluster.client_ok = True
-        log.info("Ray cluster %s: a Ray Client connected after %.1f s (%s)", cluster.name,
-                 time.monotonic() - cluster.started, cluster.ready_info.get("resources"))
+        log.info(
+            "Ray cluster %s: a Ray Client connected after %.1f s (%s)",
+            cluster.name,
+            time.monotonic() - cluster.started,
+            cluster.ready_info.get("resources"),
+        )
         return
-    cluster.failed = (f"no Ray Client could connect to the head after {backend.warmup_attempts} attempts "
-                      f"(last error: {last})")
+    cluster.failed = (
+        f"no Ray Client could connect to the head after {backend.warmup_attempts} attempts (last error: {last})"
+    )

@@ -41,7 +41,11 @@ def pod_problem(pod: Mapping[str, Any]) -> str | None:
     """A readable reason why a pod cannot run, or None."""
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
             return f"unschedulable: {cond.get('message') or 'no node has enough resources'}"
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
@@ -124,7 +128,9 @@ class PodsBackend(ClusterBackend):
         calls = [self.kube.create(m) for m in objs if m["kind"] == "Pod"]
         calls += [self.kube.create(m) for m in objs if m["kind"] not in ("NetworkPolicy", "Pod")]
         if spec.auth_enabled and owner:
-            calls.append(self.kube.patch("Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}}))
+            calls.append(
+                self.kube.patch("Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}})
+            )
         # all of them finish (none is left in flight to race a cleanup), then the first error is raised
         results = await asyncio.gather(*calls, return_exceptions=True)
         for r in results:
@@ -136,11 +142,14 @@ class PodsBackend(ClusterBackend):
 
     def _pods(self, ref: ClusterRef) -> list[dict]:
         return [
-            p for p in _BY_CLUSTER.get(self.ray_pods(), ref.name)
+            p
+            for p in _BY_CLUSTER.get(self.ray_pods(), ref.name)
             if p["metadata"].get("namespace", ref.namespace) == ref.namespace and _cluster_of(p) == ref.name
         ]
 
-    async def wait_ready(self, spec: RayClusterSpec, timeout: float, on_status=None, interval: float = 0.1) -> ClusterStatus:
+    async def wait_ready(
+        self, spec: RayClusterSpec, timeout: float, on_status=None, interval: float = 0.1
+    ) -> ClusterStatus:
         # status() reads the shared reflector (no API request), so a short interval costs
         # little and the spawn returns within ~0.1 s of the head turning ready (was 0.5 s)
         return await super().wait_ready(spec, timeout, on_status, interval)
@@ -149,7 +158,11 @@ class PodsBackend(ClusterBackend):
         ref = spec.ref() if isinstance(spec, RayClusterSpec) else spec
         found = self._pods(ref)
         head = next((p for p in found if p["metadata"]["name"] == naming.head_pod(ref.name)), None)
-        workers = [p for p in found if (p["metadata"].get("labels") or {}).get(naming.LABEL_COMPONENT) == naming.COMPONENT_WORKER]
+        workers = [
+            p
+            for p in found
+            if (p["metadata"].get("labels") or {}).get(naming.LABEL_COMPONENT) == naming.COMPONENT_WORKER
+        ]
         st = ClusterStatus(exists=head is not None)
         st.workers_ready = sum(1 for p in workers if pod_ready(p))
         if isinstance(spec, RayClusterSpec):

@@ -277,6 +277,7 @@ def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
     kube-dns/CoreDNS in kube-system and OpenShift's DNS pods), never to any address on the DNS
     ports, which would let a job carry data out in DNS queries to a server of its choice.
     """
+
     def same_cluster() -> Manifest:  # fresh dicts per use: YAML output without anchors
         return {"podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name}}}
 
@@ -289,8 +290,10 @@ def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
     ingress.extend(dict(r) for r in spec.extra_ingress)
     egress: list[Manifest] = [
         {"to": [same_cluster()]},
-        {"to": copy.deepcopy(list(spec.dns_peers)),
-         "ports": [{"protocol": proto, "port": port} for port in DNS_PORTS for proto in ("UDP", "TCP")]},
+        {
+            "to": copy.deepcopy(list(spec.dns_peers)),
+            "ports": [{"protocol": proto, "port": port} for port in DNS_PORTS for proto in ("UDP", "TCP")],
+        },
     ]
     if spec.notebook_selector and spec.driver_mode:
         egress.append({"to": [notebook()], "ports": cluster_to_notebook_ports()})
@@ -300,7 +303,9 @@ def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
         "kind": "NetworkPolicy",
         "metadata": metadata(spec, spec.network_policy_name, owner),
         "spec": {
-            "podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name, naming.LABEL_MANAGED_BY: naming.MANAGED_BY}},
+            "podSelector": {
+                "matchLabels": {naming.LABEL_CLUSTER: spec.name, naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+            },
             "policyTypes": ["Ingress", "Egress"],
             "ingress": ingress,
             "egress": egress,

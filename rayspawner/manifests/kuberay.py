@@ -47,7 +47,12 @@ API_VERSION = "ray.io/v1"
 KIND = "RayCluster"
 
 #: KubeRay's names for the head container's ports (they become the head Service's port names)
-HEAD_PORTS = (("gcs-server", GCS_PORT), ("client", CLIENT_PORT), ("dashboard", DASHBOARD_PORT), ("metrics", METRICS_PORT))
+HEAD_PORTS = (
+    ("gcs-server", GCS_PORT),
+    ("client", CLIENT_PORT),
+    ("dashboard", DASHBOARD_PORT),
+    ("metrics", METRICS_PORT),
+)
 
 #: resources of KubeRay's autoscaler sidecar (its defaults, made explicit: limits always set)
 AUTOSCALER_RESOURCES: Manifest = {
@@ -75,9 +80,9 @@ CLIENT_WARMUP_ONCE = (
 def _head_readiness_probe(spec: RayClusterSpec) -> Manifest:
     """Ready = GCS is healthy and, in client mode, a Ray Client round trip succeeded once
     (remembered in a file). Drivers talk to the GCS directly: no round trip for them."""
-    script = f"python -c \"$2\" {common.GCS_HEALTH}"
+    script = f'python -c "$2" {common.GCS_HEALTH}'
     if not spec.driver_mode:
-        script = f"if [ ! -f {READY_FILE} ]; then python -c \"$1\" && touch {READY_FILE} || exit 1; fi; " + script
+        script = f'if [ ! -f {READY_FILE} ]; then python -c "$1" && touch {READY_FILE} || exit 1; fi; ' + script
     return {
         "exec": {"command": ["/bin/sh", "-c", script, "probe", CLIENT_WARMUP_ONCE, common.HTTP_PROBE]},
         "initialDelaySeconds": 3,
@@ -93,12 +98,14 @@ def _start_params(spec: RayClusterSpec, group: WorkerGroup | None) -> dict[str, 
     params = {**common.ray_start_resources(spec, res), **common.node_port_params()}
     params["disable-usage-stats"] = "true"  # KubeRay turns "true" into a bare flag
     if group is None:
-        params.update({
-            "dashboard-host": "0.0.0.0",
-            "port": str(GCS_PORT),
-            "ray-client-server-port": str(CLIENT_PORT),
-            "dashboard-port": str(DASHBOARD_PORT),
-        })
+        params.update(
+            {
+                "dashboard-host": "0.0.0.0",
+                "port": str(GCS_PORT),
+                "ray-client-server-port": str(CLIENT_PORT),
+                "dashboard-port": str(DASHBOARD_PORT),
+            }
+        )
     return params
 
 
@@ -152,7 +159,13 @@ def autoscaler_token_volume() -> Manifest:
             "sources": [
                 {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
                 {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
             ],
         },
     }
@@ -200,8 +213,11 @@ def api_server_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
     rule: Manifest = {"ports": [{"protocol": "TCP", "port": p} for p in API_SERVER_PORTS]}
     if spec.api_server_cidrs:
         rule["to"] = [{"ipBlock": {"cidr": c}} for c in spec.api_server_cidrs]
-    head = {naming.LABEL_CLUSTER: spec.name, naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
-            naming.LABEL_COMPONENT: naming.COMPONENT_HEAD}
+    head = {
+        naming.LABEL_CLUSTER: spec.name,
+        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+        naming.LABEL_COMPONENT: naming.COMPONENT_HEAD,
+    }
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -59,7 +59,7 @@ def node_command(spec: RayClusterSpec) -> list[str]:
     }
     start = ["ray", "start", "--block", "--disable-usage-stats", *(f"--{k}={v}" for k, v in params.items())]
     # the pod IP, so that Ray and the kernel's driver agree on this node's address
-    return ["/bin/sh", "-c", common.wait_for_gcs(spec) + 'exec ' + shlex.join(start) + ' --node-ip-address="$POD_IP"']
+    return ["/bin/sh", "-c", common.wait_for_gcs(spec) + "exec " + shlex.join(start) + ' --node-ip-address="$POD_IP"']
 
 
 def node_container(spec: RayClusterSpec, notebook: Manifest) -> Manifest:
@@ -108,7 +108,11 @@ def pod_additions(spec: RayClusterSpec, notebook: Manifest) -> tuple[Manifest, l
     notebook_mounts: list[Manifest] = []
     wanted = (
         (RAY_TMP_PATH, RAY_TMP_VOLUME, {"emptyDir": {}}),
-        (SHM_PATH, SHM_VOLUME, {"emptyDir": {"medium": "Memory", "sizeLimit": format_memory(spec.notebook_object_store_bytes)}}),
+        (
+            SHM_PATH,
+            SHM_VOLUME,
+            {"emptyDir": {"medium": "Memory", "sizeLimit": format_memory(spec.notebook_object_store_bytes)}},
+        ),
     )
     for path, name, source in wanted:
         if path not in mounts:
@@ -140,6 +144,7 @@ def network_policy(spec: RayClusterSpec, owner: Owner | None) -> Manifest | None
     """
     if not spec.network_policy or not spec.notebook_selector:
         return None
+
     def same_cluster() -> Manifest:  # a fresh dict per use: YAML output without anchors
         return {"podSelector": {"matchLabels": {naming.LABEL_CLUSTER: spec.name}}}
 

@@ -64,7 +64,10 @@ def _ray_resources_args(spec: RayClusterSpec, res: Resources) -> list[str]:
 
 def head_command(spec: RayClusterSpec) -> list[str]:
     start = [
-        "ray", "start", "--head", "--block",
+        "ray",
+        "start",
+        "--head",
+        "--block",
         f"--port={GCS_PORT}",
         f"--ray-client-server-port={CLIENT_PORT}",
         "--dashboard-host=0.0.0.0",
@@ -82,7 +85,13 @@ def head_command(spec: RayClusterSpec) -> list[str]:
 
 
 def worker_command(spec: RayClusterSpec, group: WorkerGroup) -> list[str]:
-    start = ["ray", "start", f"--address={spec.head_host}:{GCS_PORT}", "--block", *_ray_resources_args(spec, group.resources)]
+    start = [
+        "ray",
+        "start",
+        f"--address={spec.head_host}:{GCS_PORT}",
+        "--block",
+        *_ray_resources_args(spec, group.resources),
+    ]
     return ["/bin/sh", "-c", common.wait_for_gcs(spec) + "exec " + shlex.join(start)]
 
 
@@ -97,7 +106,7 @@ def _pod_spec(spec: RayClusterSpec, container: Manifest, res: Resources, *, vers
 def head_pod(spec: RayClusterSpec, owner: Owner | None) -> Manifest:
     container = _container(spec, "ray-head", head_command(spec), spec.head)
     container["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in RAY_PORTS.items()]
-    ready_check = f"test -f {READY_FILE} && python -c \"$1\" {common.GCS_HEALTH}"
+    ready_check = f'test -f {READY_FILE} && python -c "$1" {common.GCS_HEALTH}'
     container["readinessProbe"] = {
         "exec": {"command": ["/bin/sh", "-c", ready_check, "probe", common.HTTP_PROBE]},
         "initialDelaySeconds": 2,
@@ -134,7 +143,11 @@ def worker_deployment(spec: RayClusterSpec, group: WorkerGroup, owner: Owner | N
     container = _container(spec, "ray-worker", worker_command(spec, group), group.resources)
     container["livenessProbe"] = common.http_probe([common.RAYLET_HEALTH], period=10, failures=6, delay=60)
     meta = common.metadata(spec, name, owner, naming.COMPONENT_WORKER)
-    selector = {naming.LABEL_CLUSTER: spec.name, naming.LABEL_COMPONENT: naming.COMPONENT_WORKER, naming.LABEL_GROUP: group.name}
+    selector = {
+        naming.LABEL_CLUSTER: spec.name,
+        naming.LABEL_COMPONENT: naming.COMPONENT_WORKER,
+        naming.LABEL_GROUP: group.name,
+    }
     pod_labels = {**meta["labels"], naming.LABEL_GROUP: group.name}
     meta["labels"] = pod_labels
     return {

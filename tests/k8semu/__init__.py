@@ -37,8 +37,15 @@ __all__ = ["K8sEmu", "ApiError"]
 
 log = logging.getLogger("k8semu")
 
-DEFAULT_SIM_DELAYS = {"schedule": 0.01, "pull": 0.02, "create": 0.0, "start": 0.02, "ready": 0.0,
-                      "init": 0.02, "restart": 0.05}
+DEFAULT_SIM_DELAYS = {
+    "schedule": 0.01,
+    "pull": 0.02,
+    "create": 0.0,
+    "start": 0.02,
+    "ready": 0.0,
+    "init": 0.02,
+    "restart": 0.05,
+}
 
 
 def _log_reader(kubelet: Any) -> Callable[[dict[str, Any], str | None], Any] | None:
@@ -55,11 +62,14 @@ def _exec_starter(kubelet: Any) -> Callable[..., Any] | None:
     if not hasattr(kubelet, "exec_stream"):
         return None
 
-    async def start(pod: dict[str, Any], container: str, argv: list[str], stdin: bool, stdout: bool,
-                    stderr: bool, tty: bool) -> Any:
+    async def start(
+        pod: dict[str, Any], container: str, argv: list[str], stdin: bool, stdout: bool, stderr: bool, tty: bool
+    ) -> Any:
         md = pod["metadata"]
-        return await kubelet.exec_stream(md["namespace"], md["name"], argv, container, stdin=stdin,
-                                         stdout=stdout, stderr=stderr, tty=tty)
+        return await kubelet.exec_stream(
+            md["namespace"], md["name"], argv, container, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty
+        )
+
     return start
 
 
@@ -82,12 +92,20 @@ class K8sEmu:
         history_size: watch events kept for resuming; older resourceVersions get 410 Gone.
     """
 
-    def __init__(self, kuberay: bool = False, kubelet: str | Kubelet = "sim",
-                 rbac_files: list[str | Path] | None = None, tokens: dict[str, str] | None = None,
-                 admin_token: str = "k8semu-admin-token", sim_delays: dict[str, float] | None = None,
-                 jitter: float = 0.0, port: int = 0, kubeconfig_path: str | Path | None = None,
-                 namespaces: tuple[str, ...] = ("default", "kube-system", "kube-public"),
-                 history_size: int = 20000) -> None:
+    def __init__(
+        self,
+        kuberay: bool = False,
+        kubelet: str | Kubelet = "sim",
+        rbac_files: list[str | Path] | None = None,
+        tokens: dict[str, str] | None = None,
+        admin_token: str = "k8semu-admin-token",
+        sim_delays: dict[str, float] | None = None,
+        jitter: float = 0.0,
+        port: int = 0,
+        kubeconfig_path: str | Path | None = None,
+        namespaces: tuple[str, ...] = ("default", "kube-system", "kube-public"),
+        history_size: int = 20000,
+    ) -> None:
         self.kuberay = kuberay
         self._kubelet_spec = kubelet
         self.rbac = bool(rbac_files) or tokens is not None
@@ -153,13 +171,16 @@ class K8sEmu:
         spec = self._kubelet_spec
         if spec == "sim":
             from .kubelet_sim import SimKubelet
+
             return SimKubelet(self.sim_delays, self.jitter)
         if spec == "process":
             try:
                 from .kubelet_process import ProcessKubelet  # type: ignore[import-not-found]
             except ImportError as e:
-                raise RuntimeError("kubelet 'process' needs tests/k8semu/kubelet_process.py "
-                                   f"(ProcessKubelet), which is not available: {e}") from e
+                raise RuntimeError(
+                    "kubelet 'process' needs tests/k8semu/kubelet_process.py "
+                    f"(ProcessKubelet), which is not available: {e}"
+                ) from e
             return ProcessKubelet()
         if isinstance(spec, str):
             raise ValueError(f"unknown kubelet {spec!r}; use 'sim', 'process' or a Kubelet instance")
@@ -167,6 +188,7 @@ class K8sEmu:
 
     async def _astart(self) -> None:
         from .controllers import start_controllers
+
         self.kubelet = self._make_kubelet()
         self.store = Store(self.registry, history_size=self.history_size, namespaces=self._namespaces)
         authorizer = None
@@ -179,8 +201,7 @@ class K8sEmu:
         self.api.pod_exec = _exec_starter(self.kubelet)
         Scheduler(self.store, self.kubelet, self.sim_delays, self.jitter)
         self._controllers = start_controllers(self.store, kuberay=self.kuberay)
-        self._runner = web.AppRunner(self.api.app(), handle_signals=False, access_log=None,
-                                     shutdown_timeout=1.0)
+        self._runner = web.AppRunner(self.api.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
@@ -223,18 +244,25 @@ class K8sEmu:
     # ---- kubeconfig ----------------------------------------------------
     def _kubeconfig(self, users: dict[str, str], current: str) -> dict[str, Any]:
         return {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
             "clusters": [{"name": "k8semu", "cluster": {"server": self.url}}],
             "users": [{"name": u, "user": {"token": t}} for u, t in users.items()],
-            "contexts": [{"name": u, "context": {"cluster": "k8semu", "user": u, "namespace": "default"}}
-                         for u in users],
+            "contexts": [
+                {"name": u, "context": {"cluster": "k8semu", "user": u, "namespace": "default"}} for u in users
+            ],
             "current-context": current,
         }
 
     @staticmethod
     def _ctx_name(user: str) -> str:
-        return re.sub(r"[^A-Za-z0-9.-]+", "-", user.split(":")[-1] if user.startswith("system:serviceaccount:")
-                      else user).strip("-") or "user"
+        return (
+            re.sub(
+                r"[^A-Za-z0-9.-]+", "-", user.split(":")[-1] if user.startswith("system:serviceaccount:") else user
+            ).strip("-")
+            or "user"
+        )
 
     def _dir(self) -> Path:
         if self._tmpdir is None:
@@ -268,6 +296,7 @@ class K8sEmu:
 
         async def run() -> Any:
             return fn(self.store)  # type: ignore[arg-type]
+
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     def _create_sync(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -277,8 +306,9 @@ class K8sEmu:
             raise KeyError(f"unknown kind {manifest.get('apiVersion')}/{manifest.get('kind')}")
         return self.store.create(rtype, (manifest.get("metadata") or {}).get("namespace"), manifest)
 
-    def list_objects(self, resource: str, namespace: str | None = None,
-                     label_selector: str | None = None) -> list[dict[str, Any]]:
+    def list_objects(
+        self, resource: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         rtype = self.registry.by_name(resource)
         reqs = parse_label_selector(label_selector)
         return self.call(lambda st: st.list(rtype, namespace, reqs)[0])
@@ -292,18 +322,39 @@ class K8sEmu:
         """Create from a manifest (namespace defaults to "default"); raises ApiError."""
         return self.call(lambda st: copy.deepcopy(self._create_sync(manifest)))
 
-    def delete_object(self, resource: str, namespace: str | None, name: str, grace_period_seconds: int | None = None,
-                      propagation_policy: str | None = None) -> dict[str, Any]:
+    def delete_object(
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        grace_period_seconds: int | None = None,
+        propagation_policy: str | None = None,
+    ) -> dict[str, Any]:
         rtype = self.registry.by_name(resource)
         return self.call(lambda st: st.delete(rtype, namespace, name, grace_period_seconds, propagation_policy)[0])
 
-    def patch_object(self, resource: str, namespace: str | None, name: str, patch: Any,
-                     patch_type: str = "merge", subresource: str | None = None) -> dict[str, Any]:
+    def patch_object(
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         """Patch (``patch_type``: merge, json or strategic); ``subresource="status"`` patches status."""
         rtype = self.registry.by_name(resource)
         fn = {"merge": merge_patch, "json": json_patch, "strategic": strategic_merge_patch}[patch_type]
-        return self.call(lambda st: st.update(rtype, namespace, name, fn(st.get(rtype, namespace, name), patch),
-                                              subresource=subresource, check_rv=False))
+        return self.call(
+            lambda st: st.update(
+                rtype,
+                namespace,
+                name,
+                fn(st.get(rtype, namespace, name), patch),
+                subresource=subresource,
+                check_rv=False,
+            )
+        )
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10, interval: float = 0.02) -> Any:
         """Poll ``predicate()`` until truthy; return its value or raise TimeoutError."""

@@ -8,7 +8,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "m": 1e-3}
+_SUFFIX = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "m": 1e-3,
+}
 
 
 def now() -> str:
@@ -25,8 +35,11 @@ def parse_quantity(q: str | int | float) -> float:
 
 def expand(s: str, env: dict[str, str]) -> str:
     """Kubernetes ``$(VAR)`` expansion (``$$`` escapes; unknown references stay as they are)."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), s)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        s,
+    )
 
 
 class ConfigError(Exception):
@@ -53,6 +66,14 @@ class Container:
 
     def status(self) -> dict[str, Any]:
         image = self.spec.get("image", "k8semu/none")
-        return {"name": self.name, "image": image, "imageID": f"k8semu://{image}", "ready": self.ready,
-                "started": self.started, "restartCount": self.restart_count, "state": self.state,
-                "lastState": self.last_state, **({"containerID": self.container_id} if self.container_id else {})}
+        return {
+            "name": self.name,
+            "image": image,
+            "imageID": f"k8semu://{image}",
+            "ready": self.ready,
+            "started": self.started,
+            "restartCount": self.restart_count,
+            "state": self.state,
+            "lastState": self.last_state,
+            **({"containerID": self.container_id} if self.container_id else {}),
+        }

@@ -18,8 +18,14 @@ Key = tuple[str, str]
 
 
 def owner_ref(obj: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
-            "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def controller_uid(obj: dict[str, Any]) -> str | None:
@@ -30,13 +36,17 @@ def controller_uid(obj: dict[str, Any]) -> str | None:
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 def pod_active(pod: dict[str, Any]) -> bool:
-    return not pod["metadata"].get("deletionTimestamp") and \
-        (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    return not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("phase") not in (
+        "Succeeded",
+        "Failed",
+    )
 
 
 class Controller:
@@ -68,8 +78,11 @@ class Controller:
     def _on_event(self, type_: str, rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         ns = obj["metadata"].get("namespace", "")
         if rtype is self.rtype:
-            if type_ != "MODIFIED" or (obj.get("spec") != (old or {}).get("spec")) or \
-                    obj["metadata"].get("deletionTimestamp"):
+            if (
+                type_ != "MODIFIED"
+                or (obj.get("spec") != (old or {}).get("spec"))
+                or obj["metadata"].get("deletionTimestamp")
+            ):
                 self.enqueue((ns, obj["metadata"]["name"]))
             return
         if rtype in self.children():
@@ -95,8 +108,9 @@ class Controller:
 
     def set_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
         md = obj["metadata"]
-        self.store.mutate(self.rtype, md["namespace"], md["name"],
-                          lambda o: o.__setitem__("status", status), uid=md["uid"])
+        self.store.mutate(
+            self.rtype, md["namespace"], md["name"], lambda o: o.__setitem__("status", status), uid=md["uid"]
+        )
 
 
 def _template_hash(template: dict[str, Any]) -> str:
@@ -115,8 +129,11 @@ def _transition(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[di
     prev = {c.get("type"): c for c in old or []}
     for c in new:
         p = prev.get(c["type"])
-        c["lastTransitionTime"] = p["lastTransitionTime"] if p and p.get("status") == c["status"] \
-            and p.get("lastTransitionTime") else now_iso()
+        c["lastTransitionTime"] = (
+            p["lastTransitionTime"]
+            if p and p.get("status") == c["status"] and p.get("lastTransitionTime")
+            else now_iso()
+        )
     return new
 
 
@@ -145,43 +162,77 @@ class DeploymentController(Controller):
             tmpl.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = h
             sel = copy.deepcopy(spec.get("selector") or {})
             sel.setdefault("matchLabels", {})["pod-template-hash"] = h
-            rev = 1 + max([int((r["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision", 0))
-                           for r in rss] or [0])
-            cur = self.store.create(rs_t, ns, {
-                "metadata": {"name": f"{name}-{h}", "labels": dict(tmpl["metadata"]["labels"]),
-                             "annotations": {"deployment.kubernetes.io/desired-replicas": str(replicas),
-                                             "deployment.kubernetes.io/revision": str(rev)},
-                             "ownerReferences": [owner_ref(d)]},
-                "spec": {"replicas": replicas, "selector": sel, "template": tmpl}})
+            rev = 1 + max(
+                [int((r["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision", 0)) for r in rss]
+                or [0]
+            )
+            cur = self.store.create(
+                rs_t,
+                ns,
+                {
+                    "metadata": {
+                        "name": f"{name}-{h}",
+                        "labels": dict(tmpl["metadata"]["labels"]),
+                        "annotations": {
+                            "deployment.kubernetes.io/desired-replicas": str(replicas),
+                            "deployment.kubernetes.io/revision": str(rev),
+                        },
+                        "ownerReferences": [owner_ref(d)],
+                    },
+                    "spec": {"replicas": replicas, "selector": sel, "template": tmpl},
+                },
+            )
         elif int((cur.get("spec") or {}).get("replicas", 1)) != replicas:
-            self.store.mutate(rs_t, ns, cur["metadata"]["name"],
-                              lambda o: o["spec"].__setitem__("replicas", replicas))
+            self.store.mutate(rs_t, ns, cur["metadata"]["name"], lambda o: o["spec"].__setitem__("replicas", replicas))
         for r in rss:
             if r["metadata"]["uid"] != cur["metadata"]["uid"] and int(r["spec"].get("replicas", 0)) != 0:
                 self.store.mutate(rs_t, ns, r["metadata"]["name"], lambda o: o["spec"].__setitem__("replicas", 0))
         rss = self.owned_by(rs_t, d)
-        tot = {k: sum(int((r.get("status") or {}).get(k, 0)) for r in rss)
-               for k in ("replicas", "readyReplicas", "availableReplicas")}
-        updated = int(((self.store.find(rs_t, ns, cur["metadata"]["name"]) or {}).get("status") or {})
-                      .get("replicas", 0))
+        tot = {
+            k: sum(int((r.get("status") or {}).get(k, 0)) for r in rss)
+            for k in ("replicas", "readyReplicas", "availableReplicas")
+        }
+        updated = int(
+            ((self.store.find(rs_t, ns, cur["metadata"]["name"]) or {}).get("status") or {}).get("replicas", 0)
+        )
         avail = tot["availableReplicas"] >= replicas
         old = d.get("status") or {}
-        status = {"observedGeneration": d["metadata"].get("generation", 1), "replicas": tot["replicas"],
-                  "updatedReplicas": updated, "readyReplicas": tot["readyReplicas"],
-                  "availableReplicas": tot["availableReplicas"],
-                  "unavailableReplicas": max(0, replicas - tot["availableReplicas"]),
-                  "conditions": _transition(old.get("conditions"), [
-                      {"type": "Available", "status": "True" if avail else "False",
-                       "reason": "MinimumReplicasAvailable" if avail else "MinimumReplicasUnavailable",
-                       "message": "Deployment has minimum availability." if avail
-                       else "Deployment does not have minimum availability."},
-                      {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable" if avail
-                       else "ReplicaSetUpdated", "message": f'ReplicaSet "{cur["metadata"]["name"]}" is progressing.'},
-                  ])}
+        status = {
+            "observedGeneration": d["metadata"].get("generation", 1),
+            "replicas": tot["replicas"],
+            "updatedReplicas": updated,
+            "readyReplicas": tot["readyReplicas"],
+            "availableReplicas": tot["availableReplicas"],
+            "unavailableReplicas": max(0, replicas - tot["availableReplicas"]),
+            "conditions": _transition(
+                old.get("conditions"),
+                [
+                    {
+                        "type": "Available",
+                        "status": "True" if avail else "False",
+                        "reason": "MinimumReplicasAvailable" if avail else "MinimumReplicasUnavailable",
+                        "message": "Deployment has minimum availability."
+                        if avail
+                        else "Deployment does not have minimum availability.",
+                    },
+                    {
+                        "type": "Progressing",
+                        "status": "True",
+                        "reason": "NewReplicaSetAvailable" if avail else "ReplicaSetUpdated",
+                        "message": f'ReplicaSet "{cur["metadata"]["name"]}" is progressing.',
+                    },
+                ],
+            ),
+        }
         for c in status["conditions"]:
-            c["lastUpdateTime"] = next((p.get("lastUpdateTime") for p in old.get("conditions") or []
-                                        if p.get("type") == c["type"] and p.get("status") == c["status"]),
-                                       c["lastTransitionTime"])
+            c["lastUpdateTime"] = next(
+                (
+                    p.get("lastUpdateTime")
+                    for p in old.get("conditions") or []
+                    if p.get("type") == c["type"] and p.get("status") == c["status"]
+                ),
+                c["lastTransitionTime"],
+            )
         for k in ("readyReplicas", "availableReplicas", "replicas", "updatedReplicas", "unavailableReplicas"):
             if not status[k]:
                 status.pop(k)
@@ -207,18 +258,32 @@ class ReplicaSetController(Controller):
         tmpl = spec.get("template") or {}
         for _ in range(want - len(pods)):
             md = tmpl.get("metadata") or {}
-            self.store.create(self.pods_t, ns, {
-                "metadata": {"generateName": f"{name}-", "labels": dict(md.get("labels") or {}),
-                             "annotations": dict(md.get("annotations") or {}), "ownerReferences": [owner_ref(rs)]},
-                "spec": copy.deepcopy(tmpl.get("spec") or {})})
+            self.store.create(
+                self.pods_t,
+                ns,
+                {
+                    "metadata": {
+                        "generateName": f"{name}-",
+                        "labels": dict(md.get("labels") or {}),
+                        "annotations": dict(md.get("annotations") or {}),
+                        "ownerReferences": [owner_ref(rs)],
+                    },
+                    "spec": copy.deepcopy(tmpl.get("spec") or {}),
+                },
+            )
         if len(pods) > want:
             victims = sorted(pods, key=lambda p: (pod_ready(p), p["metadata"]["creationTimestamp"]))
             for p in victims[: len(pods) - want]:
                 self.store.delete(self.pods_t, ns, p["metadata"]["name"])
         pods = [p for p in self.owned_by(self.pods_t, rs) if pod_active(p)]
         ready = sum(1 for p in pods if pod_ready(p))
-        status = {"replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": ready,
-                  "availableReplicas": ready, "observedGeneration": rs["metadata"].get("generation", 1)}
+        status = {
+            "replicas": len(pods),
+            "fullyLabeledReplicas": len(pods),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "observedGeneration": rs["metadata"].get("generation", 1),
+        }
         for k in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas"):
             if not status[k]:
                 status.pop(k)
@@ -229,7 +294,6 @@ def start_controllers(store: Store, kuberay: bool = False) -> list[Controller]:
     ctrls: list[Controller] = [DeploymentController(store), ReplicaSetController(store)]
     if kuberay:
         from .kuberay import RayClusterController
+
         ctrls.append(RayClusterController(store))
     return ctrls
-
-

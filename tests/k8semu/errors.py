@@ -111,8 +111,9 @@ def unsupported_media(message: str) -> ApiError:
     return ApiError(415, "UnsupportedMediaType", message)
 
 
-def forbidden_message(user: str, verb: str, rtype_plural: str, sub: str | None, group: str,
-                      namespace: str | None, name: str | None) -> str:
+def forbidden_message(
+    user: str, verb: str, rtype_plural: str, sub: str | None, group: str, namespace: str | None, name: str | None
+) -> str:
     res = f"{rtype_plural}/{sub}" if sub else rtype_plural
     qual = f"{rtype_plural}.{group}" if group else rtype_plural
     who = f'{qual} "{name}"' if name else qual
@@ -120,8 +121,16 @@ def forbidden_message(user: str, verb: str, rtype_plural: str, sub: str | None, 
     return f'{who} is forbidden: User "{user}" cannot {verb} resource "{res}" in API group "{group}" {scope}'
 
 
-def forbidden(user: str, verb: str, rtype_plural: str, sub: str | None, group: str,
-              namespace: str | None, name: str | None, extra: str = "") -> ApiError:
+def forbidden(
+    user: str,
+    verb: str,
+    rtype_plural: str,
+    sub: str | None,
+    group: str,
+    namespace: str | None,
+    name: str | None,
+    extra: str = "",
+) -> ApiError:
     msg = forbidden_message(user, verb, rtype_plural, sub, group, namespace, name) + extra
     d: dict[str, Any] = {}
     if name:

@@ -49,10 +49,13 @@ def exit_status(code: int, argv: list[str]) -> dict[str, Any]:
     """The channel-3 Status of a finished command, as the kubelet writes it."""
     if code == 0:
         return {"metadata": {}, "status": "Success"}
-    return {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
-            "message": f"command terminated with non-zero exit code: error executing command {argv}, "
-                       f"exit code {code}",
-            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "reason": "NonZeroExitCode",
+        "message": f"command terminated with non-zero exit code: error executing command {argv}, exit code {code}",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
 
 
 async def serve_exec(api: ApiServer, request: web.Request, info: ReqInfo) -> web.StreamResponse:
@@ -70,24 +73,29 @@ async def serve_exec(api: ApiServer, request: web.Request, info: ReqInfo) -> web
     if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
         raise _bad(f"cannot exec into a container in a completed pod; current phase is {pod['status']['phase']}")
     if api.pod_exec is None:
-        raise _bad("k8semu: pods/exec needs the process kubelet (K8sEmu(kubelet=\"process\")); "
-                   "the simulated kubelet runs no processes")
+        raise _bad(
+            'k8semu: pods/exec needs the process kubelet (K8sEmu(kubelet="process")); '
+            "the simulated kubelet runs no processes"
+        )
     upgrade = request.headers.get("Upgrade", "").lower()
     offered = [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", []) for p in h.split(",")]
     if upgrade != "websocket":
-        raise _bad(f"k8semu: pods/exec is served over websockets ({', '.join(PROTOCOLS)}) only, not "
-                   f"{upgrade or 'a plain request'}; kubectl >= 1.30 uses websockets")
+        raise _bad(
+            f"k8semu: pods/exec is served over websockets ({', '.join(PROTOCOLS)}) only, not "
+            f"{upgrade or 'a plain request'}; kubectl >= 1.30 uses websockets"
+        )
     if not any(p in PROTOCOLS for p in offered):
         raise _bad(f"k8semu: pods/exec supports the subprotocols {', '.join(PROTOCOLS)}; offered: {offered}")
     try:
         proc = await api.pod_exec(pod, container, argv, stdin, stdout, stderr, tty)
     except LookupError as e:
-        raise ApiError(500, "InternalError", f"unable to upgrade connection: {e}")
+        raise ApiError(500, "InternalError", f"unable to upgrade connection: {e}") from None
     ws = web.WebSocketResponse(protocols=PROTOCOLS, max_msg_size=0)
     try:
         await ws.prepare(request)
-        log.info("exec %s/%s -c %s %s (%s, pid %s)", info.namespace, info.name, container, argv, ws.ws_protocol,
-                 proc.pid)
+        log.info(
+            "exec %s/%s -c %s %s (%s, pid %s)", info.namespace, info.name, container, argv, ws.ws_protocol, proc.pid
+        )
         await _stream(ws, proc, argv)
     finally:
         if proc.returncode is None:

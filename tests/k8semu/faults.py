@@ -43,24 +43,46 @@ class Fault:
         plural, _, sub = resource.partition("/")
         if self.status == 429:
             ra = self.retry_after if self.retry_after is not None else 1
-            return ApiError(429, "TooManyRequests", "Too many requests, please try again later.",
-                            {"retryAfterSeconds": ra}, {"Retry-After": str(ra)})
+            return ApiError(
+                429,
+                "TooManyRequests",
+                "Too many requests, please try again later.",
+                {"retryAfterSeconds": ra},
+                {"Retry-After": str(ra)},
+            )
         if self.status == 403:
-            return ApiError(403, "Forbidden", forbidden_message(
-                "system:anonymous", verb, plural, sub or None, "", namespace, name) + " (injected)",
-                {**({"name": name} if name else {}), "kind": plural})
+            return ApiError(
+                403,
+                "Forbidden",
+                forbidden_message("system:anonymous", verb, plural, sub or None, "", namespace, name) + " (injected)",
+                {**({"name": name} if name else {}), "kind": plural},
+            )
         if self.status == 409:
-            return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name or ""}": '
-                            "the object has been modified; please apply your changes to the latest version "
-                            "and try again", {**({"name": name} if name else {}), "kind": plural})
+            return ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {plural} "{name or ""}": '
+                "the object has been modified; please apply your changes to the latest version "
+                "and try again",
+                {**({"name": name} if name else {}), "kind": plural},
+            )
         if self.status == 404:
-            return ApiError(404, "NotFound", f'{plural} "{name or ""}" not found',
-                            {**({"name": name} if name else {}), "kind": plural})
+            return ApiError(
+                404,
+                "NotFound",
+                f'{plural} "{name or ""}" not found',
+                {**({"name": name} if name else {}), "kind": plural},
+            )
         if self.status == 503:
             return ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request")
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
-        return ApiError(self.status, "InternalError", "Internal error occurred: injected fault (k8semu)",
-                        {"causes": [{"message": "injected fault (k8semu)"}]}, headers)
+        return ApiError(
+            self.status,
+            "InternalError",
+            "Internal error occurred: injected fault (k8semu)",
+            {"causes": [{"message": "injected fault (k8semu)"}]},
+            headers,
+        )
 
 
 @dataclass
@@ -74,9 +96,18 @@ class Faults:
     injected: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, verb: str, resource: str, status: Any = _DEFAULT, count: int | None = 1,
-            retry_after: int | None = None, latency: float | None = None, drop_watch: bool = False,
-            name: str | None = None, namespace: str | None = None) -> Fault:
+    def add(
+        self,
+        verb: str,
+        resource: str,
+        status: Any = _DEFAULT,
+        count: int | None = 1,
+        retry_after: int | None = None,
+        latency: float | None = None,
+        drop_watch: bool = False,
+        name: str | None = None,
+        namespace: str | None = None,
+    ) -> Fault:
         """Inject a fault for the next ``count`` matching requests (None = until cleared).
 
         ``status`` defaults to 500, or to None (no error) when only ``latency`` or
@@ -102,9 +133,16 @@ class Faults:
             for f in self._faults:
                 if f.matches(verb, resource, namespace, name):
                     f.fired += 1
-                    self.injected.append({
-                        "verb": verb, "resource": resource, "namespace": namespace, "name": name,
-                        "status": f.status, "latency": f.latency, "drop_watch": f.drop_watch,
-                    })
+                    self.injected.append(
+                        {
+                            "verb": verb,
+                            "resource": resource,
+                            "namespace": namespace,
+                            "name": name,
+                            "status": f.status,
+                            "latency": f.latency,
+                            "drop_watch": f.drop_watch,
+                        }
+                    )
                     return f
         return None

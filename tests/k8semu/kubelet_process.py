@@ -53,12 +53,23 @@ from typing import Any
 
 from .containers import ConfigError, Container, expand, now, parse_quantity  # noqa: F401 - re-exported
 from .kubelet_api import PodContext
-from .netns import (BridgeNetwork, LoopbackNetwork, PodNet, host_paths_under_tmp, kill_netns_processes,
-                    make_network, mountns_available, render_hosts, run_captured, terminate_tree)
+from .netns import (
+    BridgeNetwork,
+    LoopbackNetwork,
+    PodNet,
+    host_paths_under_tmp,
+    kill_netns_processes,
+    make_network,
+    mountns_available,
+    render_hosts,
+    run_captured,
+    terminate_tree,
+)
 from .podenv import PodEnv
 from .probes import Probes
 
 log = logging.getLogger(__name__)
+
 
 class PodRunner(PodEnv, Probes):
     """Drives one pod: sandbox, init containers, containers, probes, status."""
@@ -114,14 +125,19 @@ class PodRunner(PodEnv, Probes):
                 self._cond("ContainersReady", ready, "ContainersNotReady"),
                 self._cond("Ready", ready, "ContainersNotReady"),
             ],
-            "qosClass": "BestEffort", "startTime": self.start_time,
+            "qosClass": "BestEffort",
+            "startTime": self.start_time,
             "containerStatuses": [c.status() for c in self.mains],
         }
         if self.inits:
             st["initContainerStatuses"] = [c.status() for c in self.inits]
         if self.net:
-            st.update(hostIP=self.net.host_ip, hostIPs=[{"ip": self.net.host_ip}],
-                      podIP=self.net.ip, podIPs=[{"ip": self.net.ip}])
+            st.update(
+                hostIP=self.net.host_ip,
+                hostIPs=[{"ip": self.net.host_ip}],
+                podIP=self.net.ip,
+                podIPs=[{"ip": self.net.ip}],
+            )
         return st
 
     async def push(self) -> None:
@@ -194,8 +210,14 @@ class PodRunner(PodEnv, Probes):
             cwd = str(self.dir / "home")
         with open(c.log_path, "ab") as logf:
             c.proc = await asyncio.create_subprocess_exec(
-                *self.sandbox_argv(self.argv(c)), env=c.env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                *self.sandbox_argv(self.argv(c)),
+                env=c.env,
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
         c.container_id = f"k8semu://{self.uid[:8]}-{c.name}-{c.proc.pid}"
         await self.event("Created", f"Created container {c.name}")
         await self.event("Started", f"Started container {c.name}")
@@ -211,18 +233,29 @@ class PodRunner(PodEnv, Probes):
         if not msg and rc != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             msg = "\n".join(c.log_path.read_text(errors="replace").splitlines()[-80:])[-2048:]
         code = 128 - rc if rc < 0 else rc
-        term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "startedAt": started_at,
-                "finishedAt": now(), "containerID": c.container_id}
+        term = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": started_at,
+            "finishedAt": now(),
+            "containerID": c.container_id,
+        }
         term.update({"signal": -rc} if rc < 0 else {}, **({"message": msg} if msg else {}))
         c.state, c.ready, c.started = {"terminated": term}, False, False
         log.info("%s/%s: container %s exited %s", self.namespace, self.name, c.name, code)
         return code
 
     async def backoff(self, c: Container) -> None:
-        delay = min(self.k.backoff_max, self.k.backoff_base * 2 ** c.restart_count)
-        c.last_state, c.state = c.state, {"waiting": {
-            "reason": "CrashLoopBackOff",
-            "message": f"back-off {delay:.1f}s restarting failed container={c.name} pod={self.name}"}}
+        delay = min(self.k.backoff_max, self.k.backoff_base * 2**c.restart_count)
+        c.last_state, c.state = (
+            c.state,
+            {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {delay:.1f}s restarting failed container={c.name} pod={self.name}",
+                }
+            },
+        )
         await self.event("BackOff", "Back-off restarting failed container", "Warning")
         await self.push()
         await asyncio.sleep(delay)
@@ -252,7 +285,6 @@ class PodRunner(PodEnv, Probes):
                 await self.push()
                 return
             await self.backoff(c)
-
 
     async def exec(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str]:
         """Run ``argv`` inside the pod's sandbox (like ``kubectl exec``); (returncode, output)."""
@@ -387,10 +419,19 @@ class PodRunner(PodEnv, Probes):
 class ProcessKubelet:
     """A :class:`kubelet_api.Kubelet` that runs pods as local processes (see module docstring)."""
 
-    def __init__(self, root_dir: str | Path | None = None, network: str = "auto", time_scale: float = 0.25,
-                 max_grace_seconds: float = 10.0, min_probe_timeout: float = 5.0, backoff_base: float = 0.5,
-                 backoff_max: float = 10.0, hosts_refresh_interval: float = 0.5, node_name: str = "k8semu-node",
-                 keep_dirs: bool = False) -> None:
+    def __init__(
+        self,
+        root_dir: str | Path | None = None,
+        network: str = "auto",
+        time_scale: float = 0.25,
+        max_grace_seconds: float = 10.0,
+        min_probe_timeout: float = 5.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 10.0,
+        hosts_refresh_interval: float = 0.5,
+        node_name: str = "k8semu-node",
+        keep_dirs: bool = False,
+    ) -> None:
         # Pods get a private /tmp, which hides everything under the host's /tmp: the pod
         # dirs (HOME, termination-message files) must live elsewhere, e.g. /var/tmp.
         if root_dir is not None and Path(root_dir).resolve().is_relative_to("/tmp"):
@@ -400,7 +441,11 @@ class ProcessKubelet:
         self.root = Path(root_dir) if root_dir else Path(tempfile.mkdtemp(prefix="k8semu-kubelet-", dir="/var/tmp"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.network_mode = network
-        self.time_scale, self.max_grace_seconds, self.min_probe_timeout = time_scale, max_grace_seconds, min_probe_timeout
+        self.time_scale, self.max_grace_seconds, self.min_probe_timeout = (
+            time_scale,
+            max_grace_seconds,
+            min_probe_timeout,
+        )
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.hosts_refresh_interval, self.node_name, self.keep_dirs = hosts_refresh_interval, node_name, keep_dirs
         self.network: BridgeNetwork | LoopbackNetwork = LoopbackNetwork()
@@ -427,8 +472,12 @@ class ProcessKubelet:
             self.keep_paths = host_paths_under_tmp() if self.use_mountns else []
             if self.keep_paths:
                 log.info("process kubelet: keeping %s visible in the pods' private /tmp", self.keep_paths)
-            log.info("process kubelet: mode %s, private mount/uts namespaces %s, root %s",
-                     self.mode, self.use_mountns, self.root)
+            log.info(
+                "process kubelet: mode %s, private mount/uts namespaces %s, root %s",
+                self.mode,
+                self.use_mountns,
+                self.root,
+            )
             self._ready = True
 
     async def run_pod(self, pod: dict[str, Any], ctx: PodContext) -> None:
@@ -449,8 +498,9 @@ class ProcessKubelet:
         if runner is None or (md.get("uid") and runner.uid and md["uid"] != runner.uid):
             return
         del self.pods[key]
-        grace = min(float(grace_period_seconds if grace_period_seconds is not None else runner.grace()),
-                    self.max_grace_seconds)
+        grace = min(
+            float(grace_period_seconds if grace_period_seconds is not None else runner.grace()), self.max_grace_seconds
+        )
         await runner.stop(grace)
 
     async def shutdown(self) -> None:
@@ -481,9 +531,17 @@ class ProcessKubelet:
             path = path.with_suffix(".previous.log")
         return path.read_text(errors="replace") if path and path.exists() else ""
 
-    async def exec_stream(self, namespace: str, name: str, argv: list[str], container: str | None = None,
-                          stdin: bool = False, stdout: bool = True, stderr: bool = True,
-                          tty: bool = False) -> asyncio.subprocess.Process:
+    async def exec_stream(
+        self,
+        namespace: str,
+        name: str,
+        argv: list[str],
+        container: str | None = None,
+        stdin: bool = False,
+        stdout: bool = True,
+        stderr: bool = True,
+        tty: bool = False,
+    ) -> asyncio.subprocess.Process:
         """Start ``argv`` in the pod's sandbox with a running container's env and pipes for the
         streams asked for (``pods/exec``); raises LookupError if there is no such container."""
         r = self.pods.get((namespace, name))
@@ -495,15 +553,20 @@ class ProcessKubelet:
         pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
         cwd = c.spec.get("workingDir") or ""
         proc = await asyncio.create_subprocess_exec(
-            *r.sandbox_argv(argv), env=c.env, cwd=cwd if os.path.isdir(cwd) else str(r.dir / "home"),
-            stdin=pipe if stdin else null, stdout=pipe if stdout else null,
+            *r.sandbox_argv(argv),
+            env=c.env,
+            cwd=cwd if os.path.isdir(cwd) else str(r.dir / "home"),
+            stdin=pipe if stdin else null,
+            stdout=pipe if stdout else null,
             stderr=(asyncio.subprocess.STDOUT if stdout else null) if tty else (pipe if stderr else null),
-            start_new_session=True)
+            start_new_session=True,
+        )
         log.info("%s/%s: exec in %s pid %s: %s", namespace, name, c.name, proc.pid, argv)
         return proc
 
-    async def exec_in_pod(self, namespace: str, name: str, argv: list[str], container: str | None = None,
-                          timeout: float = 60.0) -> tuple[int, str]:
+    async def exec_in_pod(
+        self, namespace: str, name: str, argv: list[str], container: str | None = None, timeout: float = 60.0
+    ) -> tuple[int, str]:
         """Run ``argv`` in the pod's sandbox with the container's env: (returncode, stdout+stderr)."""
         r = self.pods[(namespace, name)]
         c = next((x for x in r.mains + r.inits if container in (None, x.name)), None)

@@ -59,8 +59,9 @@ class _PodState:
 
     def status(self) -> dict[str, Any]:
         ts = now_iso()
-        ready = self.phase == "Running" and all(s["ready"] for s in [*self.main.values(),
-                                                                        *(self.init[n] for n in self.sidecars)])
+        ready = self.phase == "Running" and all(
+            s["ready"] for s in [*self.main.values(), *(self.init[n] for n in self.sidecars)]
+        )
         done = self.phase in ("Succeeded", "Failed")
         conds = [
             {"type": "Initialized", "status": "True" if self.initialized else "False"},
@@ -72,12 +73,24 @@ class _PodState:
             if c["status"] == "False" and c["type"] != "Initialized":
                 c["reason"] = "PodCompleted" if done else "ContainersNotReady"
                 if not done:
-                    c["message"] = "containers with unready status: [" + " ".join(
-                        n for n, s in [*self.main.items(), *((n, self.init[n]) for n in self.sidecars)]
-                        if not s["ready"]) + "]"
-        st: dict[str, Any] = {"phase": self.phase, "conditions": conds, "hostIP": HOST_IP,
-                              "hostIPs": [{"ip": HOST_IP}], "startTime": self.start_time,
-                              "containerStatuses": list(self.main.values()), "qosClass": "BestEffort"}
+                    c["message"] = (
+                        "containers with unready status: ["
+                        + " ".join(
+                            n
+                            for n, s in [*self.main.items(), *((n, self.init[n]) for n in self.sidecars)]
+                            if not s["ready"]
+                        )
+                        + "]"
+                    )
+        st: dict[str, Any] = {
+            "phase": self.phase,
+            "conditions": conds,
+            "hostIP": HOST_IP,
+            "hostIPs": [{"ip": HOST_IP}],
+            "startTime": self.start_time,
+            "containerStatuses": list(self.main.values()),
+            "qosClass": "BestEffort",
+        }
         if self.init:
             st["initContainerStatuses"] = list(self.init.values())
         if self.sandbox:
@@ -90,8 +103,16 @@ def _waiting(c: dict[str, Any], reason: str, message: str | None = None) -> dict
     w: dict[str, Any] = {"reason": reason}
     if message:
         w["message"] = message
-    return {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "started": False,
-            "restartCount": 0, "state": {"waiting": w}, "lastState": {}}
+    return {
+        "name": c["name"],
+        "image": c.get("image", ""),
+        "imageID": "",
+        "ready": False,
+        "started": False,
+        "restartCount": 0,
+        "state": {"waiting": w},
+        "lastState": {},
+    }
 
 
 class SimKubelet:
@@ -183,9 +204,19 @@ class SimKubelet:
             await self._push(st)
             await self._sleep("init")
             s = st.init[c["name"]]
-            s.update(state={"terminated": {"exitCode": 0, "reason": "Completed", "startedAt":
-                     s["state"]["running"]["startedAt"], "finishedAt": now_iso(), "containerID": s["containerID"]}},
-                     started=False, ready=True)
+            s.update(
+                state={
+                    "terminated": {
+                        "exitCode": 0,
+                        "reason": "Completed",
+                        "startedAt": s["state"]["running"]["startedAt"],
+                        "finishedAt": now_iso(),
+                        "containerID": s["containerID"],
+                    }
+                },
+                started=False,
+                ready=True,
+            )
             await self._push(st)
         st.initialized = True
         for c in spec.get("containers") or []:
@@ -206,8 +237,13 @@ class SimKubelet:
             st.phase = "Running"
             for c in spec.get("containers") or []:
                 s = st.main[c["name"]]
-                s.update(state={"running": {"startedAt": now_iso()}}, started=True, ready=False,
-                         containerID=_cid(), imageID=f"docker.io/library/{c.get('image', '')}@sha256:" + "0" * 64)
+                s.update(
+                    state={"running": {"startedAt": now_iso()}},
+                    started=True,
+                    ready=False,
+                    containerID=_cid(),
+                    imageID=f"docker.io/library/{c.get('image', '')}@sha256:" + "0" * 64,
+                )
             await self._push(st)
             if ann.get(NOT_READY) != "true":
                 await self._sleep("ready")
@@ -220,16 +256,30 @@ class SimKubelet:
             code = int(ann.get(EXIT_CODE, "0"))
             for s in st.main.values():
                 started = s["state"].get("running", {}).get("startedAt")
-                s.update(ready=False, started=False, state={"terminated": {
-                    "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                    "startedAt": started, "finishedAt": now_iso(), "containerID": s.get("containerID")}})
+                s.update(
+                    ready=False,
+                    started=False,
+                    state={
+                        "terminated": {
+                            "exitCode": code,
+                            "reason": "Completed" if code == 0 else "Error",
+                            "startedAt": started,
+                            "finishedAt": now_iso(),
+                            "containerID": s.get("containerID"),
+                        }
+                    },
+                )
             policy = spec.get("restartPolicy", "Always")
             if policy == "Always" or (policy == "OnFailure" and code != 0):
                 for s in st.main.values():
                     s["lastState"] = s["state"]
                     s["restartCount"] += 1
-                    s["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message":
-                                  f"back-off restarting failed container {s['name']}"}}
+                    s["state"] = {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off restarting failed container {s['name']}",
+                        }
+                    }
                 await self._push(st)
                 await st.ctx.emit_event("BackOff", "Back-off restarting failed container", "Warning")
                 await self._sleep("restart")
@@ -237,9 +287,19 @@ class SimKubelet:
             st.phase = "Succeeded" if code == 0 else "Failed"
             for name in st.sidecars:  # stopped once the main containers are done
                 s = st.init[name]
-                s.update(ready=False, started=False, state={"terminated": {
-                    "exitCode": 0, "reason": "Completed", "startedAt": s["state"].get("running", {}).get("startedAt"),
-                    "finishedAt": now_iso(), "containerID": s.get("containerID")}})
+                s.update(
+                    ready=False,
+                    started=False,
+                    state={
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": s["state"].get("running", {}).get("startedAt"),
+                            "finishedAt": now_iso(),
+                            "containerID": s.get("containerID"),
+                        }
+                    },
+                )
             await self._push(st)
             return
 
@@ -256,8 +316,10 @@ class SimKubelet:
         table = st.init if c["name"] in st.init else st.main
         await st.ctx.emit_event("Pulling", f'Pulling image "{image}"')
         await self._sleep("pull")
-        msg = (f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack '
-               f'image "{image}": not found (simulated by k8semu)')
+        msg = (
+            f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack '
+            f'image "{image}": not found (simulated by k8semu)'
+        )
         await st.ctx.emit_event("Failed", msg, "Warning")
         await st.ctx.emit_event("Failed", "Error: ErrImagePull", "Warning")
         table[c["name"]]["state"] = {"waiting": {"reason": "ErrImagePull", "message": msg}}
@@ -265,8 +327,9 @@ class SimKubelet:
         await self._sleep("restart")
         await st.ctx.emit_event("BackOff", f'Back-off pulling image "{image}"')
         await st.ctx.emit_event("Failed", "Error: ImagePullBackOff", "Warning")
-        table[c["name"]]["state"] = {"waiting": {"reason": "ImagePullBackOff",
-                                                 "message": f'Back-off pulling image "{image}"'}}
+        table[c["name"]]["state"] = {
+            "waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}
+        }
         await self._push(st)
 
     async def _mount_volumes(self, st: _PodState) -> bool:
@@ -277,8 +340,12 @@ class SimKubelet:
                 continue
             while await st.ctx.get_secret(sec.get("secretName", "")) is None:
                 if not warned:
-                    await st.ctx.emit_event("FailedMount", f'MountVolume.SetUp failed for volume "{v["name"]}" : '
-                                            f'secret "{sec.get("secretName")}" not found', "Warning")
+                    await st.ctx.emit_event(
+                        "FailedMount",
+                        f'MountVolume.SetUp failed for volume "{v["name"]}" : '
+                        f'secret "{sec.get("secretName")}" not found',
+                        "Warning",
+                    )
                     warned = True
                 await asyncio.sleep(0.05)
         return True
@@ -296,11 +363,15 @@ class SimKubelet:
                     return f'{what} "{ref.get("name")}" not found'
                 data = {**(obj.get("data") or {}), **(obj.get("stringData") or {})}
                 if ref.get("key") not in data:
-                    return (f"couldn't find key {ref.get('key')} in {'Secret' if what == 'secret' else 'ConfigMap'} "
-                            f"{st.ctx.namespace}/{ref.get('name')}")
+                    return (
+                        f"couldn't find key {ref.get('key')} in {'Secret' if what == 'secret' else 'ConfigMap'} "
+                        f"{st.ctx.namespace}/{ref.get('name')}"
+                    )
         for ef in c.get("envFrom") or []:
-            for kind, getter, what in (("secretRef", st.ctx.get_secret, "secret"),
-                                       ("configMapRef", st.ctx.get_configmap, "configmap")):
+            for kind, getter, what in (
+                ("secretRef", st.ctx.get_secret, "secret"),
+                ("configMapRef", st.ctx.get_configmap, "configmap"),
+            ):
                 ref = ef.get(kind)
                 if ref and not ref.get("optional") and await getter(ref.get("name", "")) is None:
                     return f'{what} "{ref.get("name")}" not found'

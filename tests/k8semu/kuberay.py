@@ -82,16 +82,26 @@ class RayClusterController(Controller):
         tmpl = copy.deepcopy(template or {})
         md = tmpl.get("metadata") or {}
         labels = dict(md.get("labels") or {})
-        labels.update({"ray.io/cluster": name, "ray.io/node-type": "head" if head else "worker",
-                       "ray.io/group": group, "ray.io/is-ray-node": "yes",
-                       "app.kubernetes.io/created-by": "kuberay-operator", "app.kubernetes.io/name": "kuberay"})
+        labels.update(
+            {
+                "ray.io/cluster": name,
+                "ray.io/node-type": "head" if head else "worker",
+                "ray.io/group": group,
+                "ray.io/is-ray-node": "yes",
+                "app.kubernetes.io/created-by": "kuberay-operator",
+                "app.kubernetes.io/name": "kuberay",
+            }
+        )
         pspec = tmpl.get("spec") or {}
         pspec.setdefault("restartPolicy", "Always")
         svc_name = f"{name}-head-svc"
         fq = f"{svc_name}.{ns}.svc.cluster.local"
         gcs_port = str((spec.get("headGroupSpec") or {}).get("rayStartParams", {}).get("port", "6379"))
-        group_spec = spec.get("headGroupSpec") if head else next(
-            (g for g in spec.get("workerGroupSpecs") or [] if g.get("groupName") == group), {})
+        group_spec = (
+            spec.get("headGroupSpec")
+            if head
+            else next((g for g in spec.get("workerGroupSpecs") or [] if g.get("groupName") == group), {})
+        )
         params = (group_spec or {}).get("rayStartParams") or {}
         containers = pspec.get("containers") or []
         if containers:
@@ -99,8 +109,12 @@ class RayClusterController(Controller):
             start = _ray_start(params, head, None if head else f"{fq}:{gcs_port}")
             env = [e for e in c.get("env") or []]
             have = {e.get("name") for e in env}
-            extra = [("RAY_CLUSTER_NAME", name), ("RAY_USAGE_STATS_KUBERAY_IN_USE", "1"),
-                     ("KUBERAY_GEN_RAY_START_CMD", start), ("RAY_PORT", gcs_port)]
+            extra = [
+                ("RAY_CLUSTER_NAME", name),
+                ("RAY_USAGE_STATS_KUBERAY_IN_USE", "1"),
+                ("KUBERAY_GEN_RAY_START_CMD", start),
+                ("RAY_PORT", gcs_port),
+            ]
             if head:
                 extra += [("RAY_ADDRESS", f"127.0.0.1:{gcs_port}"), ("RAY_NODE_TYPE_NAME", "headgroup")]
             else:
@@ -110,29 +124,54 @@ class RayClusterController(Controller):
                 env.append({"name": "RAY_CLOUD_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
             c["env"] = env
             if (rc["metadata"].get("annotations") or {}).get(OVERWRITE_CMD) != "true":
-                user = " ".join(shlex.quote(x) if (c.get("command") and not c.get("args")) else x
-                                for x in (c.get("command") or []) + (c.get("args") or []))
+                user = " ".join(
+                    shlex.quote(x) if (c.get("command") and not c.get("args")) else x
+                    for x in (c.get("command") or []) + (c.get("args") or [])
+                )
                 c["command"] = ["/bin/bash", "-lc", "--"]
                 c["args"] = ["ulimit -n 65536; " + (f"{user}; " if user else "") + start]
-        return {"metadata": {"generateName": f"{name}-head-" if head else f"{name}-{group}-worker-",
-                             "namespace": ns, "labels": labels, "annotations": dict(md.get("annotations") or {}),
-                             "ownerReferences": [owner_ref(rc)]},
-                "spec": pspec}
+        return {
+            "metadata": {
+                "generateName": f"{name}-head-" if head else f"{name}-{group}-worker-",
+                "namespace": ns,
+                "labels": labels,
+                "annotations": dict(md.get("annotations") or {}),
+                "ownerReferences": [owner_ref(rc)],
+            },
+            "spec": pspec,
+        }
 
     def _service(self, rc: dict[str, Any]) -> dict[str, Any]:
         name = rc["metadata"]["name"]
         tmpl = ((rc.get("spec") or {}).get("headGroupSpec") or {}).get("template") or {}
         containers = (tmpl.get("spec") or {}).get("containers") or [{}]
-        ports = [{"name": p.get("name", f"port-{p['containerPort']}"), "port": p["containerPort"],
-                  "targetPort": p["containerPort"], "protocol": p.get("protocol", "TCP")}
-                 for p in containers[0].get("ports") or [] if p.get("containerPort")]
+        ports = [
+            {
+                "name": p.get("name", f"port-{p['containerPort']}"),
+                "port": p["containerPort"],
+                "targetPort": p["containerPort"],
+                "protocol": p.get("protocol", "TCP"),
+            }
+            for p in containers[0].get("ports") or []
+            if p.get("containerPort")
+        ]
         if not ports:
             ports = [{"name": n, "port": p, "targetPort": p, "protocol": "TCP"} for n, p in DEFAULT_PORTS]
-        labels = {"ray.io/cluster": name, "ray.io/node-type": "head", "ray.io/identifier": f"{name}-head",
-                  "app.kubernetes.io/created-by": "kuberay-operator", "app.kubernetes.io/name": "kuberay"}
-        return {"metadata": {"name": f"{name}-head-svc", "labels": labels, "ownerReferences": [owner_ref(rc)]},
-                "spec": {"type": "ClusterIP", "ports": ports,
-                         "selector": {"ray.io/cluster": name, "ray.io/node-type": "head"}}}
+        labels = {
+            "ray.io/cluster": name,
+            "ray.io/node-type": "head",
+            "ray.io/identifier": f"{name}-head",
+            "app.kubernetes.io/created-by": "kuberay-operator",
+            "app.kubernetes.io/name": "kuberay",
+        }
+        return {
+            "metadata": {"name": f"{name}-head-svc", "labels": labels, "ownerReferences": [owner_ref(rc)]},
+            "spec": {
+                "type": "ClusterIP",
+                "ports": ports,
+                "selector": {"ray.io/cluster": name, "ray.io/node-type": "head"},
+            },
+        }
 
     # ---- reconcile -----------------------------------------------------
     def reconcile(self, ns: str, name: str) -> None:
@@ -160,8 +199,12 @@ class RayClusterController(Controller):
         for g in spec.get("workerGroupSpecs") or []:
             gname = g.get("groupName", "workergroup")
             want = self._desired(g)
-            mine = [p for p in pods if p["metadata"]["labels"].get("ray.io/node-type") == "worker"
-                    and p["metadata"]["labels"].get("ray.io/group") == gname]
+            mine = [
+                p
+                for p in pods
+                if p["metadata"]["labels"].get("ray.io/node-type") == "worker"
+                and p["metadata"]["labels"].get("ray.io/group") == gname
+            ]
             for _ in range(want - len(mine)):
                 mine.append(self.store.create(self.pods_t, ns, self._pod(rc, g.get("template") or {}, gname, False)))
                 self._event(rc, "CreatedWorkerPod", f"Created worker Pod {ns}/{mine[-1]['metadata']['name']}")
@@ -185,8 +228,13 @@ class RayClusterController(Controller):
         want = int(g["replicas"]) if g.get("replicas") is not None else mn
         return max(mn, min(mx, want)) * int(g.get("numOfHosts", 1) or 1)
 
-    def _status(self, rc: dict[str, Any], heads: list[dict[str, Any]], workers: dict[str, list[dict[str, Any]]],
-                suspended: bool = False) -> None:
+    def _status(
+        self,
+        rc: dict[str, Any],
+        heads: list[dict[str, Any]],
+        workers: dict[str, list[dict[str, Any]]],
+        suspended: bool = False,
+    ) -> None:
         ns, name = rc["metadata"]["namespace"], rc["metadata"]["name"]
         spec = rc.get("spec") or {}
         old = rc.get("status") or {}
@@ -200,8 +248,9 @@ class RayClusterController(Controller):
         ready_workers = sum(1 for p in live if pod_ready(p))
         running_workers = sum(1 for p in live if (p.get("status") or {}).get("phase") == "Running")
         all_ready = head_ready and ready_workers >= desired
-        was_provisioned = any(c.get("type") == "RayClusterProvisioned" and c.get("status") == "True"
-                              for c in old.get("conditions") or [])
+        was_provisioned = any(
+            c.get("type") == "RayClusterProvisioned" and c.get("status") == "True" for c in old.get("conditions") or []
+        )
         provisioned = all_ready or was_provisioned
         if head is None:
             hr_reason, hr_msg = "HeadPodNotFound", "Head Pod not found"
@@ -210,19 +259,31 @@ class RayClusterController(Controller):
         else:
             hr_reason, hr_msg = "ContainersNotReady", "containers with unready status"
         conds = [
-            {"type": "HeadPodReady", "status": "True" if head_ready else "False", "reason": hr_reason,
-             "message": hr_msg},
-            {"type": "RayClusterProvisioned", "status": "True" if provisioned else "False",
-             "reason": "AllPodRunningAndReadyFirstTime" if provisioned else "RayClusterPodsProvisioning",
-             "message": "All Ray Pods are ready for the first time" if provisioned
-             else "RayCluster Pods are being provisioned for first time"},
+            {
+                "type": "HeadPodReady",
+                "status": "True" if head_ready else "False",
+                "reason": hr_reason,
+                "message": hr_msg,
+            },
+            {
+                "type": "RayClusterProvisioned",
+                "status": "True" if provisioned else "False",
+                "reason": "AllPodRunningAndReadyFirstTime" if provisioned else "RayClusterPodsProvisioning",
+                "message": "All Ray Pods are ready for the first time"
+                if provisioned
+                else "RayCluster Pods are being provisioned for first time",
+            },
         ]
         status: dict[str, Any] = {
-            "desiredWorkerReplicas": desired, "readyWorkerReplicas": ready_workers,
+            "desiredWorkerReplicas": desired,
+            "readyWorkerReplicas": ready_workers,
             "availableWorkerReplicas": running_workers,
             "minWorkerReplicas": sum(int(g.get("minReplicas", 0) or 0) for g in groups),
             "maxWorkerReplicas": sum(int(g.get("maxReplicas", 0) or 0) for g in groups),
-            "desiredCPU": "0", "desiredMemory": "0", "desiredGPU": "0", "desiredTPU": "0",
+            "desiredCPU": "0",
+            "desiredMemory": "0",
+            "desiredGPU": "0",
+            "desiredTPU": "0",
             "observedGeneration": rc["metadata"].get("generation", 1),
             "conditions": _transition(old.get("conditions"), conds),
             "head": {"serviceName": f"{name}-head-svc"},

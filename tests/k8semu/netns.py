@@ -67,11 +67,13 @@ _capability: dict[str, bool] = {}
 # path inside the pod's tmp dir ($2), and that dir with these submounts (--rbind) goes over
 # /tmp. /tmp comes last: the pod dir must still be reachable, which is why the kubelet root
 # never lies under /tmp.
-WRAP = 'hostname "$1" && mount --bind "$3" /etc/hosts || exit 125; ' \
-    'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; ' \
-    'if [ -n "$5" ]; then mount -t proc proc /proc || exit 125; fi; t=$2; n=$6; shift 6; ' \
-    'while [ "$n" -gt 0 ]; do mount --bind "$1" "$t${1#/tmp}" || exit 125; shift; n=$((n-1)); done; ' \
+WRAP = (
+    'hostname "$1" && mount --bind "$3" /etc/hosts || exit 125; '
+    'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; '
+    'if [ -n "$5" ]; then mount -t proc proc /proc || exit 125; fi; t=$2; n=$6; shift 6; '
+    'while [ "$n" -gt 0 ]; do mount --bind "$1" "$t${1#/tmp}" || exit 125; shift; n=$((n-1)); done; '
     'mount --rbind "$t" /tmp || exit 125; exec "$@"'
+)
 
 
 def host_paths_under_tmp() -> list[Path]:
@@ -81,8 +83,13 @@ def host_paths_under_tmp() -> list[Path]:
     under /tmp (a CI clone in /tmp/x, a venv in /tmp). Both the path as given and its
     resolved form are kept; nested paths are covered by their parent."""
     checkout = Path(__file__).resolve().parents[2]
-    cands = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
-             Path(os.path.dirname(sys.executable)), checkout]
+    cands = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.exec_prefix),
+        Path(os.path.dirname(sys.executable)),
+        checkout,
+    ]
     tmp = Path("/tmp")
     found: set[Path] = set()
     for c in cands:
@@ -132,7 +139,10 @@ def mountns_available() -> bool:
         ok = False
         if os.geteuid() == 0 and shutil.which("unshare"):
             try:
-                ok = _run(["unshare", "--mount", "--uts", "--propagation", "private", "true"], check=False).returncode == 0
+                ok = (
+                    _run(["unshare", "--mount", "--uts", "--propagation", "private", "true"], check=False).returncode
+                    == 0
+                )
             except (subprocess.SubprocessError, OSError):
                 ok = False
         _capability["mountns"] = ok
@@ -208,8 +218,14 @@ async def terminate_tree(pid: int, grace: float) -> None:
 async def run_captured(argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> tuple[int, str]:
     """Run ``argv`` in its own session; (returncode, stdout+stderr), (-1, ...) on timeout."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        *argv,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         return proc.returncode or 0, out.decode(errors="replace")
@@ -244,14 +260,38 @@ class PodNet:
             argv.append(f"--pid=/proc/{self.pid_holder}/ns/pid")
         return argv
 
-    def sandbox_argv(self, hostname: str, tmp: Path, hosts: Path, resolv: Path | None, argv: list[str],
-                     keep: list[Path] | tuple[Path, ...] = ()) -> list[str]:
+    def sandbox_argv(
+        self,
+        hostname: str,
+        tmp: Path,
+        hosts: Path,
+        resolv: Path | None,
+        argv: list[str],
+        keep: list[Path] | tuple[Path, ...] = (),
+    ) -> list[str]:
         """argv that runs ``argv`` in this netns with its own hostname, /tmp, hosts and resolv.conf,
         and (with a PID namespace) a /proc that shows only the pod's own processes. ``keep``:
         host paths under /tmp that stay visible (their mount points already made under ``tmp``)."""
-        return [*self.enter_argv(), "unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", WRAP,
-                "k8semu-sandbox", hostname, str(tmp), str(hosts), str(resolv or ""),
-                "1" if self.pid_holder else "", str(len(keep)), *map(str, keep), *argv]
+        return [
+            *self.enter_argv(),
+            "unshare",
+            "--uts",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            WRAP,
+            "k8semu-sandbox",
+            hostname,
+            str(tmp),
+            str(hosts),
+            str(resolv or ""),
+            "1" if self.pid_holder else "",
+            str(len(keep)),
+            *map(str, keep),
+            *argv,
+        ]
 
 
 def render_hosts(pod_name: str, pod_ip: str, names: dict[str, str]) -> str:
@@ -276,16 +316,19 @@ async def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
         return False, f"dial tcp {host}:{port}: {type(e).__name__}: {e}"
 
 
-async def http_probe(host: str, port: int, path: str, headers: list[dict[str, str]], https: bool,
-                     timeout: float) -> tuple[bool, str]:
+async def http_probe(
+    host: str, port: int, path: str, headers: list[dict[str, str]], https: bool, timeout: float
+) -> tuple[bool, str]:
     """An httpGet probe like the kubelet's: 200-399 is success; TLS is not verified."""
     ctx = ssl._create_unverified_context() if https else None  # noqa: S323 - probes skip verification
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx), timeout)
         try:
             extra = "".join(f"{x['name']}: {x['value']}\r\n" for x in headers)
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\n"
-                         f"Connection: close\r\n{extra}\r\n".encode())
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\n"
+                f"Connection: close\r\n{extra}\r\n".encode()
+            )
             line = await asyncio.wait_for(reader.readline(), timeout)
         finally:
             writer.close()
@@ -293,7 +336,7 @@ async def http_probe(host: str, port: int, path: str, headers: list[dict[str, st
         code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         return 200 <= code < 400, f"HTTP probe failed with statuscode: {code}"
     except (OSError, asyncio.TimeoutError) as e:
-        return False, f"Get \"http{'s' if https else ''}://{host}:{port}{path}\": {type(e).__name__}: {e}"
+        return False, f'Get "http{"s" if https else ""}://{host}:{port}{path}": {type(e).__name__}: {e}'
 
 
 class LoopbackNetwork:
@@ -412,9 +455,7 @@ class BridgeNetwork:
             raise RuntimeError(f"no free pod address on {self.bridge}")
         i = self._free.pop(0)
         n = self.n
-        net = PodNet(
-            ip=f"10.244.{n}.{i}", host_ip=self.host_ip, netns=f"k8semu-{n}-{i}", veth=f"k8v{n}p{i}", index=i
-        )
+        net = PodNet(ip=f"10.244.{n}.{i}", host_ip=self.host_ip, netns=f"k8semu-{n}-{i}", veth=f"k8v{n}p{i}", index=i)
         try:
             await asyncio.to_thread(self._add_sync, net)
         except Exception:
@@ -481,9 +522,21 @@ def _start_pid_holder(net: PodNet) -> None:
     driver finds its node's raylet by listing processes, so a sandbox that showed every pod's
     raylets would attach a notebook's driver to another pod's node; a real pod sees only its own."""
     proc = subprocess.Popen(
-        ["nsenter", f"--net={NETNS_DIR / str(net.netns)}", "unshare", "--pid", "--fork", "--mount-proc",
-         "sleep", "infinity"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            "nsenter",
+            f"--net={NETNS_DIR / str(net.netns)}",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sleep",
+            "infinity",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     net.holder_proc = proc
     for _ in range(500):
         try:

@@ -30,22 +30,42 @@ def _event_suffix() -> str:
     return f"{_last_ns:x}"
 
 
-def record_event(store: Store, obj: dict[str, Any], reason: str, message: str, type_: str = "Normal",
-                 component: str = "kubelet", field_path: str | None = None) -> dict[str, Any]:
+def record_event(
+    store: Store,
+    obj: dict[str, Any],
+    reason: str,
+    message: str,
+    type_: str = "Normal",
+    component: str = "kubelet",
+    field_path: str | None = None,
+) -> dict[str, Any]:
     """Create a core/v1 Event about ``obj`` (in its namespace) as a controller would."""
     md = obj["metadata"]
     ns = md.get("namespace") or "default"
-    involved = {"kind": obj.get("kind"), "namespace": ns, "name": md["name"], "uid": md.get("uid"),
-                "apiVersion": obj.get("apiVersion"), "resourceVersion": md.get("resourceVersion")}
+    involved = {
+        "kind": obj.get("kind"),
+        "namespace": ns,
+        "name": md["name"],
+        "uid": md.get("uid"),
+        "apiVersion": obj.get("apiVersion"),
+        "resourceVersion": md.get("resourceVersion"),
+    }
     if field_path:
         involved["fieldPath"] = field_path
     ts = now_iso()
     ev = {
         "metadata": {"name": f"{md['name']}.{_event_suffix()}", "namespace": ns},
-        "involvedObject": involved, "reason": reason, "message": message, "type": type_,
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
+        "type": type_,
         "source": {"component": component, **({"host": NODE_NAME} if component == "kubelet" else {})},
-        "firstTimestamp": ts, "lastTimestamp": ts, "count": 1, "eventTime": None,
-        "reportingComponent": component, "reportingInstance": NODE_NAME if component == "kubelet" else "",
+        "firstTimestamp": ts,
+        "lastTimestamp": ts,
+        "count": 1,
+        "eventTime": None,
+        "reportingComponent": component,
+        "reportingInstance": NODE_NAME if component == "kubelet" else "",
     }
     return store.create(store.registry.by_name("events"), ns, ev)
 
@@ -67,8 +87,10 @@ class PodCtx:
             running = None
         if running is self._loop:
             return fn()
+
         async def run() -> Any:
             return fn()
+
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), self._loop))
 
     async def get_secret(self, name: str) -> dict[str, Any] | None:
@@ -103,6 +125,7 @@ class PodCtx:
             pod = self._store.find(t, self.namespace, self.name)
             if pod is not None and pod["metadata"]["uid"] == self.uid:
                 record_event(self._store, pod, reason, message, type_)
+
         await self._on_loop(emit)
 
     def service_hosts(self) -> dict[str, str]:
@@ -113,6 +136,7 @@ def service_hosts(store: Store, namespace: str) -> dict[str, str]:
     """DNS names -> IP. A Service resolves to a ready (else running) pod it selects, since no
     kube-proxy exists; to its clusterIP if it selects none."""
     from .selectors import labels_match, parse_label_selector  # noqa: PLC0415
+
     hosts: dict[str, str] = {}
     pods = store.select(store.registry.by_name("pods"), None)
     for svc in store.select(store.registry.by_name("services"), None):
@@ -121,9 +145,14 @@ def service_hosts(store: Store, namespace: str) -> dict[str, str]:
         ip = None
         if sel:
             reqs = parse_label_selector(",".join(f"{k}={v}" for k, v in sel.items()))
-            candidates = [p for p in pods if p["metadata"]["namespace"] == ns and (p.get("status") or {}).get("podIP")
-                          and not p["metadata"].get("deletionTimestamp")
-                          and labels_match(reqs, p["metadata"].get("labels"))]
+            candidates = [
+                p
+                for p in pods
+                if p["metadata"]["namespace"] == ns
+                and (p.get("status") or {}).get("podIP")
+                and not p["metadata"].get("deletionTimestamp")
+                and labels_match(reqs, p["metadata"].get("labels"))
+            ]
             candidates.sort(key=lambda p: not _pod_ready(p))
             if candidates:
                 ip = candidates[0]["status"]["podIP"]
@@ -144,8 +173,10 @@ def service_hosts(store: Store, namespace: str) -> dict[str, str]:
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 class Scheduler:
@@ -197,8 +228,14 @@ class Scheduler:
             if bound is None:
                 return
             if self.emit_scheduled:
-                record_event(self.store, bound, "Scheduled", f"Successfully assigned {ns}/{name} to {NODE_NAME}",
-                             "Normal", "default-scheduler")
+                record_event(
+                    self.store,
+                    bound,
+                    "Scheduled",
+                    f"Successfully assigned {ns}/{name} to {NODE_NAME}",
+                    "Normal",
+                    "default-scheduler",
+                )
             pod = bound
         self._bound.add(uid)
         loop = asyncio.get_running_loop()
@@ -217,8 +254,16 @@ class Scheduler:
 def _set_unschedulable(o: dict[str, Any], msg: str) -> None:
     st = o.setdefault("status", {})
     st["phase"] = "Pending"
-    st["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                         "message": msg, "lastProbeTime": None, "lastTransitionTime": now_iso()}]
+    st["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": msg,
+            "lastProbeTime": None,
+            "lastTransitionTime": now_iso(),
+        }
+    ]
 
 
 def _bind(o: dict[str, Any]) -> None:
@@ -226,7 +271,6 @@ def _bind(o: dict[str, Any]) -> None:
     st = o.setdefault("status", {})
     st["phase"] = "Pending"
     conds = [c for c in st.get("conditions") or [] if c.get("type") != "PodScheduled"]
-    st["conditions"] = [{"type": "PodScheduled", "status": "True", "lastProbeTime": None,
-                         "lastTransitionTime": now_iso()}] + conds
-
-
+    st["conditions"] = [
+        {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": now_iso()}
+    ] + conds

@@ -46,8 +46,10 @@ class PodEnv:
             raise ConfigError(f'{kind} "{name}" not found')
         if obj is None or kind != "secret":
             return None if obj is None else dict(obj.get("data") or {})
-        return {**{k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()},
-                **(obj.get("stringData") or {})}
+        return {
+            **{k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()},
+            **(obj.get("stringData") or {}),
+        }
 
     def _field(self, path: str) -> str:
         md, net = self.pod.get("metadata", {}), self.net
@@ -55,11 +57,15 @@ class PodEnv:
         if m:
             return str((md.get(m.group(1)) or {}).get(m.group(2), ""))
         simple = {
-            "metadata.name": self.name, "metadata.namespace": self.namespace, "metadata.uid": self.uid,
+            "metadata.name": self.name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": self.uid,
             "spec.nodeName": self.spec.get("nodeName") or self.k.node_name,
             "spec.serviceAccountName": self.spec.get("serviceAccountName", "default"),
-            "status.podIP": net.ip if net else "", "status.podIPs": net.ip if net else "",
-            "status.hostIP": net.host_ip if net else "", "status.hostIPs": net.host_ip if net else "",
+            "status.podIP": net.ip if net else "",
+            "status.podIPs": net.ip if net else "",
+            "status.hostIP": net.host_ip if net else "",
+            "status.hostIPs": net.host_ip if net else "",
         }
         if path not in simple:
             raise ConfigError(f"unsupported fieldRef {path!r}")
@@ -70,9 +76,12 @@ class PodEnv:
         if ref.get("containerName"):
             spec = next((x.spec for x in self.inits + self.mains if x.name == ref["containerName"]), spec)
         kind, _, res = ref["resource"].partition(".")
-        res_map = (spec.get("resources") or {})
-        val = (res_map.get(kind) or {}).get(res) or (res_map.get("limits") or {}).get(res) if kind == "requests" \
+        res_map = spec.get("resources") or {}
+        val = (
+            (res_map.get(kind) or {}).get(res) or (res_map.get("limits") or {}).get(res)
+            if kind == "requests"
             else (res_map.get(kind) or {}).get(res)
+        )
         if val is None:
             val = (os.cpu_count() or 1) if res == "cpu" else psutil.virtual_memory().total
         divisor = parse_quantity(ref.get("divisor", "1"))
@@ -83,7 +92,9 @@ class PodEnv:
         venv_bin = os.path.dirname(sys.executable)
         env: dict[str, str] = {
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
-            "VIRTUAL_ENV": os.path.dirname(venv_bin), "HOME": str(self.dir / "home"), "HOSTNAME": self.name,
+            "VIRTUAL_ENV": os.path.dirname(venv_bin),
+            "HOME": str(self.dir / "home"),
+            "HOSTNAME": self.name,
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": "/tmp" if self.k.use_mountns else str(self.dir / "tmp"),
             "K8SEMU_TERMINATION_MESSAGE_PATH": str(c.term_path),
@@ -91,8 +102,9 @@ class PodEnv:
         defined: dict[str, str] = {}
         for ef in c.spec.get("envFrom") or []:
             ref = ef.get("secretRef") or ef.get("configMapRef") or {}
-            data = await self._secret_or_cm("secret" if "secretRef" in ef else "configmap", ref.get("name", ""),
-                                            bool(ref.get("optional")))
+            data = await self._secret_or_cm(
+                "secret" if "secretRef" in ef else "configmap", ref.get("name", ""), bool(ref.get("optional"))
+            )
             defined.update({ef.get("prefix", "") + k: v for k, v in (data or {}).items()})
         for e in c.spec.get("env") or []:
             vf = e.get("valueFrom")
@@ -112,8 +124,9 @@ class PodEnv:
                 if ref["key"] not in data:
                     if ref.get("optional"):
                         continue
-                    raise ConfigError(f"couldn't find key {ref['key']} in {kind.capitalize()} "
-                                      f"{self.namespace}/{ref.get('name')}")
+                    raise ConfigError(
+                        f"couldn't find key {ref['key']} in {kind.capitalize()} {self.namespace}/{ref.get('name')}"
+                    )
                 defined[e["name"]] = data[ref["key"]]
         env.update({k: v.replace(tpath, str(c.term_path)) for k, v in defined.items()})
         return env
@@ -121,8 +134,13 @@ class PodEnv:
     def argv(self, c: Container) -> list[str]:
         cmd, args = list(c.spec.get("command") or []), list(c.spec.get("args") or [])
         if not cmd:
-            log.warning("%s/%s container %s has no command (image entrypoints are unknown): %s",
-                        self.namespace, self.name, c.name, "running args" if args else "sleeping")
+            log.warning(
+                "%s/%s container %s has no command (image entrypoints are unknown): %s",
+                self.namespace,
+                self.name,
+                c.name,
+                "running args" if args else "sleeping",
+            )
             cmd = [] if args else ["sleep", "infinity"]
         tpath = c.spec.get("terminationMessagePath", "/dev/termination-log")
         return [expand(a, c.env).replace(tpath, str(c.term_path)) for a in cmd + args]

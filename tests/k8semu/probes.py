@@ -24,12 +24,12 @@ class Probes:
     net: PodNet | None
 
     if TYPE_CHECKING:  # provided by PodRunner
+
         async def push(self) -> None: ...
         async def event(self, reason: str, message: str, type_: str = "Normal") -> None: ...
         async def kill_tree(self, c: Container, grace: float) -> None: ...
         def grace(self) -> float: ...
-        async def exec(self, argv: list[str], env: dict[str, str] | None,
-                       timeout: float) -> tuple[int, str]: ...
+        async def exec(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str]: ...
 
     async def probe_loop(self, c: Container, kind: str, spec: dict[str, Any]) -> None:
         scale = self.k.time_scale
@@ -63,8 +63,9 @@ class Probes:
                         c.ready = False
                         await self.push()
                     elif kind != "readinessProbe":
-                        await self.event("Killing", f"Container {c.name} failed {label.lower()} probe, "
-                                         "will be restarted")
+                        await self.event(
+                            "Killing", f"Container {c.name} failed {label.lower()} probe, will be restarted"
+                        )
                         await self.kill_tree(c, self.grace())
                         return
             await asyncio.sleep(period)
@@ -83,8 +84,14 @@ class Probes:
                 host = h.get("host") or self.net.ip
                 if "tcpSocket" in spec:
                     return await tcp_probe(host, int(port), timeout)
-                return await http_probe(host, int(port), h.get("path", "/"), h.get("httpHeaders", []),
-                                        h.get("scheme", "HTTP").upper() == "HTTPS", timeout)
+                return await http_probe(
+                    host,
+                    int(port),
+                    h.get("path", "/"),
+                    h.get("httpHeaders", []),
+                    h.get("scheme", "HTTP").upper() == "HTTPS",
+                    timeout,
+                )
             log.warning("probe %s not supported, treated as success", list(spec))
             return True, ""
         except (OSError, asyncio.TimeoutError, ValueError) as e:

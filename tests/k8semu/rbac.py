@@ -85,8 +85,12 @@ class Authorizer:
             return False
         resources = rule.get("resources") or []
         base, _, sub = resource.partition("/")
-        if not ("*" in resources or resource in resources or (sub and f"{base}/*" in resources)
-                or (sub and f"*/{sub}" in resources)):
+        if not (
+            "*" in resources
+            or resource in resources
+            or (sub and f"{base}/*" in resources)
+            or (sub and f"*/{sub}" in resources)
+        ):
             return False
         names = rule.get("resourceNames") or []
         if names and (name is None or name not in names):
@@ -117,8 +121,7 @@ class Authorizer:
                 rules_sources.append(role)
         return rules_sources
 
-    def allowed(self, user: str, verb: str, group: str, resource: str,
-                namespace: str | None, name: str | None) -> bool:
+    def allowed(self, user: str, verb: str, group: str, resource: str, namespace: str | None, name: str | None) -> bool:
         if user == ADMIN_USER:
             return True
         for role in self._roles_for(user, namespace):

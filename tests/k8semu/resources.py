@@ -60,9 +60,7 @@ CORE = [
     ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
 ]
 
-RAYCLUSTER = ResourceType(
-    "ray.io", "v1", "rayclusters", "RayCluster", True, (), ("status",), ("all",), builtin=False
-)
+RAYCLUSTER = ResourceType("ray.io", "v1", "rayclusters", "RayCluster", True, (), ("status",), ("all",), builtin=False)
 
 
 @dataclass
@@ -155,7 +153,14 @@ def label_errors(labels: dict[str, str]) -> list[tuple[str, str, str]]:
     for k, v in (labels or {}).items():
         prefix, _, nm = k.rpartition("/")
         if not nm or len(nm) > 63 or not QUALIFIED_NAME.match(nm) or (prefix and not DNS1123_SUBDOMAIN.match(prefix)):
-            errs.append(("metadata.labels", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
+            errs.append(
+                (
+                    "metadata.labels",
+                    k,
+                    "name part must consist of alphanumeric characters, '-', '_' or '.', "
+                    "and must start and end with an alphanumeric character",
+                )
+            )
         if not isinstance(v, str):
             errs.append(("metadata.labels", str(v), "label values must be strings"))
         elif len(v) > 63:

@@ -121,7 +121,7 @@ def parse_field_selector(s: str | None) -> list[tuple[str, str, str]]:
             raise SelectorError(f"invalid selector: '{s}'; can't understand '{part}'")
         key, op, val = m.groups()
         if key not in FIELD_GETTERS:
-            raise SelectorError(f'field label not supported: {key}')
+            raise SelectorError(f"field label not supported: {key}")
         out.append((key, "!=" if op == "!=" else "=", val))
     return out
 

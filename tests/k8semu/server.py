@@ -27,9 +27,15 @@ from .tables import table, wants_table
 log = logging.getLogger("k8semu.server")
 
 K8S_VERSION = {
-    "major": "1", "minor": "31", "gitVersion": "v1.31.0-k8semu", "gitCommit": "k8semu",
-    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.22.0",
-    "compiler": "gc", "platform": "linux/amd64",
+    "major": "1",
+    "minor": "31",
+    "gitVersion": "v1.31.0-k8semu",
+    "gitCommit": "k8semu",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.22.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
 }
 
 
@@ -72,8 +78,7 @@ class WatchCounter:
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(data).encode(), status=status,
-                        content_type="application/json", headers=headers)
+    return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json", headers=headers)
 
 
 def _error(e: ApiError) -> web.Response:
@@ -81,8 +86,7 @@ def _error(e: ApiError) -> web.Response:
 
 
 class ApiServer:
-    def __init__(self, store: Store, registry: Registry, faults: Faults,
-                 authorizer: Authorizer | None = None) -> None:
+    def __init__(self, store: Store, registry: Registry, faults: Faults, authorizer: Authorizer | None = None) -> None:
         self.store = store
         self.registry = registry
         self.faults = faults
@@ -107,8 +111,13 @@ class ApiServer:
         for t in self.registry.types:
             if t.group != group or t.version != version:
                 continue
-            entry: dict[str, Any] = {"name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
-                                     "kind": t.kind, "verbs": list(ALL_VERBS)}
+            entry: dict[str, Any] = {
+                "name": t.plural,
+                "singularName": t.singular,
+                "namespaced": t.namespaced,
+                "kind": t.kind,
+                "verbs": list(ALL_VERBS),
+            }
             if t.short_names:
                 entry["shortNames"] = list(t.short_names)
             if t.categories:
@@ -116,10 +125,21 @@ class ApiServer:
             resources.append(entry)
             for sub in t.subresources:
                 verbs = {"log": ["get"], "exec": ["create", "get"]}.get(sub, ["get", "patch", "update"])
-                resources.append({"name": f"{t.plural}/{sub}", "singularName": "", "namespaced": t.namespaced,
-                                  "kind": t.kind, "verbs": verbs})
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+                resources.append(
+                    {
+                        "name": f"{t.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": t.namespaced,
+                        "kind": t.kind,
+                        "verbs": verbs,
+                    }
+                )
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
 
     def _group(self, name: str, versions: list[str]) -> dict[str, Any]:
         vs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
@@ -134,13 +154,23 @@ class ApiServer:
         if parts[:2] == ["openapi", "v3"]:
             return self.openapi_v3(parts[2:])
         if parts == ["api"]:
-            return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                {"clientCIDR": "0.0.0.0/0", "serverAddress": self.address}]})
+            return _json(
+                {
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.address}],
+                }
+            )
         if parts == ["api", "v1"]:
             return _json(self._resource_list("", "v1"))
         if parts == ["apis"]:
-            return _json({"kind": "APIGroupList", "apiVersion": "v1",
-                          "groups": [self._group(g, v) for g, v in groups.items() if g]})
+            return _json(
+                {
+                    "kind": "APIGroupList",
+                    "apiVersion": "v1",
+                    "groups": [self._group(g, v) for g, v in groups.items() if g],
+                }
+            )
         if len(parts) == 2 and parts[0] == "apis":
             if parts[1] not in groups or not parts[1]:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
@@ -171,20 +201,37 @@ class ApiServer:
         if version not in groups.get(group, []):
             raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
         prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
-        params = [{"name": n, "in": "query", "schema": {"type": "string"}}
-                  for n in ("dryRun", "fieldManager", "fieldValidation", "force")]
+        params = [
+            {"name": n, "in": "query", "schema": {"type": "string"}}
+            for n in ("dryRun", "fieldManager", "fieldValidation", "force")
+        ]
         paths: dict[str, Any] = {}
         for t in self.registry.types:
             if t.group != group or t.version != version:
                 continue
-            path = f"{prefix}/namespaces/{{namespace}}/{t.plural}/{{name}}" if t.namespaced \
+            path = (
+                f"{prefix}/namespaces/{{namespace}}/{t.plural}/{{name}}"
+                if t.namespaced
                 else f"{prefix}/{t.plural}/{{name}}"
+            )
             gvk = {"group": group, "version": version, "kind": t.kind}
-            paths[path] = {"patch": {"operationId": f"patch{t.kind}", "parameters": params,
-                                     "x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk,
-                                     "responses": {"200": {"description": "OK"}}}}
-        return _json({"openapi": "3.0.0", "info": {"title": "Kubernetes (k8semu)", "version": "v1.31.0"},
-                      "paths": paths, "components": {"schemas": {}}})
+            paths[path] = {
+                "patch": {
+                    "operationId": f"patch{t.kind}",
+                    "parameters": params,
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }
+        return _json(
+            {
+                "openapi": "3.0.0",
+                "info": {"title": "Kubernetes (k8semu)", "version": "v1.31.0"},
+                "paths": paths,
+                "components": {"schemas": {}},
+            }
+        )
 
     # ---- request parsing ----------------------------------------------
     def parse(self, request: web.Request, parts: list[str]) -> tuple[ReqInfo, bool]:
@@ -254,10 +301,12 @@ class ApiServer:
                 self.request_log.append((info.verb, info.resource, info.namespace, info.name))
             log.debug("%s %s ns=%s name=%s user=%s", info.verb, info.resource, info.namespace, info.name, user)
             if user is not None and self.authorizer is not None:
-                if not self.authorizer.allowed(user, info.verb, info.rtype.group, info.resource,
-                                               info.namespace, info.name):
-                    raise errors.forbidden(user, info.verb, info.rtype.plural, info.sub, info.rtype.group,
-                                           info.namespace, info.name)
+                if not self.authorizer.allowed(
+                    user, info.verb, info.rtype.group, info.resource, info.namespace, info.name
+                ):
+                    raise errors.forbidden(
+                        user, info.verb, info.rtype.plural, info.sub, info.rtype.group, info.namespace, info.name
+                    )
             fault = self.faults.take(info.verb, info.resource, info.namespace, info.name)
             if fault is not None:
                 if fault.latency:
@@ -296,7 +345,7 @@ class ApiServer:
                 return yaml.safe_load(raw)
             return json.loads(raw)
         except (ValueError, yaml.YAMLError) as e:
-            raise errors.bad_request(f"error decoding request body: {e}")
+            raise errors.bad_request(f"error decoding request body: {e}") from None
 
     async def dispatch(self, request: web.Request, info: ReqInfo) -> web.StreamResponse:
         st, t, ns, name = self.store, info.rtype, info.namespace, info.name
@@ -313,16 +362,23 @@ class ApiServer:
                 return _json(table(t, [obj], st.rv))
             return _json(obj)
         if info.verb == "list":
-            items, rv = st.list(t, ns, parse_label_selector(q.get("labelSelector")),
-                                parse_field_selector(q.get("fieldSelector")))
+            items, rv = st.list(
+                t, ns, parse_label_selector(q.get("labelSelector")), parse_field_selector(q.get("fieldSelector"))
+            )
             if wants_table(request.headers.get("Accept", "")):
                 return _json(table(t, items, rv))
             if t.builtin:
                 for i in items:
                     i.pop("apiVersion", None)
                     i.pop("kind", None)
-            return _json({"kind": f"{t.kind}List", "apiVersion": t.api_version,
-                          "metadata": {"resourceVersion": str(rv)}, "items": items})
+            return _json(
+                {
+                    "kind": f"{t.kind}List",
+                    "apiVersion": t.api_version,
+                    "metadata": {"resourceVersion": str(rv)},
+                    "items": items,
+                }
+            )
         if info.verb == "create":
             body = await self._body(request)
             if not isinstance(body, dict):
@@ -349,28 +405,47 @@ class ApiServer:
             if info.verb == "delete":
                 obj, removed = st.delete(t, ns, name, grace, prop, opts.get("preconditions"))
                 if removed and t.plural not in ("pods", "services", "namespaces") and t.builtin:
-                    return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                  "details": {"name": name, **({"group": t.group} if t.group else {}),
-                                              "kind": t.plural, "uid": obj["metadata"]["uid"]}})
+                    return _json(
+                        {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "metadata": {},
+                            "status": "Success",
+                            "details": {
+                                "name": name,
+                                **({"group": t.group} if t.group else {}),
+                                "kind": t.plural,
+                                "uid": obj["metadata"]["uid"],
+                            },
+                        }
+                    )
                 return _json(obj)
-            items = st.select(t, ns, parse_label_selector(q.get("labelSelector")),
-                              parse_field_selector(q.get("fieldSelector")))
+            items = st.select(
+                t, ns, parse_label_selector(q.get("labelSelector")), parse_field_selector(q.get("fieldSelector"))
+            )
             out = []
             for obj in list(items):
                 try:
-                    out.append(st.delete(t, obj["metadata"].get("namespace"), obj["metadata"]["name"],
-                                         grace, prop)[0])
+                    out.append(st.delete(t, obj["metadata"].get("namespace"), obj["metadata"]["name"], grace, prop)[0])
                 except ApiError:
                     pass
-            return _json({"kind": f"{t.kind}List", "apiVersion": t.api_version,
-                          "metadata": {"resourceVersion": str(st.rv)}, "items": out})
+            return _json(
+                {
+                    "kind": f"{t.kind}List",
+                    "apiVersion": t.api_version,
+                    "metadata": {"resourceVersion": str(st.rv)},
+                    "items": out,
+                }
+            )
         raise errors.method_not_allowed()
 
     @staticmethod
     def _check_kind(t: ResourceType, body: dict[str, Any]) -> None:
         if body.get("kind") and body["kind"] != t.kind:
-            raise errors.bad_request(f"the API version in the data ({body.get('apiVersion')}) does not match "
-                                     f"the expected API version ({t.api_version})")
+            raise errors.bad_request(
+                f"the API version in the data ({body.get('apiVersion')}) does not match "
+                f"the expected API version ({t.api_version})"
+            )
 
     async def patch(self, request: web.Request, info: ReqInfo) -> web.StreamResponse:
         st, t = self.store, info.rtype
@@ -390,7 +465,8 @@ class ApiServer:
         if ctype == "application/json-patch+json":
             if not isinstance(body, list):
                 raise errors.bad_request(
-                    "error decoding patch: json: cannot unmarshal object into Go value of type []handlers.jsonPatchOp")
+                    "error decoding patch: json: cannot unmarshal object into Go value of type []handlers.jsonPatchOp"
+                )
             patched = json_patch(cur, body)
         elif ctype == "application/merge-patch+json":
             patched = merge_patch(cur, body)
@@ -398,7 +474,8 @@ class ApiServer:
             if not t.builtin:
                 raise errors.unsupported_media(
                     "the body of the request was in an unknown format - accepted media types include: "
-                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+                )
             patched = strategic_merge_patch(cur, body)
         else:
             raise errors.unsupported_media(f"the body of the request was in an unknown format - {ctype}")
@@ -413,8 +490,9 @@ class ApiServer:
         if info.name:
             fields.append(("metadata.name", "=", info.name))
         labels = parse_label_selector(q.get("labelSelector"))
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
-                                                       "Transfer-Encoding": "chunked"})
+        resp = web.StreamResponse(
+            status=200, headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+        )
         try:
             w = self.store.watch(info.rtype, info.namespace, labels, fields, q.get("resourceVersion"))
         except ApiError as e:

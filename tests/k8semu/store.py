@@ -73,8 +73,12 @@ class Watch:
 
 
 class Store:
-    def __init__(self, registry: Registry, history_size: int = 20000,
-                 namespaces: tuple[str, ...] = ("default", "kube-system", "kube-public")) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        history_size: int = 20000,
+        namespaces: tuple[str, ...] = ("default", "kube-system", "kube-public"),
+    ) -> None:
         self.registry = registry
         self.objects: dict[str, dict[Key, dict[str, Any]]] = {t.key: {} for t in registry.types}
         self.uids: dict[str, tuple[ResourceType, Key]] = {}
@@ -139,8 +143,13 @@ class Store:
             raise errors.not_found(rtype, name)
         return copy.deepcopy(obj)
 
-    def select(self, rtype: ResourceType, ns: str | None, labels: list[Requirement] | None = None,
-               fields: list[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
+    def select(
+        self,
+        rtype: ResourceType,
+        ns: str | None,
+        labels: list[Requirement] | None = None,
+        fields: list[tuple[str, str, str]] | None = None,
+    ) -> list[dict[str, Any]]:
         """Matching stored objects (not copies), ordered by namespace/name."""
         out = []
         for (ons, _), obj in sorted(self._bucket(rtype).items()):
@@ -153,22 +162,34 @@ class Store:
             out.append(obj)
         return out
 
-    def list(self, rtype: ResourceType, ns: str | None, labels: list[Requirement] | None = None,
-             fields: list[tuple[str, str, str]] | None = None) -> tuple[list[dict[str, Any]], int]:
+    def list(
+        self,
+        rtype: ResourceType,
+        ns: str | None,
+        labels: list[Requirement] | None = None,
+        fields: list[tuple[str, str, str]] | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
         return copy.deepcopy(self.select(rtype, ns, labels, fields)), self.rv
 
-    def watch(self, rtype: ResourceType, ns: str | None, labels: list[Requirement],
-              fields: list[tuple[str, str, str]], resource_version: str | None) -> Watch:
+    def watch(
+        self,
+        rtype: ResourceType,
+        ns: str | None,
+        labels: list[Requirement],
+        fields: list[tuple[str, str, str]],
+        resource_version: str | None,
+    ) -> Watch:
         w = Watch(rtype, ns, labels, fields)
         if resource_version in (None, "", "0"):
-            for obj in sorted(self.select(rtype, ns, labels, fields),
-                              key=lambda o: int(o["metadata"]["resourceVersion"])):
+            for obj in sorted(
+                self.select(rtype, ns, labels, fields), key=lambda o: int(o["metadata"]["resourceVersion"])
+            ):
                 w.queue.put_nowait(("ADDED", obj))
         else:
             try:
                 rv = int(resource_version)
             except ValueError:
-                raise errors.bad_request(f'invalid resource version "{resource_version}"')
+                raise errors.bad_request(f'invalid resource version "{resource_version}"') from None
             if rv < self.compacted_rv:
                 raise errors.gone(f"too old resource version: {rv} ({self.compacted_rv})")
             for ev in self.history:
@@ -208,17 +229,30 @@ class Store:
         if cur is None:
             self.create(ns_type, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         elif cur["metadata"].get("deletionTimestamp"):
-            raise ApiError(403, "Forbidden",
-                           f"unable to create new content in namespace {ns} because it is being terminated",
-                           {"name": ns, "kind": "namespaces"})
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"unable to create new content in namespace {ns} because it is being terminated",
+                {"name": ns, "kind": "namespaces"},
+            )
 
     def _insert(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         md = obj["metadata"]
         md["uid"] = str(uuid.uuid4())
         md["creationTimestamp"] = now_iso()
         md["resourceVersion"] = str(self._next_rv())
-        if rtype.plural not in ("pods", "events", "secrets", "configmaps", "namespaces", "serviceaccounts",
-                                "roles", "rolebindings", "clusterroles", "clusterrolebindings"):
+        if rtype.plural not in (
+            "pods",
+            "events",
+            "secrets",
+            "configmaps",
+            "namespaces",
+            "serviceaccounts",
+            "roles",
+            "rolebindings",
+            "clusterroles",
+            "clusterrolebindings",
+        ):
             md["generation"] = 1
         if rtype.plural == "namespaces":
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
@@ -241,7 +275,8 @@ class Store:
             ns = ns or md.get("namespace") or "default"
             if md.get("namespace") and md["namespace"] != ns:
                 raise errors.bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request")
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             md["namespace"] = ns
         else:
             md.pop("namespace", None)
@@ -269,8 +304,12 @@ class Store:
             spec.setdefault("enableServiceLinks", True)
             spec.setdefault("priority", 0)
             for c in spec.get("containers", []) + spec.get("initContainers", []):
-                c.setdefault("imagePullPolicy", "Always" if c.get("image", "").endswith(":latest")
-                             or ":" not in c.get("image", "") else "IfNotPresent")
+                c.setdefault(
+                    "imagePullPolicy",
+                    "Always"
+                    if c.get("image", "").endswith(":latest") or ":" not in c.get("image", "")
+                    else "IfNotPresent",
+                )
                 c.setdefault("terminationMessagePath", "/dev/termination-log")
         if rtype.plural == "services":
             spec = obj.setdefault("spec", {})
@@ -289,8 +328,15 @@ class Store:
             obj.setdefault("count", 1)
         return copy.deepcopy(self._insert(rtype, obj))
 
-    def update(self, rtype: ResourceType, ns: str | None, name: str, body: dict[str, Any],
-               subresource: str | None = None, check_rv: bool = True) -> dict[str, Any]:
+    def update(
+        self,
+        rtype: ResourceType,
+        ns: str | None,
+        name: str,
+        body: dict[str, Any],
+        subresource: str | None = None,
+        check_rv: bool = True,
+    ) -> dict[str, Any]:
         """Replace an object (PUT semantics; also the last step of PATCH)."""
         cur = self.find(rtype, ns, name)
         if cur is None:
@@ -298,10 +344,15 @@ class Store:
         new = copy.deepcopy(body)
         md = new.setdefault("metadata", {})
         if md.get("name") not in (None, name):
-            raise errors.bad_request(f'the name of the object ({md.get("name")}) does not match the name on the URL ({name})')
+            raise errors.bad_request(
+                f"the name of the object ({md.get('name')}) does not match the name on the URL ({name})"
+            )
         if check_rv and md.get("resourceVersion") and md["resourceVersion"] != cur["metadata"]["resourceVersion"]:
-            raise errors.conflict(rtype, name, "the object has been modified; please apply your changes "
-                                               "to the latest version and try again")
+            raise errors.conflict(
+                rtype,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
         if subresource == "status":
             merged = copy.deepcopy(cur)
             merged["status"] = new.get("status")
@@ -336,16 +387,25 @@ class Store:
         new["metadata"]["resourceVersion"] = str(self._next_rv())
         self._bucket(rtype)[self._key(rtype, cur["metadata"].get("namespace"), cur["metadata"]["name"])] = new
         self._emit("MODIFIED", rtype, new, cur)
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers") \
-                and rtype.plural != "namespaces":  # namespaces go once empty (GC sweep)
+        if (
+            new["metadata"].get("deletionTimestamp")
+            and not new["metadata"].get("finalizers")
+            and rtype.plural != "namespaces"
+        ):  # namespaces go once empty (GC sweep)
             if new["metadata"]["uid"] not in self._terminating:
                 self._remove(rtype, new)
         if new["metadata"].get("ownerReferences") != cur["metadata"].get("ownerReferences"):
             self.schedule_gc()
         return new
 
-    def mutate(self, rtype: ResourceType, ns: str | None, name: str,
-               fn: Callable[[dict[str, Any]], None], uid: str | None = None) -> dict[str, Any] | None:
+    def mutate(
+        self,
+        rtype: ResourceType,
+        ns: str | None,
+        name: str,
+        fn: Callable[[dict[str, Any]], None],
+        uid: str | None = None,
+    ) -> dict[str, Any] | None:
         """Internal write (controllers, kubelet): ``fn`` edits a copy in place. None if gone."""
         cur = self.find(rtype, ns, name)
         if cur is None or (uid and cur["metadata"]["uid"] != uid):
@@ -367,17 +427,26 @@ class Store:
         self._emit("DELETED", rtype, final, cur)
         self.schedule_gc()
 
-    def delete(self, rtype: ResourceType, ns: str | None, name: str, grace: int | None = None,
-               propagation: str | None = None, preconditions: dict[str, Any] | None = None
-               ) -> tuple[dict[str, Any], bool]:
+    def delete(
+        self,
+        rtype: ResourceType,
+        ns: str | None,
+        name: str,
+        grace: int | None = None,
+        propagation: str | None = None,
+        preconditions: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
         """Delete; returns (object as now/last seen, removed_immediately)."""
         cur = self.find(rtype, ns, name)
         if cur is None:
             raise errors.not_found(rtype, name)
         pre = preconditions or {}
         if pre.get("uid") and pre["uid"] != cur["metadata"]["uid"]:
-            raise errors.conflict(rtype, name, f"Precondition failed: UID in precondition: {pre['uid']}, "
-                                               f"UID in object meta: {cur['metadata']['uid']}")
+            raise errors.conflict(
+                rtype,
+                name,
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {cur['metadata']['uid']}",
+            )
         if pre.get("resourceVersion") and pre["resourceVersion"] != cur["metadata"]["resourceVersion"]:
             raise errors.conflict(rtype, name, "Precondition failed: resourceVersion mismatch")
         propagation = propagation or "Background"
@@ -391,9 +460,13 @@ class Store:
         finalizers = list(cur["metadata"].get("finalizers") or [])
         if propagation == "Foreground" and self._dependents(uid) and "foregroundDeletion" not in finalizers:
             finalizers.append("foregroundDeletion")
-        is_pod_kill = (rtype.plural == "pods" and self.pod_killer is not None
-                       and (cur.get("spec") or {}).get("nodeName") and uid not in self._terminating
-                       and (cur.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+        is_pod_kill = (
+            rtype.plural == "pods"
+            and self.pod_killer is not None
+            and (cur.get("spec") or {}).get("nodeName")
+            and uid not in self._terminating
+            and (cur.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        )
         if grace is None and rtype.plural == "pods":
             grace = int((cur.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
         graceful = is_pod_kill and grace and grace > 0
@@ -401,6 +474,7 @@ class Store:
             if cur["metadata"].get("deletionTimestamp"):
                 if not graceful:
                     return copy.deepcopy(cur), False
+
             def mark(o: dict[str, Any]) -> None:
                 m = o["metadata"]
                 if not m.get("deletionTimestamp"):
@@ -411,6 +485,7 @@ class Store:
                     m["finalizers"] = finalizers
                 if rtype.plural == "namespaces":
                     o["status"] = {"phase": "Terminating"}
+
             if is_pod_kill:
                 self._terminating.add(uid)
             new = self.mutate(rtype, ns, name, mark)
@@ -451,12 +526,14 @@ class Store:
 
     def _orphan_dependents(self, uid: str) -> None:
         for rtype, obj in self._dependents(uid):
+
             def drop(o: dict[str, Any]) -> None:
                 refs = [r for r in o["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
                 if refs:
                     o["metadata"]["ownerReferences"] = refs
                 else:
                     o["metadata"].pop("ownerReferences", None)
+
             self.mutate(rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"], drop)
 
     # ---- garbage collection --------------------------------------------
@@ -483,8 +560,12 @@ class Store:
                         log.debug("gc: deleting %s %s/%s", rtype.kind, md.get("namespace"), md["name"])
                         self._safe_delete(rtype, obj, "Background")
                     elif alive and len(alive) != len(refs):
-                        self.mutate(rtype, md.get("namespace"), md["name"],
-                                    lambda o, a=alive: o["metadata"].__setitem__("ownerReferences", a))
+                        self.mutate(
+                            rtype,
+                            md.get("namespace"),
+                            md["name"],
+                            lambda o, a=alive: o["metadata"].__setitem__("ownerReferences", a),
+                        )
                 if md.get("deletionTimestamp") and "foregroundDeletion" in (md.get("finalizers") or []):
                     deps = self._dependents(md["uid"])
                     for drt, dep in deps:
@@ -507,8 +588,13 @@ class Store:
 
     def _safe_delete(self, rtype: ResourceType, obj: dict[str, Any], propagation: str) -> None:
         try:
-            self.delete(rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"],
-                        propagation=propagation, preconditions={"uid": obj["metadata"]["uid"]})
+            self.delete(
+                rtype,
+                obj["metadata"].get("namespace"),
+                obj["metadata"]["name"],
+                propagation=propagation,
+                preconditions={"uid": obj["metadata"]["uid"]},
+            )
         except ApiError as e:
             log.debug("gc delete failed: %s", e)
 
