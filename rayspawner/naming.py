@@ -166,9 +166,4 @@ def cluster_labels(cluster: str, username: str, servername: str) -> dict[str, st
     }
 
 
-def cluster_selector(cluster: str) -> str:
-    """A labelSelector string matching every object of one cluster."""
-    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_CLUSTER}={cluster}"
-
-
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"

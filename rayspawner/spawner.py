@@ -416,7 +416,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         if (
             self._ray_head_restarts >= self.ray_head_restart_limit
             or not self._ray_spec
-            or not hasattr(backend, "recreate_head")
+            or not backend.can_recreate_head
         ):
             self.log.error("Ray head of %s is gone; reporting the server as failed", self._ray_ref.name)
             return await self._fail_server()

@@ -10,11 +10,10 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ClusterStartError
-from ..spec import RayClusterSpec
+from ..spec import ClusterRef, RayClusterSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,6 @@ class ClusterStatus:
     head_failed: str | None = None
     workers_ready: int = 0
     workers_desired: int = 0
-    #: head host name for RAY_ADDRESS, when the backend learns it from the cluster (KubeRay)
-    head_host: str | None = None
     #: Ray/Python versions of the cluster image, once known ({"ray": ..., "python": ...})
     versions: dict | None = None
     #: short human description of the current step ("head: pulling image", ...)
@@ -59,6 +56,9 @@ class ClusterBackend(abc.ABC):
 
     #: "pods", "kuberay" or "local" (kept in the spawner's state)
     kind: str = ""
+    #: whether :meth:`recreate_head` works (pods: the hub recreates a vanished head Pod;
+    #: KubeRay's operator does that itself; local heads are reported failed instead)
+    can_recreate_head: bool = False
 
     async def prepare(self, spec: RayClusterSpec) -> None:  # noqa: B027 - optional: nothing by default
         """Create what must exist before the notebook starts (e.g. the token Secret)."""
@@ -68,28 +68,27 @@ class ClusterBackend(abc.ABC):
         """Create the cluster; ``owner`` is the notebook pod's ownerReference (Kubernetes)."""
 
     @abc.abstractmethod
-    async def status(self, spec: RayClusterSpec) -> ClusterStatus:
-        """The cluster's current status; cheap (from a cache/reflector where possible)."""
+    async def status(self, spec: RayClusterSpec | ClusterRef) -> ClusterStatus:
+        """The cluster's current status; cheap (from a cache/reflector where possible).
+        With only a ClusterRef (after a hub restart) what depends on the spec (desired
+        workers) is unknown."""
 
     @abc.abstractmethod
-    async def delete(self, spec: RayClusterSpec, timeout: float) -> None:
-        """Delete every object/process of the cluster (missing is fine) and wait,
-        up to ``timeout`` seconds, until they are gone."""
+    async def delete(self, ref: RayClusterSpec | ClusterRef, timeout: float) -> None:
+        """Delete every object/process of the cluster (missing is fine) and wait, up to
+        ``timeout`` seconds, until they are gone. With the spec, only what it created;
+        with a ClusterRef (after a hub restart), every name a cluster can have."""
 
-    async def wait_ready(
-        self,
-        spec: RayClusterSpec,
-        timeout: float,
-        on_status: Callable[[ClusterStatus], None] | None = None,
-        interval: float = 0.5,
-    ) -> ClusterStatus:
+    async def recreate_head(self, spec: RayClusterSpec, owner: dict | None) -> None:
+        """Create the head again after it vanished (only where ``can_recreate_head``)."""
+        raise NotImplementedError(f"the {self.kind} backend cannot recreate a head")
+
+    async def wait_ready(self, spec: RayClusterSpec, timeout: float, interval: float = 0.5) -> ClusterStatus:
         """Wait until the head accepts clients; raise ClusterStartError with the reason if it cannot."""
         deadline = time.monotonic() + timeout
         status = ClusterStatus()
         while True:
             status = await self.status(spec)
-            if on_status:
-                on_status(status)
             if status.head_failed:
                 raise ClusterStartError(
                     f"The Ray head of cluster {spec.name} cannot start: {status.head_failed}",

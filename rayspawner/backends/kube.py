@@ -261,7 +261,7 @@ class KubeClient:
 
         return await self._call("list", kind, namespace, "", call)
 
-    async def create(self, manifest: dict[str, Any], *, replace_stale: bool = True) -> None:
+    async def create(self, manifest: dict[str, Any]) -> None:
         """Create; on 409 adopt our own identical object, or remove a stale one of ours and retry."""
         kind = KINDS[manifest["kind"]]
         meta = manifest["metadata"]
@@ -306,7 +306,7 @@ class KubeClient:
             mine = {o.get("uid") for o in meta.get("ownerReferences") or []}
             if owners == mine and not existing["metadata"].get("deletionTimestamp"):
                 return  # our own earlier attempt (e.g. a retried request) succeeded
-            if not replace_stale or time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 raise ClusterStartError(
                     f"{kind.kind} {namespace}/{name} from an earlier server is still being removed; try again shortly.",
                     reason="conflict",

@@ -195,8 +195,6 @@ def cluster_status(
 
     service = (status.get("head") or {}).get("serviceName")
     if service:
-        domain = spec.cluster_domain if spec else "cluster.local"
-        st.head_host = f"{service}.{ref.namespace}.svc.{domain}"
         if service != naming.head_service(ref.name):
             st.head_failed = (
                 f"KubeRay named the head service {service!r}, not {naming.head_service(ref.name)!r} as requested in "

@@ -525,12 +525,10 @@ class LocalBackend(ClusterBackend):
         cluster = self._cluster(ref)
         return dict(cluster.failed_nodes) if cluster else {}
 
-    async def wait_ready(
-        self, spec: RayClusterSpec, timeout: float, on_status=None, interval: float = 0.5
-    ) -> ClusterStatus:
+    async def wait_ready(self, spec: RayClusterSpec, timeout: float, interval: float = 0.5) -> ClusterStatus:
         """Wait until Ray reports the head and every requested worker ALIVE."""
         deadline = time.monotonic() + timeout
-        st = await super().wait_ready(spec, timeout, on_status, interval)
+        st = await super().wait_ready(spec, timeout, interval)
         while st.workers_ready < st.workers_desired:
             failed = self.failed_workers(spec)
             if failed:
@@ -547,8 +545,6 @@ class LocalBackend(ClusterBackend):
                 )
             await asyncio.sleep(interval)
             st = await self.status(spec)
-            if on_status:
-                on_status(st)
         return st
 
     def head_alive(self, ref: RayClusterSpec | ClusterRef | str) -> bool:

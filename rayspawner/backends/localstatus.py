@@ -112,7 +112,7 @@ async def supervise(backend: LocalBackend, cluster: LocalCluster, nodes: dict[st
 
 async def cluster_status(backend: LocalBackend, cluster: LocalCluster) -> ClusterStatus:
     head_alive = _node_alive(cluster, cluster.head)
-    st = ClusterStatus(exists=head_alive, workers_desired=len(cluster.workers), head_host="127.0.0.1")
+    st = ClusterStatus(exists=head_alive, workers_desired=len(cluster.workers))
     if cluster.failed:
         st.head_failed = cluster.failed
         return st

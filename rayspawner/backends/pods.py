@@ -106,6 +106,7 @@ _BY_CLUSTER = ReflectorIndex(_cluster_of)
 
 class PodsBackend(ClusterBackend):
     kind = "pods"
+    can_recreate_head = True
 
     def __init__(self, kube: KubeClient, ray_pods: Callable[[], Mapping[str, dict]]):
         self.kube = kube
@@ -147,12 +148,10 @@ class PodsBackend(ClusterBackend):
             if p["metadata"].get("namespace", ref.namespace) == ref.namespace and _cluster_of(p) == ref.name
         ]
 
-    async def wait_ready(
-        self, spec: RayClusterSpec, timeout: float, on_status=None, interval: float = 0.1
-    ) -> ClusterStatus:
+    async def wait_ready(self, spec: RayClusterSpec, timeout: float, interval: float = 0.1) -> ClusterStatus:
         # status() reads the shared reflector (no API request), so a short interval costs
         # little and the spawn returns within ~0.1 s of the head turning ready (was 0.5 s)
-        return await super().wait_ready(spec, timeout, on_status, interval)
+        return await super().wait_ready(spec, timeout, interval)
 
     async def status(self, spec: RayClusterSpec | ClusterRef) -> ClusterStatus:
         ref = spec.ref() if isinstance(spec, RayClusterSpec) else spec
