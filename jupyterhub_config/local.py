@@ -14,9 +14,13 @@ Environment overrides (all optional):
 - ``RAYSPAWNER_HUB_IP`` / ``RAYSPAWNER_HUB_PORT``: public address (127.0.0.1:8000);
 - ``RAYSPAWNER_HUB_API_PORT``: the hub's internal API port (8081);
 - ``RAYSPAWNER_PROXY_API_PORT``: configurable-http-proxy's API port (8001);
-- ``RAYSPAWNER_STATE_DIR``: database, cookie secret, password, user homes
-  (``/tmp/rayspawner-demo``); ``RAYSPAWNER_DB_URL`` overrides the database only;
-- ``RAYSPAWNER_TEMP_ROOT``: where the Ray clusters' temp dirs go (``/tmp/rsp``);
+- ``RAYSPAWNER_STATE_DIR``: database, cookie secret, password, proxy pid file, user
+  homes; by default this hub's own, keyed by its public port:
+  ``$XDG_STATE_HOME/rayspawner/hub-<port>`` (``~/.local/state/rayspawner/hub-<port>``
+  when ``XDG_STATE_HOME`` is unset). ``RAYSPAWNER_DB_URL`` overrides the database only;
+- ``RAYSPAWNER_TEMP_ROOT``: where the Ray clusters' temp dirs go; by default this hub's
+  own ``/tmp/rsp-<uid>-<port>`` (short: Ray's unix socket paths must stay under ~107
+  characters);
 - ``RAYSPAWNER_DEMO_PASSWORD``: the demo password;
 - ``RAYSPAWNER_CONNECT_MODE``: ``driver`` (default: the kernel is a direct Ray driver,
   ``RAY_ADDRESS=127.0.0.1:<GCS port>``) or ``client`` (Ray Client, ``ray://``);
@@ -25,17 +29,27 @@ Environment overrides (all optional):
 - ``RAYSPAWNER_SHOW_GPU_PROFILE=0``: hide the GPU profile (by default it is shown,
   and refused with a clear message on a machine without GPUs).
 
-Not for production: SimpleLocalProcessSpawner runs every user's server as the
-hub's own user, and the DummyAuthenticator accepts any name with the password.
+Two hubs on one machine (different ports) therefore never share a database, a pid
+file or a temp root. The state dir and the temp root are created with mode 0700; if
+either exists and another account could control it (someone else owns it, it has
+group/other permission bits, or it is a symlink), the hub refuses to start and says
+which path and why.
+
+Not for production: every user's notebook, kernels and Ray cluster run as the hub's
+own user, so users can read each other's files and process environments (their
+tokens included); the DummyAuthenticator accepts any name with the password. For
+yourself, or users who trust each other.
 """
 
 import importlib.util
 import logging
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import rayspawner
+from rayspawner.localpaths import UnsafePathError, demo_state_dir, demo_temp_root, private_dir
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -45,12 +59,19 @@ profiles = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(profiles)
 
 env = os.environ.get
-state_dir = Path(env("RAYSPAWNER_STATE_DIR", "/tmp/rayspawner-demo"))
-state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 # --- network: loopback only ---
 ip = env("RAYSPAWNER_HUB_IP", "127.0.0.1")
 port = int(env("RAYSPAWNER_HUB_PORT", "8000"))
+
+# --- this hub's own private state dir and Ray temp root (keyed by its port) ---
+state_dir = Path(env("RAYSPAWNER_STATE_DIR") or demo_state_dir(port))
+temp_root = env("RAYSPAWNER_TEMP_ROOT") or demo_temp_root(port)
+try:
+    private_dir(state_dir, "the hub's state directory (RAYSPAWNER_STATE_DIR)")
+    private_dir(temp_root, "the local Ray temp root (RAYSPAWNER_TEMP_ROOT)")
+except UnsafePathError as e:
+    sys.exit(f"jupyterhub_config/local.py: {e}")  # SystemExit: JupyterHub stops with this line
 c.JupyterHub.bind_url = f"http://{ip}:{port}"
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = int(env("RAYSPAWNER_HUB_API_PORT", "8081"))
@@ -68,8 +89,8 @@ password = env("RAYSPAWNER_DEMO_PASSWORD")
 if not password:
     pw_file = state_dir / "demo-password"
     if not pw_file.exists():
-        pw_file.write_text(secrets.token_urlsafe(12) + "\n")
-        pw_file.chmod(0o600)
+        with os.fdopen(os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_urlsafe(12) + "\n")
     password = pw_file.read_text().strip()
     logging.getLogger("rayspawner.demo").warning(
         "Demo login: any user name, password %s (from %s; set RAYSPAWNER_DEMO_PASSWORD to choose one)",
@@ -103,7 +124,7 @@ c.JupyterHub.spawner_class = "rayspawner.LocalRaySpawner"
 # the home page lists each server's Ray cluster (size, dashboard link) and Stop asks first
 c.JupyterHub.template_paths = [rayspawner.templates_path()]
 c.LocalRaySpawner.home_dir_template = str(state_dir / "home" / "{username}")
-c.LocalRaySpawner.local_temp_root = env("RAYSPAWNER_TEMP_ROOT", "/tmp/rsp")
+c.LocalRaySpawner.local_temp_root = temp_root
 c.LocalRaySpawner.start_timeout = 300  # a Ray head takes 3-30 s; heads boot one at a time; busy machines are slower
 c.LocalRaySpawner.http_timeout = 90
 c.LocalRaySpawner.ray_stop_timeout = 60

@@ -5,6 +5,11 @@ URL and how to log in, and on Ctrl-C (or SIGTERM) stops the hub — which stops
 every server and its Ray cluster — then kills anything of the demo's clusters
 still alive (found by the marker every Ray process of the demo inherits), so
 no Ray process is left behind.
+
+State and Ray temp root are this hub's own, keyed by its public port
+(:mod:`rayspawner.localpaths`): ``$XDG_STATE_HOME/rayspawner/hub-<port>``
+(``~/.local/state/...``) and ``/tmp/rsp-<uid>-<port>``. Both are created with mode
+0700, or refused before anything starts if another account could control them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 from pathlib import Path
 
 from .backends.local import MARKER_ROOT, find_processes, sweep
+from .localpaths import UnsafePathError, demo_state_dir, demo_temp_root, private_dir
 
 log = logging.getLogger("rayspawner.demo")
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "jupyterhub_config" / "local.py"
@@ -34,7 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
     p.add_argument("--hub-api-port", type=int, default=8081, help="the hub's internal API port (default 8081)")
     p.add_argument("--proxy-api-port", type=int, default=8001, help="the proxy's API port (default 8001)")
-    p.add_argument("--state-dir", default="/tmp/rayspawner-demo", help="database, cookie secret, user homes")
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help="database, cookie secret, password, pid file, user homes "
+        "(default: $XDG_STATE_HOME/rayspawner/hub-<port>, else ~/.local/state/rayspawner/hub-<port>)",
+    )
     p.add_argument("--config", default=str(REPO_CONFIG), help="JupyterHub config (default: jupyterhub_config/local.py)")
     return p
 
@@ -61,8 +72,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    state_dir = args.state_dir or str(demo_state_dir(args.port))
+    temp_root = demo_temp_root(args.port)  # short (Ray socket paths) and only this demo's clusters
+    try:
+        private_dir(state_dir, "the demo's state directory (--state-dir)")
+        private_dir(temp_root, "the demo's Ray temp root")
+    except UnsafePathError as e:
+        print(f"rayspawner demo: {e}", file=sys.stderr)
+        return 2
     password = os.environ.get("RAYSPAWNER_DEMO_PASSWORD") or secrets.token_urlsafe(9)
-    temp_root = f"/tmp/rspd{args.port}"  # short (Ray socket paths) and only this demo's clusters
     env = dict(os.environ)
     env.update(
         {
@@ -70,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             "RAYSPAWNER_HUB_PORT": str(args.port),
             "RAYSPAWNER_HUB_API_PORT": str(args.hub_api_port),
             "RAYSPAWNER_PROXY_API_PORT": str(args.proxy_api_port),
-            "RAYSPAWNER_STATE_DIR": args.state_dir,
+            "RAYSPAWNER_STATE_DIR": state_dir,
             "RAYSPAWNER_TEMP_ROOT": temp_root,
             "RAYSPAWNER_DEMO_PASSWORD": password,
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),

@@ -23,8 +23,25 @@ that need not exist) plus:
 - a periodic sweep (``ray_orphan_sweep_interval``) removes clusters under
   ``local_temp_root`` that no live server owns.
 
-Demo/development use only, like SimpleLocalProcessSpawner: no isolation
-between users beyond Ray's token.
+Files: the Ray temp root (``local_temp_root``, default ``/tmp/rsp-<uid>``) and the
+notebook homes (default ``<temp root>/.home/<user>``) live in a directory created with
+mode 0700, or checked before use (owner is the hub's user, no group/other bits, not a
+symlink): a spawn under a directory another account could control is refused with a
+message naming the path, before anything starts (:mod:`rayspawner.localpaths`).
+
+What local mode isolates, and what it does not:
+
+- each cluster has its own ports, temp dir and token, so a user cannot use another
+  user's cluster through its ports without that token;
+- but every notebook, kernel and Ray process runs as the hub's own system user. Any
+  user can therefore read any other user's files and process environments
+  (``/proc/<pid>/environ``, which holds their Ray token and JupyterHub API token),
+  signal their processes and so use or stop their clusters. CPU, memory and GPUs are
+  shared, not enforced.
+
+Local mode is for one person, or for users who trust each other (the hub logs this
+at WARNING when the spawner is first used). Running each user's processes as a system
+user of their own is not offered; use RaySpawner on Kubernetes to separate users.
 """
 
 from __future__ import annotations
@@ -48,12 +65,34 @@ from . import activity, metrics, quotas
 from .backends.local import LocalBackend, LocalCluster, find_processes, kill_processes
 from .config import RayConfig
 from .errors import ConfigError, InvalidOptions, RaySpawnerError
+from .localpaths import private_dir, user_temp_root
 from .options import resolve_spec
 from .profiles import ProfileListMixin
 from .spec import RayClusterSpec
 
 SERVER_MARKER = "RAYSPAWNER_SERVER_ID"
 _backends: dict[tuple, LocalBackend] = {}
+_isolation_warned = False
+
+ISOLATION_WARNING = (
+    "LocalRaySpawner runs every user's notebook, kernels and Ray cluster as this hub's own user (%s): "
+    "users can read each other's files and process environments (/proc/<pid>/environ, with their Ray "
+    "and JupyterHub tokens) and use or stop each other's clusters. Use local mode only for yourself or "
+    "users who trust each other."
+)
+
+
+def _warn_isolation(log: logging.Logger) -> None:
+    global _isolation_warned
+    if not _isolation_warned:
+        _isolation_warned = True
+        try:
+            import pwd
+
+            who = pwd.getpwuid(os.geteuid()).pw_name
+        except (ImportError, KeyError):
+            who = f"uid {os.geteuid()}"
+        log.warning(ISOLATION_WARNING, who)
 
 
 def _route_logs_to_hub(hub_log: logging.Logger) -> None:
@@ -83,11 +122,15 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     _ray_running: bool = False
 
     local_temp_root = Unicode(
-        "/tmp/rsp",
+        "",
         config=True,
-        help="""Directory holding one short temp dir per Ray cluster (``<root>/<8 hex>``) and
-        the port lock files. Keep it short: Ray's unix socket paths must stay under ~107
-        characters.""",
+        help="""Directory holding one short temp dir per Ray cluster (``<root>/<8 hex>``), the
+        port lock files and (by default) the notebook homes (``<root>/.home/<user>``). Empty:
+        ``/tmp/rsp-<uid>`` (per hub user). It is created with mode 0700, and an existing one is
+        used only if it is owned by the hub's user, has no group/other permission bits and is
+        not a symlink; otherwise spawns are refused with a message saying what is wrong.
+        Another account controlling it could plant code that Ray runs as the hub's user. Keep
+        it short: Ray's unix socket paths must stay under ~107 characters.""",
     )
     local_port_range = Unicode(
         "20000-32700",
@@ -136,6 +179,20 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     _notebook_phase: str = ""
     _progress_shown: asyncio.Event | None = None
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _warn_isolation(self.log)
+
+    @property
+    def temp_root(self) -> str:
+        return self.local_temp_root or user_temp_root()
+
+    @default("home_dir_template")
+    def _home_dir_template_default(self) -> str:
+        # under the private temp root (a dot dir, which the orphan sweep skips), not
+        # SimpleLocalProcessSpawner's /tmp/{username} that anyone could create first
+        return os.path.join(self.temp_root, ".home", "{username}")
+
     @default("cmd")
     def _cmd_default(self) -> list[str]:
         # the hub's own Python: jupyter_server, ipykernel and Ray match the hub's exactly
@@ -159,7 +216,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     def backend(self) -> LocalBackend:
         lo, hi = (int(x) for x in self.local_port_range.split("-"))
         key = (
-            self.local_temp_root,
+            self.temp_root,
             lo,
             hi,
             self.local_client_warmup_attempts,
@@ -169,7 +226,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         if key not in _backends:
             _route_logs_to_hub(self.log)
             _backends[key] = LocalBackend(
-                temp_root=self.local_temp_root,
+                temp_root=self.temp_root,
                 port_range=(lo, hi),
                 warmup_attempts=self.local_client_warmup_attempts,
                 max_parallel_starts=self.local_max_parallel_starts,
@@ -230,9 +287,16 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             args.append("--allow-root")  # jupyter_server refuses root without it
         return args + (activity.server_args() if self._ray_spec else [])  # Ray work counts as activity
 
+    def _check_paths(self) -> None:
+        """Refuse (UnsafePathError, nothing started) a temp root or a notebook home that
+        another account controls: code planted in either runs as the hub's user."""
+        self.backend.check_paths()
+        private_dir(self.home_dir, f"the notebook home of {self._log_name} (LocalRaySpawner.home_dir_template)")
+
     async def start(self):
         if not self._ray_options_loaded:
             await self.load_user_options()
+        self._check_paths()
         self._ray_options_loaded = False
         self._server_marker = secrets.token_hex(6)
         self._notebook_phase = ""

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from rayspawner.backends.local import MARKER_ROOT, find_processes
+from rayspawner.localpaths import demo_temp_root
 from tests.local_hub import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -47,7 +48,7 @@ def test_demo_prints_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             env=env,
             cwd=tmp_path,
         )
-    url, temp_root = f"http://127.0.0.1:{port}", f"/tmp/rspd{port}"
+    url, temp_root = f"http://127.0.0.1:{port}", demo_temp_root(port)
     api = lambda m, p, **kw: requests.request(
         m, f"{url}/hub/api{p}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
     )  # noqa: E731

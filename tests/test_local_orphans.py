@@ -31,8 +31,9 @@ def _dead_pid() -> int:
 
 
 def _cluster_dir(root: Path, cid: str, **info) -> Path:
+    root.mkdir(mode=0o700, exist_ok=True)  # the sweep works only under a private temp root
     d = root / cid
-    d.mkdir(parents=True)
+    d.mkdir()
     (d / "cluster.json").write_text(json.dumps({"cid": cid, **info}))
     return d
 

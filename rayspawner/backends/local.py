@@ -8,9 +8,13 @@ Each cluster gets:
 - a private block of :data:`NODE_PORTS` ports *per node* (GCS, client server,
   dashboard, dashboard agent, metrics, node/object manager, runtime-env agent,
   the Ray Client's per-connection servers and the worker ports), checked free
-  and locked with ``flock`` so two clusters (even of two hubs) never share one;
+  and locked with ``flock`` so two clusters (even of two hubs sharing a temp root)
+  never share one;
 - its own short ``--temp-dir`` (``<temp_root>/<id>``: Ray's unix socket paths
-  are limited to ~107 characters);
+  are limited to ~107 characters), mode 0700 under a temp root that is created
+  privately or checked (:mod:`rayspawner.localpaths`: owned by the hub's user, no
+  group/other bits, not a symlink) before anything starts: its ``site/`` dir is on
+  every Ray process's ``PYTHONPATH``;
 - a random token (``RAY_AUTH_MODE=token``) that only ever travels in the
   children's environment: never on a command line, in a log, or in the state.
 
@@ -55,6 +59,7 @@ from typing import Any
 
 from ..env import local_notebook_env
 from ..errors import ClusterStartError
+from ..localpaths import UnsafePathError, check_private_dir, private_dir, user_temp_root
 from ..spec import ClusterRef, RayClusterSpec
 from ..spec import MIN_OBJECT_STORE_BYTES
 from .base import ClusterBackend, ClusterStatus
@@ -223,7 +228,7 @@ class LocalBackend(ClusterBackend):
     def __init__(
         self,
         *,
-        temp_root: str = "/tmp/rsp",
+        temp_root: str = "",
         port_range: tuple[int, int] = (20000, 32700),
         ray_command: list[str] | None = None,
         python: str = sys.executable,
@@ -233,7 +238,7 @@ class LocalBackend(ClusterBackend):
         max_parallel_starts: int = 1,
         worker_restart_limit: int = 3,
     ):
-        self.temp_root = temp_root
+        self.temp_root = temp_root or user_temp_root()
         self.port_range = port_range
         self.python = python
         self.ray_command = list(ray_command or [])
@@ -258,11 +263,18 @@ class LocalBackend(ClusterBackend):
     def starts_busy(self) -> bool:
         return self._starts.locked()
 
+    def check_paths(self) -> None:
+        """Create the temp root privately, or refuse it (:class:`UnsafePathError`) if another
+        account could control it: its clusters' ``site/`` dirs are on every Ray process's
+        ``PYTHONPATH``. Cheap (a few ``lstat``): run before anything is started."""
+        private_dir(self.temp_root, "the local Ray temp root (LocalRaySpawner.local_temp_root)")
+
     # ------------------------------------------------------------- prepare
     async def prepare(self, spec: RayClusterSpec) -> LocalCluster:
         """Choose ports, temp dirs and token (nothing runs yet). Idempotent."""
         if spec.name in self.clusters and not self.clusters[spec.name].failed:
             return self.clusters[spec.name]
+        self.check_paths()
         roles = [("head", spec.head)]
         for g in spec.worker_groups:
             roles += [(f"{g.name}-{i}", g.resources) for i in range(g.replicas)]
@@ -293,8 +305,9 @@ class LocalBackend(ClusterBackend):
             driver=spec.driver_mode,
             extra_env=dict(spec.extra_env),
         )
-        os.makedirs(cluster.temp_dir, mode=0o700)
-        Path(cluster.temp_dir, "site").mkdir()
+        os.mkdir(cluster.temp_dir, 0o700)  # never an existing one: the id is fresh
+        Path(cluster.temp_dir, "site").mkdir(0o700)
+        check_private_dir(cluster.temp_dir, "a Ray cluster's temp dir")
         Path(cluster.temp_dir, "site", "sitecustomize.py").write_text(_SITECUSTOMIZE)
         cluster.write_info(hub_pid=os.getpid(), created=time.time())
         self.clusters[spec.name] = cluster
@@ -608,7 +621,15 @@ class LocalBackend(ClusterBackend):
 
     # ------------------------------------------------------------ orphans
     async def sweep_orphans(self, grace: float) -> list[str]:
-        """Remove every cluster under the temp root that no live server owns."""
+        """Remove every cluster under the temp root that no live server owns (never under a
+        temp root another account could control: it might plant look-alike clusters)."""
+        if not os.path.lexists(self.temp_root):
+            return []
+        try:
+            check_private_dir(self.temp_root, "the local Ray temp root (LocalRaySpawner.local_temp_root)")
+        except UnsafePathError as e:
+            log.error("Orphan sweep skipped: %s", e)
+            return []
         return await sweep_orphans(self.temp_root, {c.cid for c in self.clusters.values()}, grace)
 
     def start_sweeper(self, interval: float, grace: float) -> None:

@@ -1,7 +1,9 @@
 """Ports and processes of local Ray clusters (helpers of :mod:`rayspawner.backends.local`).
 
 - :class:`PortBlocks`: blocks of :data:`NODE_PORTS` ports per Ray node, checked free
-  and locked with ``flock`` so two clusters (even of two hubs) never share one;
+  and locked with ``flock`` in a private lock dir, so two clusters (even of two hubs of
+  one user sharing a temp root) never share one; other hubs' ports are skipped because
+  they listen or cannot be bound;
 - :func:`find_processes` / :func:`kill_processes`: every process of a cluster, found by
   an environment marker all Ray children inherit, by temp dir or by process group —
   never by name, and never ``ray stop`` (which stops every Ray on the machine);
@@ -27,6 +29,7 @@ from typing import Iterable
 import psutil
 
 from ..errors import ClusterStartError
+from ..localpaths import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ class PortBlocks:
         return bases[start:] + bases[:start]
 
     def acquire(self, count: int) -> list[int]:
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.lock_dir, "the local Ray port lock dir")
         taken: list[int] = []
         listening = listening_ports()
         for base in self._candidates():
@@ -145,7 +148,7 @@ class PortBlocks:
 
     def adopt(self, bases: Iterable[int]) -> None:
         """Re-lock the blocks of a cluster that survived a hub restart (best effort)."""
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.lock_dir, "the local Ray port lock dir")
         for base in bases:
             if base not in self._held:
                 self._lock(base)
