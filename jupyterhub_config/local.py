@@ -132,7 +132,7 @@ c.JupyterHub.allow_named_servers = True  # each named server gets its own Ray cl
 if env("RAYSPAWNER_CONNECT_MODE"):
     c.LocalRaySpawner.ray_connect_mode = env("RAYSPAWNER_CONNECT_MODE")
 show_gpu = env("RAYSPAWNER_SHOW_GPU_PROFILE", "1") != "0"
-c.LocalRaySpawner.profile_list = profiles.visible_profiles(gpus=None if show_gpu else 0)
+c.LocalRaySpawner.profile_list = profiles.visible_profiles(gpus=None if show_gpu else 0, local=True)
 for name, value in profiles.LIMITS.items():
     setattr(c.LocalRaySpawner, name, value)
 if importlib.util.find_spec("jupyterlab"):

@@ -120,9 +120,20 @@ LIMITS: dict[str, object] = {
 }
 
 
-def visible_profiles(gpus: int | None = None) -> list[dict]:
-    """A copy of :data:`PROFILE_LIST`; with ``gpus=0`` the GPU profile is left out."""
+#: what local mode cannot promise (said on every Ray profile of the local demo)
+LOCAL_MODE_NOTE = (
+    " Local mode: Ray is told these sizes, but CPU and memory are not isolated; every cluster shares the hub's machine."
+)
+
+
+def visible_profiles(gpus: int | None = None, local: bool = False) -> list[dict]:
+    """A copy of :data:`PROFILE_LIST`; with ``gpus=0`` the GPU profile is left out; ``local``
+    adds :data:`LOCAL_MODE_NOTE` to the Ray profiles' descriptions."""
     profiles = copy.deepcopy(PROFILE_LIST)
     if gpus == 0:
         profiles = [p for p in profiles if p["slug"] != "ray-gpu"]
+    if local:
+        for p in profiles:
+            if (p.get("kubespawner_override") or {}).get("ray_enabled"):
+                p["description"] = p.get("description", "") + LOCAL_MODE_NOTE
     return profiles

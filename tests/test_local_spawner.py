@@ -157,3 +157,17 @@ async def test_progress_rises_in_plain_words(monkeypatch) -> None:
 
 async def _no_sleep(_seconds: float) -> None:
     return None
+
+
+def test_local_profiles_say_that_sizes_are_not_isolated() -> None:
+    """The demo's Ray profiles say that local mode does not isolate CPU or memory."""
+    local = {p["slug"]: p for p in profiles.visible_profiles(local=True)}
+    plain = {p["slug"]: p for p in profiles.visible_profiles()}
+    for slug, p in local.items():
+        is_ray = (p.get("kubespawner_override") or {}).get("ray_enabled")
+        assert (profiles.LOCAL_MODE_NOTE in p["description"]) == bool(is_ray), slug
+        assert profiles.LOCAL_MODE_NOTE not in plain[slug]["description"]
+    assert (
+        "visible_profiles(gpus=None if show_gpu else 0, local=True)"
+        in (ROOT / "jupyterhub_config" / "local.py").read_text()
+    )
