@@ -56,13 +56,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
 import psutil
+
+from tests.kernel_ws import KernelError, execute
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "jhub"
@@ -563,50 +564,14 @@ def run_in_kernel(
     )
     kernel_s = time.monotonic() - t0
     try:
-        msg_id = uuid.uuid4().hex
-        ws.send(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "msg_type": "execute_request",
-                        "username": user,
-                        "session": uuid.uuid4().hex,
-                        "version": "5.3",
-                        "date": "",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "channel": "shell",
-                    "buffers": [],
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": False,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                        "stop_on_error": True,
-                    },
-                }
-            )
-        )
-        stdout: list[str] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream":
-                stdout.append(content["text"])
-            elif kind == "error":
-                raise RuntimeError(f"kernel error: {content['ename']}: {content['evalue']}")
-            elif kind == "status" and content.get("execution_state") == "idle":
-                first = parse_result("".join(stdout), "FIRST")
-                if first is None:
-                    raise RuntimeError(f"no FIRST line: {''.join(stdout)[-500:]}")
-                return first, kernel_s
-        raise RuntimeError(f"kernel did not finish in {timeout}s")
+        try:
+            out = execute(ws, user, code, timeout)
+        except KernelError as e:
+            raise RuntimeError(str(e)) from None
+        first = parse_result(out["stdout"], "FIRST")
+        if first is None:
+            raise RuntimeError(f"no FIRST line: {out['stdout'][-500:]}")
+        return first, kernel_s
     finally:
         ws.close()
 

@@ -20,7 +20,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
@@ -33,6 +32,7 @@ import websocket
 from rayspawner.backends.local import MARKER, NODE_PORTS, find_processes, listening_ports
 from rayspawner.local_spawner import SERVER_MARKER
 
+from .kernel_ws import execute
 from .local_hub import Hub, create_user, start_hub, start_server, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -116,51 +116,7 @@ class Kernel:
 
     def run(self, code: str, timeout: float = 300) -> dict[str, str]:
         """Execute ``code``; returns its ``stdout``, ``stderr`` and displayed ``result`` text."""
-        msg_id = uuid.uuid4().hex
-        self.ws.send(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "msg_type": "execute_request",
-                        "username": self.user,
-                        "session": uuid.uuid4().hex,
-                        "version": "5.3",
-                        "date": "",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "channel": "shell",
-                    "buffers": [],
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": False,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                        "stop_on_error": True,
-                    },
-                }
-            )
-        )
-        out = {"stdout": [], "stderr": [], "result": []}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = json.loads(self.ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream":
-                out[content["name"]].append(content["text"])
-            elif kind in ("execute_result", "display_data"):
-                out["result"].append("\n".join(str(v) for v in content.get("data", {}).values()))
-            elif kind == "error":
-                raise AssertionError(
-                    f"kernel error: {content['ename']}: {content['evalue']}\n" + "\n".join(content["traceback"])[-3000:]
-                )
-            elif kind == "status" and content.get("execution_state") == "idle":
-                return {k: "".join(v) for k, v in out.items()}
-        raise AssertionError(f"kernel execution did not finish in {timeout} s; output so far: {out}")
+        return execute(self.ws, self.user, code, timeout)
 
     def close(self) -> None:
         self.ws.close()
