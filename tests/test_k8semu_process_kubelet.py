@@ -22,9 +22,11 @@ import psutil
 import pytest
 
 from tests.k8semu.kubelet_process import ProcessKubelet
-from tests.k8semu.netns import NETNS_DIR, netns_available, netns_pids
+from tests.k8semu.netns import NETNS_DIR, host_paths_under_tmp, netns_available, netns_pids
 
 log = logging.getLogger(__name__)
+#: what a pod's private /tmp shows: only the way to this checkout and venv, where they live under /tmp
+KEPT_UNDER_TMP = sorted({p.relative_to("/tmp").parts[0] for p in host_paths_under_tmp()})
 
 pytestmark = [
     pytest.mark.netns,
@@ -243,7 +245,7 @@ async def test_env_secret_fieldref_hosts_and_sandbox(kubelet: ProcessKubelet) ->
     assert env["PATH"].split(":")[0] == os.path.dirname(os.sys.executable)
     assert out["host"] == "k8semu-env"  # own UTS namespace
     assert out["svc"] == st["podIP"]  # service name through the pod's hosts file
-    assert out["tmp"] == []  # private, empty /tmp
+    assert out["tmp"] == KEPT_UNDER_TMP  # private /tmp: empty but for the checkout/venv when they live there
     cs = status_of(c, "k8semu-env", "main")
     assert cs["state"]["terminated"]["exitCode"] == 0 and cs["state"]["terminated"]["reason"] == "Completed"
     assert {"Scheduled", "Pulled", "Created", "Started", "Failed"} <= set(c.reasons("k8semu-env"))
@@ -405,7 +407,7 @@ async def test_loopback_fallback_mode() -> None:
         assert status_of(c, "k8semu-lo")["phase"] == "Succeeded", logs
         out = json.loads(logs.strip().splitlines()[-1])
         assert status_of(c, "k8semu-lo")["podIP"] == "127.0.0.1" and out["svc"] == "127.0.0.1"
-        assert out["host"] == "k8semu-lo" and out["tmp"] == []
+        assert out["host"] == "k8semu-lo" and out["tmp"] == KEPT_UNDER_TMP
     finally:
         await k.shutdown()
     assert leftovers(k, None) == []

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8semu.netns import NETNS_DIR, netns_available
+from tests.k8semu.netns import NETNS_DIR, host_paths_under_tmp, netns_available
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.netns,
@@ -99,9 +101,12 @@ def test_pod_runs_the_kubelets_venv_under_tmp() -> None:
         # The pod ran the venv's interpreter (its prefix, not the pyenv/system one) and Ray imported.
         assert pod["prefix"] == str(venv) and pod["exe"].startswith(str(venv)), pod
         assert pod["ray"]
-        assert net["keep"] == [str(venv)], net  # type: ignore[index]
-        # Its /tmp is still private: only the path to the venv, not the venv's neighbours.
-        assert pod["tmp"] == [top.name] and pod["top"] == ["venv"], pod
+        # the venv, and this checkout too when it lives under /tmp (a CI clone in /tmp/x)
+        checkout = [p for p in host_paths_under_tmp() if p == ROOT]
+        assert sorted(net["keep"]) == sorted([str(venv), *map(str, checkout)]), net  # type: ignore[index]
+        # Its /tmp is still private: only the path to the venv (and checkout), not their neighbours.
+        expected_tmp = sorted({top.name, *(p.relative_to("/tmp").parts[0] for p in checkout)})
+        assert pod["tmp"] == expected_tmp and pod["top"] == ["venv"], pod
         n = net["n"]  # type: ignore[index]
         assert not [x for x in os.listdir(NETNS_DIR) if x.startswith(f"k8semu-{n}-")]
         assert not [x for x in os.listdir("/sys/class/net") if x == f"k8semu{n}" or x.startswith(f"k8v{n}p")]
