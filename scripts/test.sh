@@ -2,12 +2,13 @@
 # The README's test command: install everything, lint, then run the whole suite
 # (slow end-to-end tests included).
 #
-#   bash scripts/test.sh                   lint, the quick tests (in parallel), then the slow ones (one at a time)
+#   bash scripts/test.sh                   lint, the quick tests (in parallel), then the slow ones
 #   bash scripts/test.sh -m "not slow" ... lint and the quick tests only (in parallel)
 #   bash scripts/test.sh ARGS...           lint, then pytest ARGS (one process)
 #
-# The slow tests boot real Ray clusters; on a 2-core machine they run one at a time, since
-# Ray's fixed start-up windows (raylet registration, 30 s) are missed under contention.
+# Slow tests that boot real Ray clusters run one at a time (tests/conftest.py puts them in one
+# xdist group): on a 2-core machine Ray's fixed start-up windows (raylet registration, 30 s) are
+# missed under contention. The other slow tests (hubs, API faults) run beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
@@ -34,11 +35,12 @@ run_pytest() {
 }
 
 quick_workers=${RAYSPAWNER_TEST_WORKERS:-4}
+slow_workers=${RAYSPAWNER_SLOW_TEST_WORKERS:-2}
 if [ $# -eq 0 ]; then
   echo "== quick tests ($quick_workers in parallel)"
   run_pytest quick -m "not slow" -n "$quick_workers"
-  echo "== slow tests (real JupyterHub, Ray, Chromium; one at a time)"
-  run_pytest slow -m slow
+  echo "== slow tests (real JupyterHub, Ray, Chromium; real Ray clusters one at a time)"
+  run_pytest slow -m slow -n "$slow_workers" --dist loadgroup
 elif [ $# -ge 2 ] && [ "$1" = "-m" ] && [ "$2" = "not slow" ]; then
   shift 2
   run_pytest quick -m "not slow" -n "$quick_workers" "$@"

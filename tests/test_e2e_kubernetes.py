@@ -3,7 +3,8 @@ loopback API server → its process kubelet runs the generated head, two worker 
 notebook pod (with its Ray node sidecar) as real processes, each pod in its own network and
 PID namespace → processes in the notebook container's sandbox, with only the env the spawner
 injected, run a bare ``ray.init()`` as a direct driver: the seed smoke test, Ray Data, Tune,
-a 50 MB put/get, ``ray job submit``, and Ray Client against the same head.
+a 50 MB put/get, ``ray job submit``, Ray Client against the same head, and every token-auth
+case of ``tests/ray_auth_checks.py`` (one real cluster serves both).
 
 Also exercised: the version check (a ``ray_image`` different from the notebook image makes
 both images report their Ray/Python versions through init containers), a "kernel restart"
@@ -26,6 +27,7 @@ from rayspawner.manifests.notebook import NOTEBOOK_NODE_CONTAINER
 from tests.k8semu.kubelet_process import ProcessKubelet
 from tests.k8semu.netns import netns_available
 
+from .ray_auth_checks import check_token_auth, in_pod
 from .spawner_fixtures import ray_objects
 
 pytestmark = [
@@ -130,7 +132,7 @@ import json, os, time, urllib.request as u
 from ray.job_submission import JobSubmissionClient
 client = JobSubmissionClient()  # RAY_API_SERVER_ADDRESS and the token from the env
 job = client.submit_job(entrypoint="python -c \"import ray, time; ray.init(); "
-                                   "[ray.get(ray.remote(lambda: time.sleep(1)).remote()) for _ in range(25)]; "
+                                   "[ray.get(ray.remote(lambda: time.sleep(1)).remote()) for _ in range(10)]; "
                                    "print('job done')\"")
 print("RESULT " + json.dumps({"job": job}), flush=True)
 """
@@ -167,13 +169,6 @@ print("killed", killed)
 """
 
 
-async def in_pod(emu: Any, pod: str, argv: list[str], timeout: float, container: str | None = None) -> tuple[int, str]:
-    fut = asyncio.run_coroutine_threadsafe(
-        emu.kubelet.exec_in_pod(NS, pod, argv, container=container, timeout=timeout), emu.loop
-    )
-    return await asyncio.wrap_future(fut)
-
-
 async def run_py(emu: Any, pod: str, script: str, *args: str, timeout: float = 300) -> dict[str, Any]:
     rc, out = await in_pod(emu, pod, ["python", "-c", script, *args], timeout)
     assert rc == 0 and "RESULT " in out, out[-4000:]
@@ -197,7 +192,8 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
         cmd=["/bin/sh", "-c", "exec sleep 3600", "notebook"],
         # a different image name: both sides must report their versions (same env here, so they match)
         ray_image="quay.io/rayspawner/ray:2.60.0",
-        ray_extra_env={"RAY_raylet_start_wait_time_s": "180"},
+        # a loaded 2-core machine misses Ray's own start-up windows (raylet 30 s, dashboard agent 15 s)
+        ray_extra_env={"RAY_raylet_start_wait_time_s": "180", "RAY_agent_register_timeout_ms": "60000"},
     )
     sp.user_options = {"profile": "ray"}
     try:
@@ -246,6 +242,8 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     assert again == {"driver_node": nb, "sum": 45}
     # Ray Client still reaches the same head (the fallback mode's path)
     assert (await run_py(emu, sp.pod_name, CLIENT))["sum"] == 45
+    # token auth: right, missing, wrong and no token, for drivers, the GCS, HTTP and raycheck
+    await check_token_auth(emu, sp)
 
     # another driver's job (ray job submit) survives the notebook's Ray node dying; the kubelet
     # restarts the sidecar, which rejoins, and a new kernel attaches to it

@@ -4,7 +4,7 @@ These drive :class:`tests.k8semu.kubelet_process.ProcessKubelet` directly throug
 dict-backed :class:`PodContext` (secrets, a status recorder, a service-name map): a unit
 test of the kubelet against its contract, with real processes and netns. Real Ray across pods
 (head, workers, the notebook's node, Ray Client, token auth) runs through rayspawner itself in
-``tests/test_e2e_kubernetes.py`` and ``tests/test_security_ray_auth.py``.
+``tests/test_e2e_kubernetes.py`` (with ``tests/ray_auth_checks.py``).
 """
 
 from __future__ import annotations

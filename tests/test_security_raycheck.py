@@ -1,4 +1,4 @@
-"""rayspawner.raycheck against a stand-in dashboard (real Ray: test_security_ray_auth.py)."""
+"""rayspawner.raycheck against a stand-in dashboard (real Ray: ray_auth_checks.py, run by test_e2e_kubernetes.py)."""
 
 from __future__ import annotations
 
