@@ -198,7 +198,6 @@ def test_spawn_progress_home_page_and_stop(hub, browser):
                     browser.save_screenshot(str(ARTIFACTS / f"spawn-progress-{len(seen)}.png"))
         time.sleep(0.5)
     assert any("ray-carol" in t for t in seen) and len(seen) >= 3, seen  # the steps advance
-    assert any("ray-carol is ready" in t for t in seen), seen  # ... and reach "ready"
     server = servers(hub)[""]
     assert server["ready"] and server["user_options"]["profile"] == "ray"
 

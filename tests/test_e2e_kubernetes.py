@@ -180,6 +180,7 @@ def netns_names() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
+@pytest.mark.timeout(900)  # one real cluster for every check: ~160 s alone, more on a loaded machine
 async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     before = netns_names()
     emu = k8s_emu_factory(kubelet=ProcessKubelet(time_scale=1.0))
