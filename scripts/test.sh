@@ -39,7 +39,7 @@ quick_workers=${RAYSPAWNER_TEST_WORKERS:-4}
 slow_workers=${RAYSPAWNER_SLOW_TEST_WORKERS:-1}
 if [ $# -eq 0 ]; then
   echo "== quick tests ($quick_workers in parallel)"
-  run_pytest quick -m "not slow" -n "$quick_workers"
+  run_pytest quick -m "not slow" -n "$quick_workers" --dist loadgroup
   echo "== slow tests (real JupyterHub, Ray, Chromium)"
   if [ "$slow_workers" -gt 1 ]; then
     run_pytest slow -m slow -n "$slow_workers" --dist loadgroup
@@ -48,7 +48,7 @@ if [ $# -eq 0 ]; then
   fi
 elif [ $# -ge 2 ] && [ "$1" = "-m" ] && [ "$2" = "not slow" ]; then
   shift 2
-  run_pytest quick -m "not slow" -n "$quick_workers" "$@"
+  run_pytest quick -m "not slow" -n "$quick_workers" --dist loadgroup "$@"
 else
   run_pytest custom "$@"
 fi

@@ -22,8 +22,16 @@ REAL_RAY_MODULES = {
 }
 
 
+#: quick modules whose cases each run a whole spawn+stop under injected API faults with tight
+#: retry bounds: one worker runs them one after another, so they never load the machine together
+#: (four at once once pushed a stop past its bound)
+SERIAL_QUICK_MODULES = {"test_reliability_faults"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         if module in REAL_RAY_MODULES and item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.xdist_group("real-ray"))
+        elif module in SERIAL_QUICK_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
