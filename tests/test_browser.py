@@ -71,7 +71,7 @@ def browser(hub):
         "--disable-sync",
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
-        "--window-size=1200,1000",
+        "--window-size=1200,1400",
     ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -104,8 +104,15 @@ def other_workers(driver):
     return driver.find_element(By.ID, "profile-option-ray--workers--unlisted-choice")
 
 
+def click(driver, element) -> None:
+    """Click as a user would: scrolled into view first (long profile descriptions push the
+    form's lower elements below the fold, where Chromium refuses the click)."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    element.click()
+
+
 def fill_ray_form(driver, workers: str = "", unlisted: str | None = None, size: str | None = None) -> None:
-    driver.find_element(By.ID, "profile-item-ray").click()
+    click(driver, driver.find_element(By.ID, "profile-item-ray"))
     if unlisted is None:
         workers_select(driver).select_by_value(workers)
     else:
@@ -118,7 +125,7 @@ def fill_ray_form(driver, workers: str = "", unlisted: str | None = None, size: 
 
 
 def submit(driver) -> None:
-    driver.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
+    click(driver, driver.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]"))
 
 
 def servers(hub) -> dict:
