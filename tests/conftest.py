@@ -13,6 +13,7 @@ pytest_plugins = ["tests.k8semu.fixtures", "tests.spawner_fixtures", "tests.loca
 REAL_RAY_MODULES = {
     "test_browser",
     "test_cost_activity",
+    "test_cost_culler",
     "test_cost_quotas_hub",
     "test_dashboard_proxy",
     "test_e2e_kubernetes",

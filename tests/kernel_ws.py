@@ -1,4 +1,8 @@
-"""Run code in a Jupyter kernel over the server's websocket API (what a browser does)."""
+"""Run code in a Jupyter kernel over the server's websocket API (what a browser does).
+
+``execute`` runs code on an open websocket; ``Kernel`` starts a kernel of a user's server
+through a hub's proxy (``tests.local_hub.Hub``) and holds its websocket.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import json
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
+
+import websocket
 
 
 class KernelError(AssertionError):
@@ -62,3 +69,27 @@ def execute(ws: Any, user: str, code: str, timeout: float = 300) -> dict[str, st
         elif kind == "status" and body.get("execution_state") == "idle":
             return {k: "".join(v) for k, v in out.items()}
     raise KernelError(f"kernel execution did not finish in {timeout} s; output so far: {out}")
+
+
+class Kernel:
+    """One kernel of a user's server, driven over the websocket API."""
+
+    def __init__(self, hub: Any, user: str, token: str, server: str = ""):
+        self.hub, self.user, self.token, self.server = hub, user, token, server
+        r = hub.user_api(user, token, "POST", "/kernels", server=server, json={"name": "python3"})
+        assert r.status_code == 201, f"{r.status_code} {r.text}"
+        self.id = r.json()["id"]
+        prefix = f"/user/{quote(user)}/{quote(server) + '/' if server else ''}"
+        self.ws = websocket.create_connection(
+            hub.url.replace("http://", "ws://") + f"{prefix}api/kernels/{self.id}/channels",
+            header=[f"Authorization: token {token}"],
+            timeout=300,
+        )
+
+    def run(self, code: str, timeout: float = 300) -> dict[str, str]:
+        """Execute ``code``; returns its ``stdout``, ``stderr`` and displayed ``result`` text."""
+        return execute(self.ws, self.user, code, timeout)
+
+    def close(self) -> None:
+        self.ws.close()
+        self.hub.user_api(self.user, self.token, "DELETE", f"/kernels/{self.id}", server=self.server)

@@ -3,9 +3,11 @@
 ``hub``: a real JupyterHub process with jupyterhub_config/local.py (LocalRaySpawner) on
 free ports, an admin API token, a short Ray temp root; on teardown the hub is stopped
 (cleanup_servers stops every server) and no Ray process of it may be left.
-``start_hub`` makes one for a module-scoped fixture; ``Hub.kill`` (SIGKILL, a crash) and
-``Hub.restart`` (same ports, database and temp root) test recovery.
-``create_user``, ``start_server``, ``stop_server``: REST API helpers (named servers too).
+``start_hub`` makes one for a module-scoped fixture (``extra_config``: lines run after
+local.py, e.g. a hub service); ``Hub.kill`` (SIGKILL, a crash) and ``Hub.restart`` (same
+ports, database and temp root) test recovery.
+``create_user``, ``start_server``, ``stop_server``: REST API helpers (named servers too);
+``cluster_processes``, ``server_processes``: what of a server still runs (by its state).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import pytest
 import requests
 
-from rayspawner.backends.local import MARKER_ROOT, find_processes
+from rayspawner.backends.local import MARKER, MARKER_ROOT, find_processes
+from rayspawner.local_spawner import SERVER_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "jupyterhub_config" / "local.py"
@@ -46,9 +50,10 @@ class Hub:
         temp_root: str,
         env: dict[str, str] | None = None,
         workdir: Path | None = None,
+        config: Path = CONFIG,
     ):
         self.url, self.token, self.proc, self.log, self.temp_root = url, token, proc, log, temp_root
-        self.env, self.workdir = env or {}, workdir
+        self.env, self.workdir, self.config = env or {}, workdir, config
 
     def api(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
         headers = {"Authorization": f"token {token or self.token}"}
@@ -71,7 +76,7 @@ class Hub:
     def restart(self) -> None:
         """Start the hub again with the same ports, database and temp root."""
         assert self.proc.poll() is not None, "the hub is still running"
-        self.proc = _launch(self.env, self.workdir, self.log)
+        self.proc = _launch(self.env, self.workdir, self.log, self.config)
         _wait_up(self)
 
     def stop(self) -> list[int]:
@@ -90,10 +95,10 @@ class Hub:
         return [p.pid for p in left]
 
 
-def _launch(env: dict[str, str], workdir: Path, log: Path) -> subprocess.Popen:
+def _launch(env: dict[str, str], workdir: Path, log: Path, config: Path = CONFIG) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(CONFIG)],
+            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
             cwd=workdir,
             env=env,
             stdout=out,
@@ -115,8 +120,15 @@ def _wait_up(h: Hub, timeout: float = 90) -> None:
         time.sleep(0.5)
 
 
-def start_hub(workdir: Path, **extra_env: str) -> Hub:
-    """A local-mode hub on free ports with a short Ray temp root; ``extra_env`` overrides."""
+def start_hub(workdir: Path, extra_config: str = "", **extra_env: str) -> Hub:
+    """A local-mode hub on free ports with a short Ray temp root; ``extra_env`` overrides;
+    ``extra_config`` is config-file text run after local.py (its ``c`` already holds local.py's
+    settings, so ``c.JupyterHub.services.append(...)`` adds to them)."""
+    config = CONFIG
+    if extra_config:
+        # load_subconfig runs local.py as its own file (its __file__ finds profiles.py)
+        config = workdir / "jupyterhub_config.py"
+        config.write_text(f"load_subconfig({str(CONFIG)!r})\n{extra_config}\n")
     port, api_port, proxy_port = free_port(), free_port(), free_port()
     token = secrets.token_hex(16)
     temp_root = f"/tmp/rspe{secrets.token_hex(3)}"  # short: Ray's socket paths
@@ -135,7 +147,7 @@ def start_hub(workdir: Path, **extra_env: str) -> Hub:
     )
     env.update(extra_env)
     log = workdir / "hub.log"
-    h = Hub(f"http://127.0.0.1:{port}", token, _launch(env, workdir, log), log, temp_root, env, workdir)
+    h = Hub(f"http://127.0.0.1:{port}", token, _launch(env, workdir, log, config), log, temp_root, env, workdir, config)
     try:
         _wait_up(h)
     except BaseException:
@@ -191,3 +203,17 @@ def stop_server(hub: Hub, name: str, timeout: float = 120, server: str = "") -> 
         assert time.monotonic() - started < timeout, f"server of {name} did not stop\n{hub.log_tail()}"
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def cluster_processes(state: dict) -> list[psutil.Process]:
+    """The live Ray processes of a server's cluster, from its stored state (admin view)."""
+    cluster = state["ray_local"]
+    return find_processes(MARKER, cluster["cid"], cmdline_part=cluster["temp_dir"])
+
+
+def server_processes(state: dict) -> list[psutil.Process]:
+    """Its Ray processes, plus the notebook server and its kernels."""
+    procs = cluster_processes(state) + find_processes(SERVER_MARKER, state["server_marker"])
+    if state.get("pid") and psutil.pid_exists(state["pid"]):
+        procs.append(psutil.Process(state["pid"]))
+    return procs

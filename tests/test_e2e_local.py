@@ -27,13 +27,20 @@ from urllib.parse import quote
 import psutil
 import pytest
 import requests
-import websocket
 
 from rayspawner.backends.local import MARKER, NODE_PORTS, find_processes, listening_ports
 from rayspawner.local_spawner import SERVER_MARKER
 
-from .kernel_ws import execute
-from .local_hub import Hub, create_user, start_hub, start_server, stop_server
+from .kernel_ws import Kernel
+from .local_hub import (
+    Hub,
+    cluster_processes,
+    create_user,
+    server_processes,
+    start_hub,
+    start_server,
+    stop_server,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -99,46 +106,10 @@ print("WORK " + json.dumps({
 """
 
 
-class Kernel:
-    """One kernel of a user's server, driven over the websocket API."""
-
-    def __init__(self, hub: Hub, user: str, token: str, server: str = ""):
-        self.hub, self.user, self.token, self.server = hub, user, token, server
-        r = hub.user_api(user, token, "POST", "/kernels", server=server, json={"name": "python3"})
-        assert r.status_code == 201, f"{r.status_code} {r.text}"
-        self.id = r.json()["id"]
-        prefix = f"/user/{quote(user)}/{quote(server) + '/' if server else ''}"
-        self.ws = websocket.create_connection(
-            hub.url.replace("http://", "ws://") + f"{prefix}api/kernels/{self.id}/channels",
-            header=[f"Authorization: token {token}"],
-            timeout=300,
-        )
-
-    def run(self, code: str, timeout: float = 300) -> dict[str, str]:
-        """Execute ``code``; returns its ``stdout``, ``stderr`` and displayed ``result`` text."""
-        return execute(self.ws, self.user, code, timeout)
-
-    def close(self) -> None:
-        self.ws.close()
-        self.hub.user_api(self.user, self.token, "DELETE", f"/kernels/{self.id}", server=self.server)
-
-
 def tagged(output: str, tag: str) -> dict:
     line = next((ln for ln in output.splitlines() if ln.startswith(tag + " ")), None)
     assert line, f"no {tag} line in kernel output:\n{output[-2000:]}"
     return json.loads(line[len(tag) + 1 :])
-
-
-def cluster_processes(state: dict) -> list[psutil.Process]:
-    cluster = state["ray_local"]
-    return find_processes(MARKER, cluster["cid"], cmdline_part=cluster["temp_dir"])
-
-
-def server_processes(state: dict) -> list[psutil.Process]:
-    procs = cluster_processes(state) + find_processes(SERVER_MARKER, state["server_marker"])
-    if state.get("pid") and psutil.pid_exists(state["pid"]):
-        procs.append(psutil.Process(state["pid"]))
-    return procs
 
 
 def cluster_ports(state: dict) -> set[int]:
