@@ -9,6 +9,14 @@ user's last choices kept.
   ``validation_regex`` so the browser refuses 12 when the limit is 4. Only the rendered
   copy changes: the server still checks the admin's own regex and then every limit on
   the final values (:func:`rayspawner.options.resolve_spec`), with its own message.
+- **What the cluster holds while idle.** Each Ray profile's description gets a sentence
+  (:func:`rayspawner.summary.idle_sentence`) computed with :func:`rayspawner.options.resolve_spec`
+  from the same settings a spawn of that profile would use (the admin's ``ray_*`` values,
+  the profile's and the chosen options' ``kubespawner_override``): a fixed cluster keeps
+  its head and all workers until the server stops or is culled; with KubeRay autoscaling
+  it shrinks to the minimum after ``ray_autoscaler_idle_timeout_seconds``. The sentence is
+  computed for every combination of listed choices (up to 64) and follows the user's
+  selection in the browser; a free-entry value gets the same words without numbers.
 - **Choices kept.** The form is rendered again whenever the spawner's ``user_options``
   change, and preselects them. After a refused spawn JupyterHub shows the form again with
   the error at the top; KubeSpawner's template then preselects the refused profile and
@@ -17,13 +25,25 @@ user's last choices kept.
 
 from __future__ import annotations
 
+import html
+import itertools
+import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
+from kubespawner import KubeSpawner
+from traitlets import TraitError
 
-from .errors import InvalidOptions
+from .config import RayConfig
+from .errors import ConfigError, InvalidOptions
+from .options import resolve_spec
 from .quantities import format_cpu, format_memory, parse_cpu, parse_memory
+from .spec import RayClusterSpec
+from .summary import idle_hint, idle_sentence, shrinks_when_idle
+
+log = logging.getLogger(__name__)
 
 #: trait a free-entry field may set → (lowest allowed value, the limit trait); whole numbers
 COUNT_LIMITS: dict[str, tuple[int, str]] = {
@@ -40,6 +60,10 @@ MEMORY_LIMITS = {"ray_head_memory": "ray_max_worker_memory", "ray_worker_memory"
 MIN_NODE_MEMORY = 512 * 2**20
 #: above this many values a whole-number range is left to the server (the regex would be long)
 _MAX_ENUMERATED = 1000
+#: the settings a profile override can change that decide a cluster's size and backend
+RAY_TRAITS = frozenset(RayConfig.class_trait_names(config=True))
+#: above this many combinations of listed choices, the idle sentence has no numbers
+_MAX_COMBINATIONS = 64
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,96 @@ def _annotate(unlisted: dict, limit: FieldLimit) -> None:
         unlisted["validation_regex"] = f"(?=(?:{admin}))(?:{limit.regex})" if admin else limit.regex
 
 
+# ------------------------------------------------------------------ what a cluster holds while idle
+def _profile_spec(spawner: Any, overrides: list[dict | None]) -> tuple[RayClusterSpec, str] | None:
+    """The spec a spawn with these overrides (profile, then chosen options) would get, and its
+    backend; None for no Ray cluster, or settings the spawn itself would refuse (it says why)."""
+    values = {name: _configured(spawner, name) for name in RAY_TRAITS}
+    image = _configured(spawner, "image") if isinstance(spawner, KubeSpawner) else "local"
+    for override in overrides:
+        for key, value in (override or {}).items():
+            if key not in RAY_TRAITS and key != "image":
+                continue
+            if callable(value):
+                return None  # decided at spawn time (KubeSpawner calls it with the spawner)
+            if key == "image":
+                image = value
+            else:
+                values[key] = value
+    user = getattr(spawner, "user", None)
+    try:
+        cfg = RayConfig(**values)
+        if not cfg.ray_enabled:
+            return None
+        spec = resolve_spec(
+            cfg,
+            username=getattr(user, "name", "") or "user",
+            servername=getattr(spawner, "name", "") or "",
+            namespace=getattr(spawner, "namespace", "") or "local",
+            notebook_image=image,
+        )
+    except (InvalidOptions, ConfigError, TraitError, ValueError, TypeError) as e:
+        log.debug("Spawn form: no idle sentence for overrides %s: %s", overrides, e)
+        return None
+    # LocalRaySpawner ignores ray_backend: its clusters are local processes of a fixed size
+    return spec, (cfg.ray_backend if isinstance(spawner, KubeSpawner) else "local")
+
+
+def _choice_key(values: tuple[str, ...]) -> str:
+    # what the browser's JSON.stringify makes of the selects' values (the script below)
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+
+def with_idle_text(profile_list: list[dict], spawner: Any) -> list[dict]:
+    """Add to each Ray profile's description what its cluster holds while idle (in place;
+    ``profile_list`` initialized: every option with choices has a default one)."""
+    for profile in profile_list:
+        options = profile.get("profile_options") or {}
+        listed = {k: o for k, o in options.items() if o.get("choices")}
+        keys = list(listed)
+        default = tuple(
+            next((c for c, v in o["choices"].items() if v.get("default")), next(iter(o["choices"])))
+            for o in listed.values()
+        )
+        combos = list(
+            itertools.islice(itertools.product(*(list(o["choices"]) for o in listed.values())), _MAX_COMBINATIONS + 1)
+        )
+        too_many = len(combos) > _MAX_COMBINATIONS
+        if too_many:
+            combos = [default]
+        texts: dict[str, str] = {}
+        shrinks = None
+        for combo in combos:
+            overrides = [profile.get("kubespawner_override")]
+            overrides += [listed[k]["choices"][c].get("kubespawner_override") for k, c in zip(keys, combo)]
+            found = _profile_spec(spawner, overrides)
+            texts[_choice_key(combo)] = idle_sentence(*found) if found else ""
+            if found and combo == default:
+                shrinks = shrinks_when_idle(*found)
+        if not any(texts.values()):
+            continue  # no Ray cluster in this profile (or none the spawn would accept)
+        hint = idle_hint(bool(shrinks))
+        # an option with a free-entry field only: its size is typed, not chosen
+        free_only = any(
+            not o.get("choices") and (o.get("unlisted_choice") or {}).get("enabled") for o in options.values()
+        )
+        text = hint if free_only or too_many else texts.get(_choice_key(default), "")
+        attrs = {
+            "class": "rayspawner-idle",
+            "data-slug": profile.get("slug", ""),
+            "data-options": json.dumps(keys, ensure_ascii=False),
+            "data-hint": hint,
+        }
+        if len(texts) > 1 and not too_many:
+            attrs["data-idle"] = json.dumps(texts, ensure_ascii=False)
+        span = "<span " + " ".join(f'{k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
+        span += f">{html.escape(text)}</span>"
+        # KubeSpawner's template shows the description as HTML (an admin's own markup stays as is)
+        description = profile.get("description") or ""
+        profile["description"] = f"{description}<br>{span}" if description else span
+    return profile_list
+
+
 def render_profile_form(spawner: Any, profile_list: list[dict]) -> str:
     """KubeSpawner's profile form for ``profile_list``, with limits, preselecting the
     spawner's current ``user_options`` (those that still fit the profile list)."""
@@ -160,8 +274,9 @@ def render_profile_form(spawner: Any, profile_list: list[dict]) -> str:
         template = env.from_string(spawner.profile_form_template)
     else:
         template = env.get_template("form.html")
-    form = template.render(profile_list=with_limits(profiles, spawner), user_options=user_options)
-    return form + _FREE_ENTRY_SCRIPT
+    profiles = with_idle_text(with_limits(profiles, spawner), spawner)
+    form = template.render(profile_list=profiles, user_options=user_options)
+    return form + _FREE_ENTRY_SCRIPT + _IDLE_SCRIPT
 
 
 # After KubeSpawner's own script (it uses jQuery too). A value outside the field's pattern gets
@@ -183,6 +298,29 @@ _FREE_ENTRY_SCRIPT = """
   $('.js-profile-option-select').change(function () {
     $(this).parents('.js-options-container').find('.js-other-input')
       .prop('disabled', $(this).val() !== 'unlisted-choice');
+  });
+</script>
+"""
+
+# The idle sentence follows the selects of its profile: the text for the chosen combination,
+# the words without numbers once a free-entry value ("Other") is chosen. Selects are found by
+# id: KubeSpawner's own script removes their name while "Other" is selected.
+_IDLE_SCRIPT = """
+<script>
+  $('.rayspawner-idle').each(function () {
+    const idle = this;
+    if (!idle.dataset.idle) return;
+    const texts = JSON.parse(idle.dataset.idle);
+    const keys = JSON.parse(idle.dataset.options);
+    const selects = keys.map((k) => document.getElementById('profile-option-' + idle.dataset.slug + '--' + k));
+    const update = function () {
+      const values = selects.map((s) => (s ? s.value : ''));
+      const text = values.includes('unlisted-choice') ? idle.dataset.hint : texts[JSON.stringify(values)];
+      idle.textContent = text === undefined ? idle.dataset.hint : text;
+    };
+    // jQuery's handler: KubeSpawner's preselection fires jQuery's change event, not the DOM's
+    $(selects.filter(Boolean)).change(update);
+    update();
   });
 </script>
 """

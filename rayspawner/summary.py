@@ -1,18 +1,22 @@
-"""What the hub's home page says about a server's Ray cluster (read-only).
+"""What a Ray cluster holds, in words: the hub's home page and the spawn form (read-only).
 
 :func:`cluster_summary` looks at a spawner object and returns its cluster's name, size
 and dashboard path, or ``None`` for a server without a running Ray cluster. It makes
-no API call and changes nothing. The size comes from the spec of the spawn this hub
-process ran, or, after a hub restart, from the spawner's restored state (RaySpawner
-keeps a small ``ray_size`` there; LocalRaySpawner's nodes carry their resources).
+no API call and changes nothing. :func:`idle_sentence` says what a cluster of a given
+spec holds while idle, on a given backend (the spawn form shows it for each Ray profile).
+The size comes from the spec of the spawn this hub process ran, or, after a hub restart,
+from the spawner's restored state (RaySpawner keeps a small ``ray_size`` there;
+LocalRaySpawner's nodes carry their resources).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .env import DASHBOARD_PROXY_SUFFIX
 from .quantities import format_cpu, format_memory
+from .quotas import spec_usage
 from .spec import RayClusterSpec, Resources
 
 
@@ -128,3 +132,58 @@ def cluster_summary(spawner: Any) -> dict[str, Any] | None:
         "pending": pending,
         "dashboard_url": spawner.user.server_url(name) + DASHBOARD_PROXY_SUFFIX,
     }
+
+
+# ------------------------------------------------------------------ while idle
+def _pinned(spec: RayClusterSpec, counts: list[int]) -> RayClusterSpec:
+    """The spec with each worker group fixed at ``counts`` (what a cluster holds at one moment)."""
+    groups = tuple(
+        dataclasses.replace(g, replicas=n, min_replicas=n, max_replicas=n) for g, n in zip(spec.worker_groups, counts)
+    )
+    return dataclasses.replace(spec, worker_groups=groups, autoscaling=False)
+
+
+def _held(spec: RayClusterSpec) -> str:
+    """``3 CPU, 3 GiB (head 1 CPU, 1 GiB · 2 workers × 1 CPU, 1 GiB)`` for a pinned spec."""
+    u = spec_usage(spec, "")
+    total = [f"{format_cpu(u.cpu_millis)} CPU", _memory(format_memory(u.memory_bytes))]
+    if u.gpu:
+        total.append(_plural(u.gpu, "GPU"))
+    return f"{', '.join(total)} ({describe(spec_size(spec))})"
+
+
+def shrinks_when_idle(spec: RayClusterSpec, backend: str) -> bool:
+    """Whether idle workers are removed: KubeRay's autoscaler, on when min < max. The pods and
+    local backends always run ``replicas`` workers; ``auto`` may become either."""
+    return spec.autoscaling and backend in ("kuberay", "auto")
+
+
+def idle_sentence(spec: RayClusterSpec, backend: str) -> str:
+    """What the cluster holds while nobody uses it, in plain words, for the spawn form.
+
+    ``backend``: ``local``, ``pods``, ``kuberay``, or ``auto`` (not known before the spawn:
+    both cases are said when they differ)."""
+    fixed = _held(_pinned(spec, [g.replicas for g in spec.worker_groups]))
+    keeps = f"while idle, this cluster still holds {fixed} until the server stops or is culled."
+    if not shrinks_when_idle(spec, backend):
+        return keeps[0].upper() + keeps[1:]
+    low = _held(_pinned(spec, [g.min_replicas for g in spec.worker_groups]))
+    most = sum(g.max_replicas for g in spec.worker_groups)
+    shrinks = (
+        f"While idle, this cluster shrinks: workers idle for {spec.idle_timeout_seconds} s are removed, "
+        f"down to {low}; work brings workers back, up to {_plural(most, 'worker')}. Everything goes when the server "
+        "stops or is culled."
+    )
+    if backend == "kuberay":
+        return shrinks
+    return f"On KubeRay, {shrinks[0].lower()}{shrinks[1:]} Without KubeRay (plain pods), {keeps}"
+
+
+def idle_hint(shrinks: bool) -> str:
+    """The same without numbers, for sizes typed into a free-entry field."""
+    if shrinks:
+        return (
+            "While idle, its idle workers are removed down to the minimum; the head stays until the "
+            "server stops or is culled."
+        )
+    return "While idle, it keeps its head and all of its workers until the server stops or is culled."
