@@ -195,6 +195,23 @@ class RayConfig(Configurable):
     ray_orphan_grace_seconds = Int(
         120, config=True, help="Objects younger than this are never swept (a spawn may be in progress)."
     )
+    ray_orphan_sweep_secrets = CaselessStrEnum(
+        ["list", "by-name"],
+        default_value="list",
+        config=True,
+        help="""How token Secrets are kept from outliving their notebook, and so whether the
+        hub's Role needs ``list`` on secrets (which reads every Secret in the namespace).
+        "list": the token Secret is created just before the notebook pod and made owned by it
+        once the pod exists; a hub that dies in between leaves an ownerless Secret, which the
+        sweep finds by listing Secrets labelled managed-by=rayspawner. "by-name": Secrets are
+        never listed. The token Secret is created only once the notebook pod exists, owned by
+        it from the start, so Kubernetes' garbage collector removes it with the pod whenever
+        the hub dies; the sweep deletes ``<cluster>-ray-token`` by name for each cluster whose
+        other objects it finds orphaned. The Role then needs only get, create and delete on
+        secrets (``jupyterhub_config/rbac/role-pods-secrets-by-name.yaml``). The notebook
+        container waits for its Secret (the kubelet retries CreateContainerConfigError),
+        which can add a few seconds to a spawn.""",
+    )
 
     # --- security ---
     ray_auth_enabled = Bool(

@@ -210,6 +210,7 @@ def resolve_spec(
         idle_timeout_seconds=cfg.ray_autoscaler_idle_timeout_seconds,
         upscaling_mode=cfg.ray_autoscaler_upscaling_mode,
         auth_enabled=cfg.ray_auth_enabled,
+        secret_owned_at_create=cfg.ray_orphan_sweep_secrets == "by-name",
         network_policy=cfg.ray_network_policy_enabled,
         extra_ingress=tuple(cfg.ray_network_policy_extra_ingress),
         extra_egress=tuple(cfg.ray_network_policy_extra_egress),

@@ -498,6 +498,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             live,
             kinds=kinds or SWEPT_KINDS[1:],
             grace_seconds=self.ray_orphan_grace_seconds,
+            secrets=self.ray_orphan_sweep_secrets,
         )
 
     # --------------------------------------------------------------- progress

@@ -95,6 +95,9 @@ class RayClusterSpec:
     idle_timeout_seconds: int = 60
     upscaling_mode: str = "Default"
     auth_enabled: bool = True
+    #: the token Secret is created with the cluster, owned by the notebook pod from the start
+    #: (ray_orphan_sweep_secrets = "by-name": never ownerless, so no sweep has to list Secrets)
+    secret_owned_at_create: bool = False
     network_policy: bool = True
     extra_ingress: tuple[dict[str, Any], ...] = ()
     extra_egress: tuple[dict[str, Any], ...] = ()

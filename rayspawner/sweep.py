@@ -11,6 +11,14 @@ notebook pod) is deleted. Two things it cannot cover are swept here:
 Only objects labelled ``app.kubernetes.io/managed-by=rayspawner`` are ever
 considered; everything else is never touched. The decision is a pure function
 (:func:`find_orphans`) so it is tested without a cluster.
+
+``secrets="by-name"`` (``ray_orphan_sweep_secrets``) never lists Secrets, so the
+hub's Role needs no ``list`` on them (that would read every Secret in the
+namespace). In that mode the token Secret is created owned by its notebook pod,
+so it is never ownerless; the garbage collector removes it with the pod, and the
+sweep covers a delayed GC by reading ``<cluster>-ray-token`` by name for each
+cluster that has an orphan among the listed kinds (the cluster's NetworkPolicy
+is created before its Secret, so there is one to find).
 """
 
 from __future__ import annotations
@@ -75,6 +83,36 @@ def find_orphans(
     return orphans
 
 
+def orphan_clusters(orphans: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The cluster names (``ray.io/cluster`` labels) of orphans, each once, in order."""
+    names: dict[str, None] = {}
+    for obj in orphans:
+        name = ((obj.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_CLUSTER)
+        if name:
+            names[name] = None
+    return list(names)
+
+
+async def _secrets_by_name(
+    kube: Any,
+    namespace: str,
+    clusters: Iterable[str],
+    live_pod_uids: set[str],
+    now: dt.datetime,
+    grace_seconds: float,
+) -> list[Mapping[str, Any]]:
+    """The orphaned token Secrets of these clusters, each read by its name (no list)."""
+    found = []
+    for cluster in clusters:
+        secret = await kube.get("Secret", namespace, naming.token_secret(cluster))
+        if secret is None:
+            continue
+        if ((secret.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_CLUSTER) != cluster:
+            continue  # a Secret of that name that is not this cluster's token
+        found.extend(find_orphans([secret], live_pod_uids, now, grace_seconds))
+    return found
+
+
 async def sweep(
     kube: Any,
     namespace: str,
@@ -82,13 +120,29 @@ async def sweep(
     *,
     kinds: Iterable[str] = SWEPT_KINDS,
     grace_seconds: float = 300,
+    secrets: str = "list",
 ) -> list[tuple[str, str]]:
-    """List rayspawner objects in ``namespace`` and delete the orphans. Returns (kind, name) deleted."""
+    """Find the orphans among rayspawner objects in ``namespace`` and delete them, in
+    ``kinds`` order. Returns (kind, name) deleted.
+
+    ``secrets``: "list" lists Secrets like every other kind; "by-name" never lists
+    them and reads the token Secret of each cluster with an orphan instead."""
+    if secrets not in ("list", "by-name"):
+        raise ValueError(f"secrets must be 'list' or 'by-name', not {secrets!r}")
+    kinds = list(kinds)
     now = dt.datetime.now(dt.timezone.utc)
+    orphans: dict[str, list[Mapping[str, Any]]] = {}
+    for kind in kinds:
+        if kind == "Secret" and secrets == "by-name":
+            continue
+        objects = await kube.list(kind, namespace, naming.MANAGED_SELECTOR)
+        orphans[kind] = find_orphans(objects, live_pod_uids, now, grace_seconds)
+    if "Secret" in kinds and secrets == "by-name":
+        clusters = orphan_clusters(o for found in orphans.values() for o in found)
+        orphans["Secret"] = await _secrets_by_name(kube, namespace, clusters, live_pod_uids, now, grace_seconds)
     deleted = []
     for kind in kinds:
-        objects = await kube.list(kind, namespace, naming.MANAGED_SELECTOR)
-        for obj in find_orphans(objects, live_pod_uids, now, grace_seconds):
+        for obj in orphans.get(kind, []):
             name = obj["metadata"]["name"]
             log.warning("Orphan sweep: deleting %s %s/%s (its notebook pod is gone)", kind, namespace, name)
             await kube.delete(kind, namespace, name)

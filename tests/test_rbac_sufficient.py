@@ -27,7 +27,13 @@ from .spawner_fixtures import ray_objects
 RBAC_DIR = Path(__file__).resolve().parents[1] / "jupyterhub_config" / "rbac"
 HUB = "system:serviceaccount:jhub:hub"
 RAY = {"profile": "ray", "workers": "1"}
-FILES = {"pods": ["role-pods.yaml"], "kuberay": ["role-pods.yaml", "role-kuberay.yaml"]}
+FILES = {
+    "pods": ["role-pods.yaml"],
+    "kuberay": ["role-pods.yaml", "role-kuberay.yaml"],
+    # ray_orphan_sweep_secrets = "by-name": no list (nor patch) on secrets
+    "pods-by-name": ["role-pods-secrets-by-name.yaml"],
+    "kuberay-by-name": ["role-pods-secrets-by-name.yaml", "role-kuberay.yaml"],
+}
 #: verbs granted only for recovery paths a clean spawn/stop does not take (documented in role-pods.yaml):
 #: adopting or replacing an object on a 409 after a hub crash, re-reading one cluster on re-attach.
 #: role-pods.yaml rules that only the pods backend uses to create/delete (KubeRay's operator makes these itself)
@@ -65,6 +71,12 @@ def _rules(docs: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
 
 def _granted(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return {(v, r) for _, _, rule in _rules(docs) for r in rule["resources"] for v in rule["verbs"]}
+
+
+def _traits(variant: str) -> dict[str, Any]:
+    """The spawner settings a FILES variant is for."""
+    backend, _, mode = variant.partition("-")
+    return {"ray_backend": backend, **({"ray_orphan_sweep_secrets": "by-name"} if mode == "by-name" else {})}
 
 
 def _leftovers(emu: Any) -> list[tuple[str, str]]:
@@ -114,11 +126,13 @@ async def _spawn_sweep_stop(sp: Any) -> None:
         await asyncio.wait_for(sp.stop(), 30)
 
 
-@pytest.mark.parametrize("backend", ["pods", "kuberay"])
-async def test_shipped_rbac_is_sufficient_and_every_verb_is_used(backend: str, rbac_emu, ray_spawner_factory) -> None:
-    docs = _docs(FILES[backend])
+@pytest.mark.parametrize("variant", list(FILES))
+async def test_shipped_rbac_is_sufficient_and_every_verb_is_used(variant: str, rbac_emu, ray_spawner_factory) -> None:
+    docs = _docs(FILES[variant])
+    traits = _traits(variant)
+    backend = traits["ray_backend"]
     emu, kubeconfig = rbac_emu(docs, kuberay=backend == "kuberay")
-    sp = ray_spawner_factory(AsHub(emu, kubeconfig), ray_backend=backend, ray_orphan_sweep_interval=0)
+    sp = ray_spawner_factory(AsHub(emu, kubeconfig), ray_orphan_sweep_interval=0, **traits)
     await _spawn_sweep_stop(sp)
     assert sp._ray_backend.kind == backend
     assert _leftovers(emu) == []
@@ -131,23 +145,26 @@ async def test_shipped_rbac_is_sufficient_and_every_verb_is_used(backend: str, r
 
 def _rule_cases() -> list[Any]:
     cases = []
-    for backend, names in FILES.items():
+    for variant, names in FILES.items():
         for i, j, rule in _rules(_docs(names)):
-            if backend == "kuberay" and rule["resources"][0] in ("deployments", "services"):
+            if variant.startswith("kuberay") and rule["resources"][0] in ("deployments", "services"):
                 continue  # create/delete there are the pods backend's; KubeRay only lists them in the sweep
-            label = f"{backend}-{'/'.join(rule['resources'])}"
-            cases.append(pytest.param(backend, i, j, rule["resources"][0], id=label))
+            if variant.endswith("by-name") and rule["resources"][0] != "secrets":
+                continue  # the other rules are role-pods.yaml's, tested above (test_by_name_role_differs_...)
+            label = f"{variant}-{'/'.join(rule['resources'])}"
+            cases.append(pytest.param(variant, i, j, rule["resources"][0], id=label))
     return cases
 
 
-@pytest.mark.parametrize("backend,doc_index,rule_index,resource", _rule_cases())
+@pytest.mark.parametrize("variant,doc_index,rule_index,resource", _rule_cases())
 async def test_removing_any_rule_fails_naming_it_and_leaves_nothing(
-    backend: str, doc_index: int, rule_index: int, resource: str, rbac_emu, ray_spawner_factory
+    variant: str, doc_index: int, rule_index: int, resource: str, rbac_emu, ray_spawner_factory
 ) -> None:
-    docs = copy.deepcopy(_docs(FILES[backend]))
+    docs = copy.deepcopy(_docs(FILES[variant]))
     del docs[doc_index]["rules"][rule_index]
-    emu, kubeconfig = rbac_emu(docs, kuberay=backend == "kuberay")
-    sp = ray_spawner_factory(AsHub(emu, kubeconfig), ray_backend=backend, ray_orphan_sweep_interval=0, start_timeout=10)
+    traits = _traits(variant)
+    emu, kubeconfig = rbac_emu(docs, kuberay=traits["ray_backend"] == "kuberay")
+    sp = ray_spawner_factory(AsHub(emu, kubeconfig), ray_orphan_sweep_interval=0, start_timeout=10, **traits)
     sp.user_options = dict(RAY)
     with pytest.raises(Exception) as err:
         await asyncio.wait_for(sp.start(), 30)
@@ -163,3 +180,70 @@ async def test_removing_any_rule_fails_naming_it_and_leaves_nothing(
             "so the spawn fails but the message does not name the rule (RaySpawner could translate it)"
         )
     assert resource in message, f"without the {resource} rule the error does not name it: {message[:600]}"
+
+
+def test_by_name_role_differs_from_role_pods_only_in_secrets() -> None:
+    """The variant Role is role-pods.yaml minus list and patch on secrets (nothing drifts)."""
+    full = {tuple(r["resources"]): r for _, _, r in _rules(_docs(["role-pods.yaml"]))}
+    variant = {tuple(r["resources"]): r for _, _, r in _rules(_docs(["role-pods-secrets-by-name.yaml"]))}
+    assert variant.keys() == full.keys()
+    for resources, rule in full.items():
+        if resources == ("secrets",):
+            assert variant[resources]["verbs"] == [v for v in rule["verbs"] if v not in ("list", "patch")]
+        else:
+            assert variant[resources] == rule, resources
+
+
+@pytest.mark.parametrize("backend", ["pods", "kuberay"])
+async def test_by_name_sweep_under_a_role_without_secrets_list(backend: str, rbac_emu, ray_spawner_factory) -> None:
+    """With no list/watch on secrets, the sweep still removes an orphaned token Secret, found
+    through its cluster's orphaned NetworkPolicy, and touches nothing else."""
+    docs = _docs(FILES[f"{backend}-by-name"])
+    granted = _granted(docs)
+    assert ("list", "secrets") not in granted and ("watch", "secrets") not in granted
+    emu, kubeconfig = rbac_emu(docs, kuberay=backend == "kuberay")
+    managed = {"app.kubernetes.io/managed-by": "rayspawner"}
+    for name, labels, owners in (
+        # ownerless (from "list" mode, or the GC is behind: the emulator's GC would remove a dead owner's at once)
+        ("ray-carol-ray-token", {**managed, "ray.io/cluster": "ray-carol"}, []),
+        ("ray-dave-ray-token", {**managed, "ray.io/cluster": "someone-else"}, []),  # a name, not this cluster's
+    ):
+        emu.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": "jhub", "labels": labels, "ownerReferences": owners},
+                "data": {},
+            }
+        )
+    for cluster in ("ray-carol", "ray-dave"):
+        emu.create_object(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {
+                    "name": f"{cluster}-ray",
+                    "namespace": "jhub",
+                    "labels": {**managed, "ray.io/cluster": cluster},
+                },
+                "spec": {"podSelector": {"matchLabels": {"ray.io/cluster": cluster}}},
+            }
+        )
+    sp = ray_spawner_factory(
+        AsHub(emu, kubeconfig),
+        ray_backend=backend,
+        ray_orphan_sweep_secrets="by-name",
+        ray_orphan_sweep_interval=0,
+        ray_orphan_grace_seconds=0,
+    )
+    emu.reset_request_log()
+    kinds = ("RayCluster", "Deployment", "Pod", "Service", "NetworkPolicy", "Secret")
+    deleted = await sp.sweep_orphans(kinds if backend == "kuberay" else None)
+    assert sorted(deleted) == [
+        ("NetworkPolicy", "ray-carol-ray"),
+        ("NetworkPolicy", "ray-dave-ray"),
+        ("Secret", "ray-carol-ray-token"),
+    ]
+    assert emu.get_object("secrets", "jhub", "ray-carol-ray-token") is None
+    assert emu.get_object("secrets", "jhub", "ray-dave-ray-token") is not None
+    assert not [r for r in emu.request_log if r[1] == "secrets" and r[0] in ("list", "watch")]

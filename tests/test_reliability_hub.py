@@ -20,8 +20,10 @@ import asyncio
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from .hubproc import HubProcess
 from .reliability_helpers import hub_start, hub_stop, leftovers, settle
@@ -62,6 +64,19 @@ if not os.environ.get("RAYSPAWNER_ALL_KILL_POINTS"):  # CI: the steps where what
         ]
         for b, points in KILL_POINTS.items()
     }
+#: ray_orphan_sweep_secrets = "by-name", with a Role without list/watch on secrets: the steps
+#: around the token Secret (#1 is its dry run before the notebook pod, #2 the create after it)
+KILL_POINTS_BY_NAME = {
+    "pods": [
+        ("create", "secrets", 1),
+        ("create", "pods", 1),
+        ("create", "networkpolicies", 1),
+        ("create", "secrets", 2),
+    ],
+    "kuberay": [("create", "pods", 1), ("create", "networkpolicies", 1), ("create", "secrets", 2)],
+}
+RBAC_DIR = Path(__file__).resolve().parents[1] / "jupyterhub_config" / "rbac"
+HUB_USER = "system:serviceaccount:jhub:hub"
 UNRELATED = [
     {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": "jhub"}, "data": {}},
     {
@@ -92,7 +107,7 @@ def ours(emu) -> list[tuple[str, str]]:
     return [(k, n) for k, n in leftovers(emu) if n not in unrelated]
 
 
-def hub_config(emu, backend: str) -> str:
+def hub_config(emu, backend: str, secrets_mode: str = "list") -> str:
     return f"""
 c.JupyterHub.spawner_class = "ray"
 c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
@@ -113,6 +128,7 @@ c.RaySpawner.ray_backend = "{backend}"
 c.RaySpawner.ray_stop_timeout = 5
 c.RaySpawner.ray_orphan_grace_seconds = 1
 c.RaySpawner.ray_orphan_sweep_interval = 2
+c.RaySpawner.ray_orphan_sweep_secrets = "{secrets_mode}"
 """
 
 
@@ -142,9 +158,24 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("backend", ["pods", "kuberay"])
-def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend):
-    emu = k8s_emu_factory(kuberay=backend == "kuberay", sim_delays={"pull": 1.5})
+@pytest.mark.parametrize(
+    "backend,secrets_mode", [("pods", "list"), ("kuberay", "list"), ("pods", "by-name"), ("kuberay", "by-name")]
+)
+def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend, secrets_mode):
+    by_name = secrets_mode == "by-name"
+    rbac = {}
+    if by_name:  # the hub runs under the variant Role: a Secret list or watch would be refused
+        files = ["role-pods-secrets-by-name.yaml"] + (["role-kuberay.yaml"] if backend == "kuberay" else [])
+        rbac_files = []
+        for name in files:
+            docs = [d for d in yaml.safe_load_all((RBAC_DIR / name).read_text()) if d]
+            for d in docs:
+                d.setdefault("metadata", {}).setdefault("namespace", "jhub")
+            path = tmp_path / name
+            path.write_text(yaml.safe_dump_all(docs))
+            rbac_files.append(path)
+        rbac = {"rbac_files": rbac_files, "tokens": {"hub-token": HUB_USER}}
+    emu = k8s_emu_factory(kuberay=backend == "kuberay", sim_delays={"pull": 1.5}, **rbac)
     for manifest in UNRELATED:
         emu.create_object(manifest)
     unrelated_before = {
@@ -153,14 +184,15 @@ def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend)
         ]["resourceVersion"]
         for m in UNRELATED
     }
-    env = {"KUBECONFIG": str(emu.kubeconfig_path)}
+    env = {"KUBECONFIG": str(emu.kubeconfig_for("hub-token") if by_name else emu.kubeconfig_path)}
+    config = hub_config(emu, backend, secrets_mode)
     workdir = tmp_path / "hub"
     workdir.mkdir()
-    hub = HubProcess(hub_config(emu, backend), env, workdir=str(workdir)).start()
+    hub = HubProcess(config, env, workdir=str(workdir)).start()
     hub.api("POST", "/users/alice")
     figures = {"kills": 0, "hub_starts": 1, "left_after_restart": {}}
     try:
-        for verb, resource, nth in KILL_POINTS[backend]:
+        for verb, resource, nth in (KILL_POINTS_BY_NAME if by_name else KILL_POINTS)[backend]:
             step = f"{verb} {resource}#{nth}"
             emu.reset_request_log()
             if verb != "wait":
@@ -174,16 +206,21 @@ def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend)
                 )
                 time.sleep(0.3)
             else:
-                wait_for(
-                    lambda v=verb, r=resource, n=nth: writes_in_jhub(emu).count((v, r)) >= n, 30, f"{step} requested"
-                )
+                try:
+                    wait_for(
+                        lambda v=verb, r=resource, n=nth: writes_in_jhub(emu).count((v, r)) >= n,
+                        30,
+                        f"{step} requested",
+                    )
+                except AssertionError as e:
+                    raise AssertionError(f"{e}; requests: {writes_in_jhub(emu)}\n{hub.log()[-3000:]}") from None
             hub.kill()
             figures["kills"] += 1
             if verb != "wait":
                 emu.faults.clear()  # the API server is healthy again after the crash
                 time.sleep(HOLD + 0.5)  # the request the hub died in still lands
             at_kill = ours(emu)
-            hub = HubProcess(hub_config(emu, backend), env, workdir=str(workdir)).start()
+            hub = HubProcess(config, env, workdir=str(workdir)).start()
             figures["hub_starts"] += 1
             deadline = time.monotonic() + 40
             while ours(emu) and time.monotonic() < deadline:
@@ -193,6 +230,9 @@ def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend)
             figures["left_after_restart"][step] = {"at_kill": len(at_kill), "swept": swept, "after": left}
             if ("secrets", "ray-alice-ray-token") in at_kill and ("pods", "jupyter-alice") not in at_kill:
                 assert swept, "an ownerless token Secret must be removed by the start-up sweep"
+            if by_name:
+                assert "Orphan sweep in jhub failed" not in hub.log(), hub.log()[-3000:]
+                assert not [r for r in emu.request_log if r[1] == "secrets" and r[0] in ("list", "watch")]
             assert left == [], (
                 f"after a kill at {step} (objects then: {at_kill}) the restarted hub left {left}\n{hub.log()[-3000:]}"
             )
@@ -203,7 +243,7 @@ def test_hub_killed_at_every_step_of_a_spawn(k8s_emu_factory, tmp_path, backend)
                 assert obj is not None and obj["metadata"]["resourceVersion"] == rv, (kind, name)
     finally:
         hub.stop()
-    print(f"\nhub kills ({backend}): {figures}")
+    print(f"\nhub kills ({backend}, secrets {secrets_mode}): {figures}")
 
 
 @pytest.mark.asyncio

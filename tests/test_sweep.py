@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
+
+from rayspawner.errors import ClusterStartError
 from rayspawner.sweep import find_orphans
 
 from .spawner_fixtures import ray_objects
@@ -75,4 +78,123 @@ async def test_sweep_against_api_server(k8s_emu, ray_spawner_factory):
     assert ray_objects(k8s_emu) == live_before  # alice's running cluster untouched
     assert k8s_emu.get_object("secrets", "jhub", "unrelated") is not None
     assert k8s_emu.get_object("services", "jhub", "other-svc") is not None
+    await sp.stop()
+
+
+@pytest.mark.parametrize("backend", ["pods", "kuberay"])
+async def test_by_name_secret_is_owned_by_the_notebook_from_its_creation(
+    k8s_emu_factory, ray_spawner_factory, backend
+) -> None:
+    """ray_orphan_sweep_secrets = "by-name": no ownerless token Secret ever exists (so no
+    sweep must list Secrets to find one): it is created after the notebook pod and the
+    cluster's NetworkPolicy, owned by the pod, and never patched."""
+    emu = k8s_emu_factory(kuberay=backend == "kuberay")
+    sp = ray_spawner_factory(emu, ray_backend=backend, ray_orphan_sweep_secrets="by-name", ray_orphan_sweep_interval=0)
+    sp.user_options = {"profile": "ray", "workers": "1"}
+    emu.reset_request_log()
+    await asyncio.wait_for(sp.start(), 30)
+    writes = [(v, r, n) for v, r, ns, n in emu.request_log if ns == "jhub" and v in ("create", "patch")]
+    secret_writes = [w for w in writes if w[1] == "secrets"]
+    # a dry run before the notebook pod (nothing stored: it only checks the hub may), then the create
+    assert secret_writes == [("create", "secrets", None)] * 2, secret_writes
+    order = [(v, r) for v, r, _ in writes]
+    created = len(order) - 1 - order[::-1].index(("create", "secrets"))
+    assert order.index(("create", "pods")) < created
+    assert order.index(("create", "networkpolicies")) < created
+    notebook = emu.get_object("pods", "jhub", "jupyter-alice")
+    secret = emu.get_object("secrets", "jhub", "ray-alice-ray-token")
+    assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [notebook["metadata"]["uid"]]
+    assert not [r for r in emu.request_log if r[1] == "secrets" and r[0] in ("list", "watch")]
+    await sp.stop()
+
+
+async def test_by_name_sweep_deletes_only_its_clusters_token_by_name(k8s_emu, ray_spawner_factory) -> None:
+    """The sweep finds a token Secret through its cluster's orphaned objects, reads it by name,
+    and leaves a Secret of that name alone unless it is labelled as that cluster's."""
+    sp = ray_spawner_factory(
+        k8s_emu, ray_orphan_grace_seconds=0, ray_orphan_sweep_interval=0, ray_orphan_sweep_secrets="by-name"
+    )
+    sp.user_options = {"profile": "ray", "workers": "1"}
+    await asyncio.wait_for(sp.start(), 30)
+    live_before = ray_objects(k8s_emu)
+    for cluster, secret_labels in (
+        ("ray-carol", {**MANAGED, "ray.io/cluster": "ray-carol"}),
+        ("ray-dave", {"app.kubernetes.io/managed-by": "helm", "ray.io/cluster": "ray-dave"}),
+    ):
+        k8s_emu.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": f"{cluster}-head-svc",
+                    "namespace": "jhub",
+                    "labels": {**MANAGED, "ray.io/cluster": cluster},
+                },
+                "spec": {"ports": [{"port": 6379}]},
+            }
+        )
+        k8s_emu.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"{cluster}-ray-token", "namespace": "jhub", "labels": secret_labels},
+                "data": {},
+            }
+        )
+    # an ownerless token Secret with nothing else of its cluster: found only by listing
+    k8s_emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "ray-erin-ray-token", "namespace": "jhub", "labels": {**MANAGED}},
+            "data": {},
+        }
+    )
+    k8s_emu.reset_request_log()
+    deleted = await sp.sweep_orphans()
+    assert sorted(deleted) == [
+        ("Secret", "ray-carol-ray-token"),
+        ("Service", "ray-carol-head-svc"),
+        ("Service", "ray-dave-head-svc"),
+    ]
+    assert k8s_emu.get_object("secrets", "jhub", "ray-dave-ray-token") is not None
+    assert k8s_emu.get_object("secrets", "jhub", "ray-erin-ray-token") is not None
+    assert not [r for r in k8s_emu.request_log if r[1] == "secrets" and r[0] in ("list", "watch")]
+    assert [r for r in k8s_emu.request_log if r[1] == "secrets"] == [
+        ("get", "secrets", "jhub", "ray-carol-ray-token"),
+        ("get", "secrets", "jhub", "ray-dave-ray-token"),
+        ("delete", "secrets", "jhub", "ray-carol-ray-token"),
+    ]
+    assert ray_objects(k8s_emu) == sorted([*live_before, ("secrets", "ray-erin-ray-token")])
+    await sp.stop()
+
+
+async def test_by_name_refuses_a_secret_it_may_not_create_before_the_notebook_exists(
+    k8s_emu, ray_spawner_factory
+) -> None:
+    """With the Secret made only after the notebook pod, a refused create would show as the
+    notebook's start timeout; the dry run fails the spawn first, naming the reason, and
+    nothing is created (here: a Secret of that name belongs to another server)."""
+    k8s_emu.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "ray-alice-ray-token",
+                "namespace": "jhub",
+                "labels": {**MANAGED, "ray.io/cluster": "ray-alice", "hub.jupyter.org/username": "bob"},
+            },
+            "data": {},
+        }
+    )
+    before = k8s_emu.get_object("secrets", "jhub", "ray-alice-ray-token")["metadata"]["resourceVersion"]
+    sp = ray_spawner_factory(k8s_emu, ray_orphan_sweep_secrets="by-name", ray_orphan_sweep_interval=0)
+    sp.user_options = {"profile": "ray", "workers": "1"}
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ClusterStartError, match="belongs to another server"):
+        await asyncio.wait_for(sp.start(), 30)
+    assert asyncio.get_running_loop().time() - started < 10
+    assert k8s_emu.get_object("pods", "jhub", "jupyter-alice") is None
+    assert ray_objects(k8s_emu) == [("secrets", "ray-alice-ray-token")]
+    assert k8s_emu.get_object("secrets", "jhub", "ray-alice-ray-token")["metadata"]["resourceVersion"] == before
     await sp.stop()

@@ -261,8 +261,11 @@ class KubeClient:
 
         return await self._call("list", kind, namespace, "", call)
 
-    async def create(self, manifest: dict[str, Any]) -> None:
-        """Create; on 409 adopt our own identical object, or remove a stale one of ours and retry."""
+    async def create(self, manifest: dict[str, Any], *, dry_run: bool = False) -> None:
+        """Create; on 409 adopt our own identical object, or remove a stale one of ours and retry.
+
+        ``dry_run``: only ask the API server whether the create would be allowed (RBAC,
+        validation, a name held by another server); nothing is created or removed."""
         kind = KINDS[manifest["kind"]]
         meta = manifest["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -271,7 +274,9 @@ class KubeClient:
         while True:
             try:
                 await with_retries(
-                    lambda: _unparsed(fn(namespace, manifest, _preload_content=False)),
+                    lambda: _unparsed(
+                        fn(namespace, manifest, _preload_content=False, **({"dry_run": "All"} if dry_run else {}))
+                    ),
                     what=f"create {kind.kind} {namespace}/{name}",
                     timeout=self.retry_timeout,
                     request_timeout=self.request_timeout,
@@ -302,6 +307,8 @@ class KubeClient:
                     "check ray_cluster_name_template (or remove the leftover object).",
                     reason="name_conflict",
                 )
+            if dry_run:
+                return  # this server's own object: the real create adopts or replaces it
             owners = {o.get("uid") for o in existing["metadata"].get("ownerReferences") or []}
             mine = {o.get("uid") for o in meta.get("ownerReferences") or []}
             if owners == mine and not existing["metadata"].get("deletionTimestamp"):

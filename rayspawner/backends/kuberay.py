@@ -32,7 +32,7 @@ from ..manifests import common, kuberay, notebook
 from ..spec import ClusterRef, RayClusterSpec
 from .base import ClusterBackend, ClusterStatus
 from .kube import KINDS, KubeClient, api_error, with_retries
-from .pods import pod_phase, pod_problem, pod_ready, reported_versions
+from .pods import check_secret, pod_phase, pod_problem, pod_ready, reported_versions
 
 log = logging.getLogger(__name__)
 
@@ -246,15 +246,24 @@ class KubeRayBackend(ClusterBackend):
         self.ray_clusters = ray_clusters
 
     async def prepare(self, spec: RayClusterSpec) -> None:
-        if spec.auth_enabled:
+        if spec.auth_enabled and spec.secret_owned_at_create:
+            await check_secret(self.kube, spec)
+        elif spec.auth_enabled:
             await self.kube.create(common.token_secret(spec, secrets.token_urlsafe(32)))
 
     async def create(self, spec: RayClusterSpec, owner: dict | None) -> None:
-        if spec.auth_enabled and owner:
+        """With ``secret_owned_at_create`` the Secret is created here, owned by the notebook
+        pod, after the NetworkPolicies (an orphan sweep that may not list Secrets finds the
+        cluster's name on them) and before the RayCluster (whose authOptions name it)."""
+        if spec.auth_enabled and owner and not spec.secret_owned_at_create:
             await self.kube.patch(
                 "Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}}
             )
+        secret_pending = spec.auth_enabled and spec.secret_owned_at_create
         for manifest in kuberay.cluster_objects(spec, owner):
+            if secret_pending and manifest["kind"] != "NetworkPolicy":
+                await self.kube.create(common.token_secret(spec, secrets.token_urlsafe(32), owner))
+                secret_pending = False
             await self.kube.create(manifest)
         log.info("Created RayCluster %s/%s", spec.namespace, spec.name)
 

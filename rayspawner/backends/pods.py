@@ -95,6 +95,14 @@ def reported_versions(pod: Mapping[str, Any]) -> dict | None:
     return None
 
 
+async def check_secret(kube: KubeClient, spec: RayClusterSpec) -> None:
+    """``secret_owned_at_create``: the Secret is made only once the notebook pod exists, and
+    the notebook cannot start without it, so a refused create would surface only as the
+    notebook's start timeout. A dry-run create now fails the spawn at once, with the reason
+    (a missing RBAC verb, a name held by another server), before anything exists."""
+    await kube.create(common.token_secret(spec, ""), dry_run=True)
+
+
 def _cluster_of(pod: dict) -> str | None:
     return (pod.get("metadata", {}).get("labels") or {}).get(naming.LABEL_CLUSTER)
 
@@ -114,7 +122,9 @@ class PodsBackend(ClusterBackend):
         self.ray_pods = ray_pods
 
     async def prepare(self, spec: RayClusterSpec) -> None:
-        if spec.auth_enabled:
+        if spec.auth_enabled and spec.secret_owned_at_create:
+            await check_secret(self.kube, spec)
+        elif spec.auth_enabled:
             token = secrets.token_urlsafe(32)
             await self.kube.create(common.token_secret(spec, token))
 
@@ -122,13 +132,19 @@ class PodsBackend(ClusterBackend):
         """The NetworkPolicy first (no Ray pod exists without it), then everything else at
         once: the head pod is the spawn's critical path and no longer waits behind the
         Secret's ownerReference patch, the Service and the Deployments (under a burst of
-        spawns each of those waits its turn at the API server)."""
+        spawns each of those waits its turn at the API server).
+
+        With ``secret_owned_at_create`` the Secret itself is created here, owned by the
+        notebook pod, and after the NetworkPolicy: an orphan sweep that may not list
+        Secrets finds the cluster's name on that policy."""
         objs = pods.cluster_objects(spec, owner)
         for manifest in [m for m in objs if m["kind"] == "NetworkPolicy"]:
             await self.kube.create(manifest)
         calls = [self.kube.create(m) for m in objs if m["kind"] == "Pod"]
         calls += [self.kube.create(m) for m in objs if m["kind"] not in ("NetworkPolicy", "Pod")]
-        if spec.auth_enabled and owner:
+        if spec.auth_enabled and spec.secret_owned_at_create:
+            calls.insert(0, self.kube.create(common.token_secret(spec, secrets.token_urlsafe(32), owner)))
+        elif spec.auth_enabled and owner:
             calls.append(
                 self.kube.patch("Secret", spec.namespace, spec.secret_name, {"metadata": {"ownerReferences": [owner]}})
             )

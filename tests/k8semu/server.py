@@ -385,6 +385,10 @@ class ApiServer:
                 raise errors.bad_request("request body must be an object")
             self._check_kind(t, body)
             if q.get("dryRun"):
+                # as the real server: a name already taken is a 409 even in a dry run
+                name = (body.get("metadata") or {}).get("name")
+                if name and st.find(t, ns, name) is not None:
+                    raise errors.already_exists(t, name)
                 return _json(body, 201)
             return _json(st.create(t, ns, body), 201)
         if info.verb == "update":
