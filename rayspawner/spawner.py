@@ -175,7 +175,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         return pod_events(self.event_reflector, self.namespace, self.pod_name, self._last_event)
 
     async def _backend_for(self, wanted: str) -> ClusterBackend:
-        kind = await select_backend(wanted, self.log)
+        kind = await select_backend(wanted, self.log, auth_enabled=self.ray_auth_enabled)
         await self._start_watching_ray_pods()
         if kind == "kuberay":
             from .backends.kuberay import KubeRayBackend, watch_ray_clusters

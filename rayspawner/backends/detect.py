@@ -10,7 +10,8 @@ token of its own, so the Ray nodes and the notebook would disagree. Where the hu
 may read the CRD (``get customresourcedefinitions``, a ClusterRole), its schema
 says whether the field exists: if not, ``kuberay`` fails with a message naming
 the minimum and ``auto`` falls back to plain pods (one log line). Where it may
-not, that is logged once and KubeRay is used as it is.
+not, that is logged once and KubeRay is used as it is. With Ray token auth off
+there is no ``authOptions`` to wire, so the CRD is not read and any KubeRay is used.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ def forget() -> None:
     _auth_problem.clear()
 
 
-async def select_backend(wanted: str, log: logging.Logger | None = None) -> str:
+async def select_backend(wanted: str, log: logging.Logger | None = None, *, auth_enabled: bool = True) -> str:
+    """The backend for ``ray_backend`` = ``wanted``. ``auth_enabled``: the cluster uses Ray
+    token auth, which KubeRay can wire only from 1.6.0 on (checked in its CRD); without
+    it the KubeRay version does not matter."""
     wanted = (wanted or "auto").lower()
     if wanted == "pods":
         return "pods"
@@ -138,7 +142,7 @@ async def select_backend(wanted: str, log: logging.Logger | None = None) -> str:
         if not await kuberay_served(log):
             _cache.clear()  # re-check next time: the admin may be installing it now
             raise ClusterStartError(KUBERAY_MISSING, reason="kuberay_missing")
-        problem = await kuberay_token_auth_problem(log)
+        problem = await kuberay_token_auth_problem(log) if auth_enabled else ""
         if problem:
             _auth_problem.clear()  # re-check next time: the admin may be upgrading it now
             raise ClusterStartError(problem, reason="kuberay_too_old")
@@ -146,7 +150,7 @@ async def select_backend(wanted: str, log: logging.Logger | None = None) -> str:
     if wanted == "auto":
         if not await kuberay_served(log):
             return "pods"
-        problem = await kuberay_token_auth_problem(log)
+        problem = await kuberay_token_auth_problem(log) if auth_enabled else ""
         if problem:
             (log or logging.getLogger(__name__)).warning("Using plain pods, not KubeRay: %s", problem)
             return "pods"

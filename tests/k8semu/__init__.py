@@ -22,6 +22,7 @@ from typing import Any, Callable
 import yaml
 from aiohttp import web
 
+from .crds import CRD_TYPE, check_document
 from .errors import ApiError
 from .faults import Faults
 from .kubelet_api import Kubelet
@@ -90,6 +91,8 @@ class K8sEmu:
         kubeconfig_path: where to write the kubeconfig (default: a temp dir).
         namespaces: namespaces that exist from the start (others are created on first write).
         history_size: watch events kept for resuming; older resourceVersions get 410 Gone.
+        crds: CustomResourceDefinition documents to serve read-only (``crds.py``); None (the
+            default): ``apiextensions.k8s.io`` is not served at all.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class K8sEmu:
         kubeconfig_path: str | Path | None = None,
         namespaces: tuple[str, ...] = ("default", "kube-system", "kube-public"),
         history_size: int = 20000,
+        crds: list[dict[str, Any]] | None = None,
     ) -> None:
         self.kuberay = kuberay
         self._kubelet_spec = kubelet
@@ -119,6 +123,9 @@ class K8sEmu:
         self._kubeconfig_arg = Path(kubeconfig_path) if kubeconfig_path else None
         self.kubeconfig_path: Path | None = None
         self.registry = Registry(kuberay=kuberay)
+        self.crds = [check_document(d) for d in crds] if crds is not None else None
+        if self.crds is not None:
+            self.registry.types.append(CRD_TYPE)
         self.faults = Faults()
         self._namespaces = namespaces
         self.history_size = history_size
@@ -191,6 +198,8 @@ class K8sEmu:
 
         self.kubelet = self._make_kubelet()
         self.store = Store(self.registry, history_size=self.history_size, namespaces=self._namespaces)
+        for doc in self.crds or []:
+            self.store.create(CRD_TYPE, None, doc)
         authorizer = None
         if self.rbac:
             authorizer = Authorizer(self.store, self.registry, self.tokens, self.admin_token)

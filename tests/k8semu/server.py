@@ -14,6 +14,7 @@ import yaml
 from aiohttp import web
 
 from . import errors
+from .crds import refuse_writes
 from .errors import ApiError
 from .exec_ws import serve_exec
 from .faults import Faults
@@ -307,6 +308,7 @@ class ApiServer:
                     raise errors.forbidden(
                         user, info.verb, info.rtype.plural, info.sub, info.rtype.group, info.namespace, info.name
                     )
+            refuse_writes(info.rtype, info.verb)
             fault = self.faults.take(info.verb, info.resource, info.namespace, info.name)
             if fault is not None:
                 if fault.latency:
