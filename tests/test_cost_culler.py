@@ -141,8 +141,12 @@ def _start_and_quiet(hub: Hub, name: str, options: dict, code: str) -> dict:
 
 
 def test_idle_culler_keeps_a_busy_cluster_and_culls_an_idle_one(hub: Hub, start_culler) -> None:
+    began = time.time()
     with ThreadPoolExecutor(2) as pool:
         busy_f = pool.submit(_start_and_quiet, hub, "busy", {"profile": "ray", "workers": "2"}, BUSY)
+        # heads boot one at a time (local_max_parallel_starts): busy's first, so that its two
+        # workers boot while the idle head does (saves a worker boot of wall time, not required)
+        time.sleep(1)
         idle_f = pool.submit(_start_and_quiet, hub, "idle", {"profile": "ray", "workers": "0"}, IDLE)
         busy, idle = busy_f.result(), idle_f.result()
     assert (busy["nodes"], idle["nodes"]) == (3, 1), (busy["nodes"], idle["nodes"])
@@ -176,6 +180,9 @@ def test_idle_culler_keeps_a_busy_cluster_and_culls_an_idle_one(hub: Hub, start_
     assert r.status_code == 200, (r.status_code, r.text)
     activity = r.json()["activity"]
     assert activity["active"] and "3 task(s) running" in activity["reason"], activity
+
+    quiet = max(busy["quiet"], idle["quiet"])
+    print(f"spawns and kernels {quiet - began:.1f} s, culler phase {time.time() - quiet:.1f} s")
 
     # the culled server's Ray cluster, notebook and kernels are gone
     deadline = time.monotonic() + 30
