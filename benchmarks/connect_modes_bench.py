@@ -42,6 +42,7 @@ state dir or marker in its environment is killed. ``ray stop`` is never used.
 
 from __future__ import annotations
 
+from rayspawner.registry import hub_process
 import argparse
 import asyncio
 import json
@@ -301,15 +302,15 @@ async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
         await asyncio.wait_for(sp.start(), 320)
         result["spawn_s"] = time.monotonic() - t0
         result["connect_mode"] = sp.ray_connect_mode
-        name = sp._ray_spec.name
+        name = sp.ray_session.spec.name
         head_pod = f"{name}-head"
-        gcs = sp._ray_spec.head_host + ":6379"
-        addresses = {"driver": "", "client": f"ray://{sp._ray_spec.head_host}:10001", "head": gcs}
+        gcs = sp.ray_session.spec.head_host + ":6379"
+        addresses = {"driver": "", "client": f"ray://{sp.ray_session.spec.head_host}:10001", "head": gcs}
         pods = {"driver": sp.pod_name, "client": sp.pod_name, "head": head_pod}
         containers = {"driver": None, "client": None, "head": "ray-head"}
         result["cluster"] = {
             "name": name,
-            "head_host": sp._ray_spec.head_host,
+            "head_host": sp.ray_session.spec.head_host,
             "pods": sorted(p["metadata"]["name"] for p in emu.list_objects("pods", NS)),
         }
         log(f"k8s: spawned in {result['spawn_s']:.1f}s; pods {result['cluster']['pods']}")
@@ -362,9 +363,7 @@ async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
                 result["stop_s"] = time.monotonic() - t0
             except BaseException as e:  # noqa: BLE001
                 result.setdefault("cleanup_errors", []).append(f"stop: {e!r}")
-            for task in list(RaySpawner._sweepers.values()):
-                task.cancel()
-            RaySpawner._sweepers.clear()
+            hub_process.reset()  # as a new hub process: no sweeps, no local backends
             for key, refl in list(RaySpawner.reflectors.items()):
                 try:
                     await refl.stop()

@@ -61,6 +61,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     from kubespawner import KubeSpawner
 
     from rayspawner import RaySpawner
+    from rayspawner.registry import hub_process
     from tests.spawner_fixtures import PROFILES
 
     common: dict[str, Any] = dict(
@@ -155,7 +156,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
             if len(errors) < 3:
                 traceback.print_exc()
         r["pod"] = sp.pod_name
-        r["cluster"] = sp._ray_spec.name if a.kind == "ray" and sp._ray_spec else None
+        r["cluster"] = sp.ray_session.spec.name if a.kind == "ray" and sp.ray_session.spec else None
 
     await asyncio.gather(*(spawn(sp, r) for sp, r in zip(spawners, results)))
     spawn_phase_s = time.monotonic() - wall0
@@ -203,8 +204,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
             r["cluster_left"] = stats["cluster_live"].get(r["cluster"], 0)
 
     # the reflectors and the sweeper would keep running; stop them so the process exits
-    for task in list(getattr(RaySpawner, "_sweepers", {}).values()):
-        task.cancel()
+    hub_process.reset()
     for refl in list(cls.reflectors.values()):
         await refl.stop()
 

@@ -52,7 +52,6 @@ import os
 import re
 import secrets
 import sys
-import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -61,18 +60,18 @@ import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Int, Unicode, default, validate
 
-from . import activity, metrics, quotas
-from .backends.local import LocalBackend, LocalCluster, find_processes, kill_processes
+from . import activity, quotas
+from .backends.local import LocalBackend, find_processes, kill_processes
 from .config import RayConfig
-from .errors import ConfigError, InvalidOptions, RaySpawnerError
+from .errors import ConfigError, InvalidOptions
 from .localpaths import private_dir, user_temp_root
 from .options import resolve_spec
 from .profiles import ProfileListMixin
-from .spec import RayClusterSpec
+from .registry import hub_process
+from .session import STATE_REF, RayClusterSession, gather_then_raise
+from .summary import local_size
 
 SERVER_MARKER = "RAYSPAWNER_SERVER_ID"
-_backends: dict[tuple, LocalBackend] = {}
-_isolation_warned = False
 
 ISOLATION_WARNING = (
     "LocalRaySpawner runs every user's notebook, kernels and Ray cluster as this hub's own user (%s): "
@@ -83,9 +82,7 @@ ISOLATION_WARNING = (
 
 
 def _warn_isolation(log: logging.Logger) -> None:
-    global _isolation_warned
-    if not _isolation_warned:
-        _isolation_warned = True
+    if hub_process.warn_once("local-isolation"):
         try:
             import pwd
 
@@ -118,8 +115,6 @@ def detected_gpus() -> int:
 
 class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     """A local notebook server plus its own Ray cluster as local processes."""
-
-    _ray_running: bool = False
 
     local_temp_root = Unicode(
         "",
@@ -172,8 +167,6 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         must register within fixed windows (30 s / 15 s) that parallel boots can miss.""",
     )
 
-    _ray_spec: RayClusterSpec | None = None
-    _ray_cluster: LocalCluster | None = None
     _ray_options_loaded: bool = False
     _server_marker: str = ""
     _notebook_phase: str = ""
@@ -182,6 +175,10 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _warn_isolation(self.log)
+        self.ray_session = RayClusterSession(self.log, lambda: self._log_name, self._backend_for)
+
+    async def _backend_for(self, kind: str) -> LocalBackend:
+        return self.backend
 
     @property
     def temp_root(self) -> str:
@@ -223,16 +220,17 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             self.local_max_parallel_starts,
             self.local_worker_restart_limit,
         )
-        if key not in _backends:
+        backends = hub_process.local_backends
+        if key not in backends:
             _route_logs_to_hub(self.log)
-            _backends[key] = LocalBackend(
+            backends[key] = LocalBackend(
                 temp_root=self.temp_root,
                 port_range=(lo, hi),
                 warmup_attempts=self.local_client_warmup_attempts,
                 max_parallel_starts=self.local_max_parallel_starts,
                 worker_restart_limit=self.local_worker_restart_limit,
             )
-        backend = _backends[key]
+        backend = backends[key]
         backend.start_sweeper(self.ray_orphan_sweep_interval, self.ray_orphan_grace_seconds)
         return backend
 
@@ -241,7 +239,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         """Apply the profile, then validate everything into a RayClusterSpec (or raise
         InvalidOptions, a 400 with a message, before anything exists)."""
         await self.load_profile_options()
-        self._ray_spec = None
+        self.ray_session.use(None)  # a refused respawn must not act on an earlier server's spec
         if not self.ray_enabled:
             return
         spec = resolve_spec(
@@ -256,7 +254,8 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                 "local Ray clusters can only use the hub machine's own GPUs. Choose a CPU profile.",
                 reason="no_gpu",
             )
-        self._ray_spec = quotas.admit(self, spec)  # the user's totals; assigned at once (its reservation)
+        # the user's totals; the session holds the spec at once (that is the reservation)
+        self.ray_session.use(quotas.admit(self, spec), self.backend)
         self.log.info(
             "Ray cluster %s for %s: head %s CPU, %d worker(s)",
             spec.name,
@@ -277,15 +276,16 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         env = super().get_env()
         if self._server_marker:
             env[SERVER_MARKER] = self._server_marker
-        if self._ray_cluster:
-            env.update(self._ray_cluster.notebook_env())
+        session = self.ray_session
+        if session.ref and session.backend:
+            env.update(session.backend.notebook_env(session.spec or session.ref))
         return env
 
     def get_args(self) -> list[str]:
         args = super().get_args()
         if os.geteuid() == 0 and "--allow-root" not in args:
             args.append("--allow-root")  # jupyter_server refuses root without it
-        return args + (activity.server_args() if self._ray_spec else [])  # Ray work counts as activity
+        return args + (activity.server_args() if self.ray_session.spec else [])  # Ray work counts as activity
 
     def _check_paths(self) -> None:
         """Refuse (UnsafePathError, nothing started) a temp root or a notebook home that
@@ -301,40 +301,36 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         self._server_marker = secrets.token_hex(6)
         self._notebook_phase = ""
         self._progress_shown = asyncio.Event()
-        spec = self._ray_spec
-        if spec is None:
+        session = self.ray_session
+        if session.spec is None:
             return await super().start()
-        started = time.monotonic()
-        backend = self.backend
-        try:
-            self._ray_cluster = await backend.prepare(spec)
-            create = asyncio.ensure_future(backend.create(spec, None, timeout=self.start_timeout))
+
+        async def notebook() -> Any:
+            await session.prepare()
+            session.create_in_background(None, timeout=self.start_timeout)
             self._notebook_phase = "starting"
-            url = await super().start()  # the notebook starts while the head does
+            url = await super(LocalRaySpawner, self).start()  # the notebook starts while the head does
             self._notebook_phase = "started"
-            backend.set_owner(spec.name, self.pid)
-            await create
-            if self.ray_wait_for_head:
-                remaining = max(10.0, self.start_timeout - (time.monotonic() - started) - 5)
-                await backend.wait_ready(spec, remaining)
-                # JupyterHub stops reading progress() once start() returns: give it a moment
-                # to show the last steps (workers N/N, ready)
-                try:
-                    await asyncio.wait_for(self._progress_shown.wait(), 2.0)
-                except asyncio.TimeoutError:
-                    pass
-            self.log.info(
-                "Ray cluster %s ready for %s after %.1f s", spec.name, self._log_name, time.monotonic() - started
-            )
-            metrics.spawn_succeeded(backend.kind, time.monotonic() - started)
-            self._ray_running = True
+            self.backend.notebook_started(session.ref, self.pid)
             return url
-        except BaseException as e:
-            metrics.spawn_failed(backend.kind, getattr(e, "reason_label", type(e).__name__))
-            if not isinstance(e, RaySpawnerError):
-                self.log.exception("Starting %s with Ray cluster %s failed", self._log_name, spec.name)
-            await asyncio.gather(self._stop_notebook(now=True), self._teardown_cluster(), return_exceptions=True)
-            raise
+
+        async def shown(status: Any, deadline: float) -> None:
+            # JupyterHub stops reading progress() once start() returns: give it a moment
+            # to show the last steps (workers N/N, ready)
+            try:
+                await asyncio.wait_for(self._progress_shown.wait(), 2.0)
+            except asyncio.TimeoutError:
+                pass
+
+        return await session.start(
+            notebook,
+            # local heads wait their turn to boot: the whole start timeout, less a margin
+            timeout=max(10.0, self.start_timeout - 5),
+            stop_timeout=self.ray_stop_timeout,
+            wait_for_head=self.ray_wait_for_head,
+            when_ready=shown if self.ray_wait_for_head else None,
+            on_failure=lambda: self._stop_notebook(now=True),
+        )
 
     # -------------------------------------------------------- stop / poll
     async def _stop_notebook(self, now: bool = False) -> None:
@@ -348,59 +344,38 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             if left:
                 self.log.error("Processes of %s never died: %s", self._log_name, left)
 
-    async def _teardown_cluster(self, cluster: LocalCluster | None = None) -> None:
-        if cluster is None:
-            cluster, self._ray_cluster = self._ray_cluster, None
-        if cluster:
-            started = time.monotonic()
-            await self.backend.delete(cluster.name, self.ray_stop_timeout)
-            was_running, self._ray_running = self._ray_running, False
-            metrics.teardown_done(self.backend.kind, time.monotonic() - started, was_running)
-
     async def stop(self, now: bool = False) -> None:
-        results = await asyncio.gather(self._stop_notebook(now), self._teardown_cluster(), return_exceptions=True)
-        self._server_marker = ""
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        try:
+            await gather_then_raise(self._stop_notebook(now), self.ray_session.teardown(self.ray_stop_timeout))
+        finally:
+            self._server_marker = ""
 
     async def poll(self):
         # SimpleLocalProcessSpawner.poll clears the state of a dead notebook, and JupyterHub
         # then never calls stop (also after a hub restart): the cluster goes down here.
-        cluster, marker = self._ray_cluster, self._server_marker
+        session, marker = self.ray_session, self._server_marker
+        ref, running = session.ref, session.running
         status = await super().poll()
         if status is not None:
-            if cluster:
+            if ref:
                 self.log.info(
                     "The notebook of %s is gone (status %s); tearing down Ray cluster %s",
                     self._log_name,
                     status,
-                    cluster.name,
+                    ref.name,
                 )
-                self._ray_cluster = None
-                await asyncio.gather(self._kill_marked(marker), self._teardown_cluster(cluster))
+                session.ref, session.running = ref, running  # clear_state (in poll) forgot them
+                await gather_then_raise(self._kill_marked(marker), session.teardown(self.ray_stop_timeout))
+                session.forget()
             return status
-        if not cluster or not cluster.head_ready:
-            return None  # (a cluster still starting is start()'s business)
-        if not self.backend.head_alive(cluster.name):
-            self.log.error(
-                "The Ray head of %s (cluster %s, pid %s) is gone; reporting the server as failed",
-                self._log_name,
-                cluster.name,
-                cluster.head.pid,
-            )
+        problem = await session.health(head_restart_limit=0)
+        if problem:
+            self.log.error("Ray cluster of %s: %s; reporting the server as failed", self._log_name, problem)
+            try:  # JupyterHub skips stop() for a server whose poll says it died
+                await self.stop(now=True)
+            except Exception as e:  # the orphan sweep remains
+                self.log.error("Could not remove the failed server %s: %s", self._log_name, e)
             return 1
-        if cluster.workers:
-            await self.backend.status(cluster.name)  # restarts workers that died
-            failed = self.backend.failed_workers(cluster.name)
-            if failed:
-                self.log.error(
-                    "Ray cluster %s of %s: worker(s) failed for good (%s); reporting the server as failed",
-                    cluster.name,
-                    self._log_name,
-                    "; ".join(f"{r}: {w}" for r, w in failed.items()),
-                )
-                return 1
         return None
 
     # ----------------------------------------------------------- progress
@@ -411,7 +386,8 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         pct = 0
         seen_events = 0
         while True:
-            spec, cluster = self._ray_spec, self._ray_cluster
+            spec = self.ray_session.spec
+            cluster = self.backend.cluster(spec) if spec else None
             if not spec or not cluster:
                 return
             st = await self.backend.status(spec)
@@ -460,8 +436,11 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     # -------------------------------------------------------------- state
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
-        if self._ray_cluster:
-            state["ray_local"] = self._ray_cluster.to_state()  # ports, temp dir, pids; never the token
+        session = self.ray_session
+        cluster = self.backend.cluster(session.ref) if session.ref else None
+        if cluster:
+            state.update(session.to_state())
+            state["ray_local"] = cluster.to_state()  # ports, temp dir, pids; never the token
         if self._server_marker:
             state["server_marker"] = self._server_marker
         return state
@@ -471,7 +450,11 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
         state = state or {}
         self._server_marker = state.get("server_marker", self._server_marker)
         if state.get("ray_local"):
-            self._ray_cluster = self.backend.adopt(state["ray_local"])
+            cluster = self.backend.adopt(state["ray_local"])
+            session = self.ray_session
+            session.backend = self.backend
+            session.load_state({**state, STATE_REF: {"name": cluster.name, "namespace": "local", "backend": "local"}})
+            session.stored_size = session.stored_size or local_size(cluster)
             if self.pid and not psutil.pid_exists(self.pid):
                 # the notebook died while the hub was down: JupyterHub's start-up poll
                 # tears the cluster down; say why in the log now
@@ -479,10 +462,10 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                     "Notebook of %s (pid %s) is gone; its Ray cluster %s will be torn down",
                     self._log_name,
                     self.pid,
-                    self._ray_cluster.name,
+                    cluster.name,
                 )
 
     def clear_state(self) -> None:
         super().clear_state()
-        self._ray_cluster = None
+        self.ray_session.forget()
         self._server_marker = ""

@@ -7,7 +7,7 @@ what the user's other active servers hold (pending, running or stopping) and ref
 spawn with :class:`~rayspawner.errors.InvalidOptions` when a total would be exceeded.
 
 Two spawns racing for the last slot: :func:`admit` is synchronous (it never awaits) and
-the spawners assign what it returns to their ``_ray_spec`` at once, so on the hub's single
+the spawners hand what it returns to their session (``ray_session.spec``) at once, so on the hub's single
 event loop no other check runs between the sum and the reservation (that spec, which
 counts for as long as the server is active: pending, running or stopping). A spawn that
 fails makes its server inactive, which releases it. After a hub restart, what a server holds comes from the
@@ -88,44 +88,27 @@ def size_usage(size: Mapping[str, Any], server: str) -> Usage:
     return Usage(server, str(size.get("cluster", "")), *hi, *lo)
 
 
-def local_usage(cluster: Any, server: str) -> Usage:
-    """From a LocalRaySpawner cluster restored from state: its nodes as started."""
-    cpu = mem = gpu = 0
-    for n in getattr(cluster, "nodes", ()):
-        cpu += int(n.num_cpus) * 1000
-        mem += int(getattr(n, "memory_bytes", 0) or 0) + int(getattr(n, "object_store_bytes", 0) or 0)
-        gpu += int(getattr(n, "num_gpus", 0) or 0)
-    return Usage(server, getattr(cluster, "name", ""), cpu, mem, gpu, cpu, mem, gpu)
-
-
 def usage_of(spawner: Any) -> Usage | None:
     """What an *active* server's Ray cluster holds; None for an inactive or Ray-less one."""
-    if not getattr(spawner, "active", False):
+    session = getattr(spawner, "ray_session", None)
+    if not getattr(spawner, "active", False) or session is None:
         return None
     server = getattr(spawner, "name", "") or ""
-    spec = getattr(spawner, "_ray_spec", None)
-    if spec is not None:
-        return spec_usage(spec, server)
-    size = getattr(spawner, "_ray_size", None)
-    if size:
+    if session.spec is not None:
+        return spec_usage(session.spec, server)
+    if session.stored_size:
         try:
-            return size_usage(size, server)
+            return size_usage(session.stored_size, server)
         except (InvalidOptions, TypeError, ValueError):
             pass  # a state written by another version: still a cluster, size unknown
-    cluster = getattr(spawner, "_ray_cluster", None)
-    if cluster is not None:
-        return local_usage(cluster, server)
-    ref = getattr(spawner, "_ray_ref", None)
-    if ref is not None:
-        return Usage(server, ref.name, known=False)
+    if session.ref is not None:
+        return Usage(server, session.ref.name, known=False)
     return None
 
 
 def backend_of(spawner: Any) -> str:
-    ref = getattr(spawner, "_ray_ref", None)
-    if ref is not None and getattr(ref, "backend", ""):
-        return ref.backend
-    return "local" if hasattr(spawner, "_ray_cluster") else "unknown"
+    ref = getattr(getattr(spawner, "ray_session", None), "ref", None)
+    return getattr(ref, "backend", "") or "unknown"
 
 
 # ----------------------------------------------------------------- limits
@@ -214,7 +197,7 @@ def siblings_in_use(spawner: Any) -> list[Usage]:
 
 def admit(spawner: Any, spec: Any) -> Any:
     """Refuse ``spec`` if the user's totals would exceed a limit; else return it, for the
-    caller to assign to ``_ray_spec`` at once (that is the reservation).
+    caller to hand to its ``ray_session`` at once (that is the reservation).
 
     Must stay synchronous: no other spawn's check may run between the sum and the reservation.
     """

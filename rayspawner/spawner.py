@@ -32,7 +32,7 @@ from kubespawner.objects import get_k8s_model
 from kubespawner.reflector import ResourceReflector
 from traitlets import TraitError
 
-from . import metrics, naming, quotas
+from . import naming, quotas
 from .backends.base import ClusterBackend, ClusterStatus
 from .backends.pods import reported_versions
 from .backends.detect import kuberay_served, select_backend
@@ -40,7 +40,7 @@ from .backends.isolation import notebook_isolation
 from .backends.kube import KINDS, KINDS_BY_PLURAL, KubeClient, api_error, transient, with_retries
 from .config import RayConfig
 from .env import notebook_env
-from .errors import ClusterStartError, ConfigError, InvalidOptions, RaySpawnerError
+from .errors import ClusterStartError, ConfigError, InvalidOptions
 from .hubpages import HubPagesMixin
 from . import progress_steps
 from .manifests import notebook as notebook_manifests
@@ -48,8 +48,9 @@ from .manifests.common import owner_reference, version_init_container, wants_ver
 from .options import check_user_options, resolve_spec
 from .profiles import options_may_enable_ray
 from .reflector_index import pod_events
-from .spec import ClusterRef, RayClusterSpec
-from .summary import spec_size
+from .registry import hub_process
+from .session import RayClusterSession, gather_then_raise
+from .spec import RayClusterSpec
 from .versions_check import compare_versions
 
 
@@ -70,24 +71,15 @@ class RayPodReflector(ResourceReflector):
 class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
     """KubeSpawner that also starts the user's own Ray cluster when ``ray_enabled``."""
 
-    _ray_spec: RayClusterSpec | None = None
-    _ray_ref: ClusterRef | None = None
-    _ray_backend: ClusterBackend | None = None
-    _ray_create_task: asyncio.Task | None = None
-    _ray_prepared: bool = False
-    _ray_owner: dict | None = None
-    _ray_head_restarts: int = 0
-    _ray_running: bool = False
-    _ray_version_warning: str | None = None
-    _ray_failure: str | None = None
-    #: the cluster's size (rayspawner.summary) restored from state, for the home page
-    _ray_size: dict | None = None
-
     def __init__(self, *args: Any, **kwargs: Any):
         try:
             super().__init__(*args, **kwargs)
         except TraitError as e:  # a bad value in jupyterhub_config.py: say so, not "Internal Server Error"
             raise ConfigError(f"Invalid RaySpawner configuration in jupyterhub_config.py: {e}") from None
+        #: this server's Ray cluster: everything about it, and its lifecycle
+        self.ray_session = RayClusterSession(
+            self.log, lambda: self._log_name, lambda kind: self._backend_for(kind or self.ray_backend)
+        )
 
     # ---------------------------------------------------------------- options
     def _notebook_selector(self) -> dict[str, str]:
@@ -109,12 +101,11 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             # the user's mistake, not the hub's: one line, no traceback (JupyterHub adds its own line)
             self.log.warning("Refused server options for %s: %s", self._log_name, e.message)
             raise
-        if self._ray_spec:
-            self._ray_backend = await self._backend_for(self.ray_backend)
-            self._ray_ref = self._ray_spec.ref(self._ray_backend.kind)
-            self.log.info(
-                "Ray cluster %s for %s (%s backend)", self._ray_spec.name, self._log_name, self._ray_backend.kind
-            )
+        spec = self.ray_session.spec
+        if spec:
+            backend = await self._backend_for(self.ray_backend)
+            self.ray_session.use(spec, backend)
+            self.log.info("Ray cluster %s for %s (%s backend)", spec.name, self._log_name, backend.kind)
             self._ray_in_use()
 
     async def load_ray_options(self) -> RayClusterSpec | None:
@@ -122,7 +113,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
 
         Raises InvalidOptions (HTTP 400) with a message for the user.
         """
-        self._ray_spec = None  # a refused respawn must not act on an earlier server's spec
+        self.ray_session.use(None)  # a refused respawn must not act on an earlier server's spec
         profile_list = self._sorted_dict_values(self.profile_list)
         if callable(profile_list):
             profile_list = await profile_list(self) if asyncio.iscoroutinefunction(profile_list) else profile_list(self)
@@ -134,20 +125,23 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         except (ValueError, KeyError, TraitError) as e:
             raise InvalidOptions(f"Invalid server options: {e}") from None
         if self.ray_enabled:
-            # quotas.admit: the user's totals across servers; assigned at once (its reservation)
-            self._ray_spec = quotas.admit(
-                self,
-                resolve_spec(
+            # quotas.admit: the user's totals across servers; the session holds the spec at
+            # once (that is the reservation)
+            self.ray_session.use(
+                quotas.admit(
                     self,
-                    username=self.user.name,
-                    servername=self.name or "",
-                    namespace=self.namespace,
-                    notebook_image=self.image,
-                    notebook_selector=self._notebook_selector(),
-                    image_pull_policy=self.image_pull_policy,
-                ),
+                    resolve_spec(
+                        self,
+                        username=self.user.name,
+                        servername=self.name or "",
+                        namespace=self.namespace,
+                        notebook_image=self.image,
+                        notebook_selector=self._notebook_selector(),
+                        image_pull_policy=self.image_pull_policy,
+                    ),
+                )
             )
-        return self._ray_spec
+        return self.ray_session.spec
 
     # --------------------------------------------------------------- backends
     def _kube(self) -> KubeClient:
@@ -188,13 +182,13 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
     # ------------------------------------------------------------------ start
     def get_env(self) -> dict[str, Any]:
         env = super().get_env()
-        if self._ray_spec:
-            env.update(notebook_env(self._ray_spec))
+        if self.ray_session.spec:
+            env.update(notebook_env(self.ray_session.spec))
         return env
 
     async def get_pod_manifest(self):
         pod = await super().get_pod_manifest()
-        spec = self._ray_spec
+        spec = self.ray_session.spec
         if spec and wants_version_check(spec):
             probe = get_k8s_model(V1Container, version_init_container(self.image, self.image_pull_policy))
             pod.spec.init_containers = [*(pod.spec.init_containers or []), probe]
@@ -215,72 +209,62 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         pod.spec.share_process_namespace = True
 
     async def _make_create_pod_request(self, pod, request_timeout):
-        spec, backend = self._ray_spec, self._ray_backend
-        if spec and backend and not self._ray_prepared:
+        """KubeSpawner's, plus: the token Secret before the pod, the cluster right after it
+        (owned by the pod: its UID comes from the create response, no waiting), and 429/5xx
+        retried with readable errors (KubeSpawner retries only timeouts and 409)."""
+        session = self.ray_session
+        spec = session.spec
+        if spec is None or session.backend is None:
+            try:
+                return await super()._make_create_pod_request(pod, request_timeout)
+            except ApiException as e:
+                return self._pod_create_error(e, pod)
+        if not session.prepared:
             if spec.network_policy and spec.notebook_selector:
                 # the pod's final labels are known only now (after modify_pod_hook)
                 types = await notebook_isolation(self._kube(), self.namespace, pod.metadata.labels or {})
-                spec = self._ray_spec = dataclasses.replace(spec, notebook_policy_types=types)
-            await backend.prepare(spec)
-            self._ray_prepared = True
+                session.spec = dataclasses.replace(spec, notebook_policy_types=types)
+            await session.prepare()
         try:
-            created = await super()._make_create_pod_request(pod, request_timeout)
-        except ApiException as e:  # KubeSpawner retries only timeouts and 409
-            if transient(e):
-                self.log.warning("Creating pod %s: HTTP %s, retrying", pod.metadata.name, e.status)
+            created = await asyncio.wait_for(self.api.create_namespaced_pod(self.namespace, pod), request_timeout)
+        except asyncio.TimeoutError:
+            return False
+        except ApiException as e:
+            if e.status == 409:  # as KubeSpawner: an earlier pod of this name is removed, then retried
+                self.log.info("Found existing pod %s, attempting to kill", pod.metadata.name)
+                await self.stop(True)
                 return False
-            raise api_error(e, "create", KINDS["Pod"], self.namespace, pod.metadata.name) from None
-        if created and spec and backend and self._ray_create_task is None:
-            self._ray_create_task = asyncio.ensure_future(self._create_cluster(spec, backend))
-        return created
+            return self._pod_create_error(e, pod)
+        session.create_in_background(owner_reference(pod.metadata.name, created.metadata.uid))
+        return True
 
-    async def _create_cluster(self, spec: RayClusterSpec, backend: ClusterBackend) -> None:
-        ref_key = f"{self.namespace}/{self.pod_name}"
-        deadline = time.monotonic() + self.k8s_api_request_retry_timeout
-        while not self.pod_has_uid(self.pod_reflector.pods.get(ref_key)):
-            if time.monotonic() > deadline:
-                raise ClusterStartError(f"The notebook pod {ref_key} never appeared; cannot create its Ray cluster.")
-            await asyncio.sleep(0.05)
-        owner = owner_reference(self.pod_name, self.pod_reflector.pods[ref_key]["metadata"]["uid"])
-        self._ray_owner = owner
-        await backend.create(spec, owner)
+    def _pod_create_error(self, e: ApiException, pod: V1Pod) -> bool:
+        if transient(e):
+            self.log.warning("Creating pod %s: HTTP %s, retrying", pod.metadata.name, e.status)
+            return False
+        raise api_error(e, "create", KINDS["Pod"], self.namespace, pod.metadata.name) from None
 
     async def _start(self):
         _starting.set(self)  # this task's context (and its subtasks'): see _cancel_pending_start
-        started = time.monotonic()
-        self._ray_create_task = None
-        self._ray_prepared = False
-        self._ray_head_restarts = 0
-        self._ray_failure = None
-        try:
-            url = await super()._start()
-            if self._ray_spec and self._ray_backend:
-                await self._ray_create_task
-                remaining = max(5.0, self.start_timeout - (time.monotonic() - started))
-                if self.ray_wait_for_head:
-                    status = await self._ray_backend.wait_ready(self._ray_spec, remaining)
-                    await self._wait_notebook_joined(started + remaining)
-                else:
-                    status = await self._ray_backend.status(self._ray_spec)
-                await self._check_versions(status, started + remaining)
-                metrics.spawn_succeeded(self._ray_backend.kind, time.monotonic() - started)
-                self._ray_running = True
-            return url
-        except BaseException as e:
-            if isinstance(e, RaySpawnerError):
-                self._ray_failure = e.message
-            if self._ray_spec and self._ray_backend:
-                metrics.spawn_failed(self._ray_backend.kind, getattr(e, "reason_label", type(e).__name__))
-                try:
-                    await self._teardown_cluster()
-                except Exception as cleanup_error:  # keep the original error for the user
-                    self.log.error("Cleaning up Ray cluster of %s failed: %s", self._log_name, cleanup_error)
-            raise
+        # KubeSpawner's _start loads the user's options itself: whether Ray is on is known
+        # only inside it, so the session runs every start (without Ray it only calls _start)
+        return await self.ray_session.start(
+            super()._start,
+            timeout=self.start_timeout,
+            stop_timeout=self.ray_stop_timeout,
+            wait_for_head=self.ray_wait_for_head,
+            when_ready=self._last_checks,
+        )
+
+    async def _last_checks(self, status: ClusterStatus, deadline: float) -> None:
+        if self.ray_wait_for_head:
+            await self._wait_notebook_joined(deadline)
+        await self._check_versions(status, deadline)
 
     async def _wait_notebook_joined(self, deadline: float) -> None:
         """Driver mode: "ready" means a bare ray.init() works at once, so the notebook's own
         Ray node (which joins only once the head is up) must have joined too."""
-        spec = self._ray_spec
+        spec = self.ray_session.spec
         if not spec or not spec.driver_mode:
             return
         while not notebook_manifests.node_ready(self._notebook_pod()):
@@ -295,8 +279,9 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             await asyncio.sleep(0.2)
 
     async def _check_versions(self, status: ClusterStatus, deadline: float) -> None:
-        spec = self._ray_spec
-        if not spec or not wants_version_check(spec):
+        session = self.ray_session
+        spec = session.spec
+        if not spec or not session.backend or not wants_version_check(spec):
             return
         while True:
             notebook = reported_versions(self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") or {})
@@ -307,30 +292,15 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
                 self.log.warning("Could not learn Ray/Python versions of %s; skipping the check", spec.name)
                 return
             await asyncio.sleep(0.5)
-            status = await self._ray_backend.status(spec)
+            status = await session.backend.status(spec)
         problem = compare_versions(notebook, cluster, spec.notebook_image, spec.image)
         if problem and spec.version_check == "error":
             raise ClusterStartError(problem, reason="version_mismatch")
         if problem:
             self.log.warning(problem)
-            self._ray_version_warning = problem
+            session.version_warning = problem
 
     # ------------------------------------------------------------- stop/poll
-    async def _teardown_cluster(self) -> None:
-        task, self._ray_create_task = self._ray_create_task, None
-        if task and not task.done():
-            task.cancel()
-        ref = self._ray_ref
-        if not ref:
-            return
-        backend = self._ray_backend or await self._backend_for(ref.backend or self.ray_backend)
-        started = time.monotonic()
-        # the spec (when known) lets the backend skip objects this cluster never had
-        await backend.delete(self._ray_spec or ref, self.ray_stop_timeout)
-        self._ray_prepared = False
-        was_running, self._ray_running = self._ray_running, False
-        metrics.teardown_done(backend.kind, time.monotonic() - started, was_running)
-
     async def _make_delete_pod_request(self, pod_name, delete_options, grace_seconds, request_timeout):
         try:
             return await super()._make_delete_pod_request(pod_name, delete_options, grace_seconds, request_timeout)
@@ -383,54 +353,30 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
 
     async def stop(self, now: bool = False) -> None:
         await self._cancel_pending_start()
-        if not self._ray_ref:
+        if not self.ray_session.ref:
             return await super().stop(now)
-        results = await asyncio.gather(super().stop(now), self._teardown_cluster(), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        await gather_then_raise(super().stop(now), self.ray_session.teardown(self.ray_stop_timeout))
 
     async def poll(self):
         if not self._ray_use_checked:
             # once per spawner object: at hub start-up JupyterHub polls every stored server,
             # including one whose Ray spawn the previous hub process died in (no state yet)
             self._ray_use_checked = True
-            if self._ray_ref or options_may_enable_ray(self, self.user_options or {}):
+            if self.ray_session.ref or options_may_enable_ray(self, self.user_options or {}):
                 self._ray_in_use()
         start = getattr(self, "_start_future", None)
         if start is not None and not start.done():
             return None  # JupyterHub polls a pending server only to stop it: stop() cancels the start
+        session = self.ray_session
         status = await super().poll()
-        if status is not None or not self._ray_ref:
-            if status is not None and self._ray_ref:
+        if status is not None or not session.ref:
+            if status is not None and session.ref:
                 # the notebook is gone behind our back: make sure its cluster goes too
-                await self._teardown_cluster()
+                await session.teardown(self.ray_stop_timeout)
             return status
-        if not self._ray_running:
-            return None  # a start that failed or never finished: the notebook decides; stop() removes both
-        backend = self._ray_backend or await self._backend_for(self._ray_ref.backend or self.ray_backend)
-        self._ray_backend = backend
-        st = await backend.status(self._ray_ref)
-        if st.exists and st.phase != "terminating":
-            return None
-        if (
-            self._ray_head_restarts >= self.ray_head_restart_limit
-            or not self._ray_spec
-            or not backend.can_recreate_head
-        ):
-            self.log.error("Ray head of %s is gone; reporting the server as failed", self._ray_ref.name)
-            return await self._fail_server()
-        self._ray_head_restarts += 1
-        self.log.warning(
-            "Ray head of %s vanished; recreating it (%d/%d)",
-            self._ray_ref.name,
-            self._ray_head_restarts,
-            self.ray_head_restart_limit,
-        )
-        try:
-            await backend.recreate_head(self._ray_spec, self._ray_owner)
-        except RaySpawnerError as e:
-            self.log.error("Could not recreate the Ray head of %s: %s", self._ray_ref.name, e)
+        problem = await session.health(self.ray_head_restart_limit)
+        if problem:
+            self.log.error("Ray cluster %s: %s; reporting the server as failed", session.ref.name, problem)
             return await self._fail_server()
         return None
 
@@ -445,7 +391,6 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         return 1
 
     # ------------------------------------------------------------ orphan sweep
-    _sweepers: dict = {}
     _ray_use_checked: bool = False
 
     def _ray_in_use(self) -> None:
@@ -468,9 +413,9 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             self._ray_use_checked = False
             return
         key = (id(loop), self.namespace)
-        task = RaySpawner._sweepers.get(key)
+        task = hub_process.sweepers.get(key)
         if task is None or task.done():
-            RaySpawner._sweepers[key] = asyncio.ensure_future(self._sweep_forever())
+            hub_process.sweepers[key] = asyncio.ensure_future(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
         from .sweep import SWEPT_KINDS
@@ -556,10 +501,10 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
                     break
                 if pump_done:
                     await asyncio.sleep(0.5)
-            if self._ray_failure:
-                yield stamp({"message": self._ray_failure}, 0)
+            if self.ray_session.failure:
+                yield stamp({"message": self.ray_session.failure}, 0)
                 return
-            final = await self._cluster_message(final=True) if self._ray_spec else self._notebook_final_message()
+            final = await self._cluster_message(final=True) if self.ray_session.spec else self._notebook_final_message()
             if final:
                 yield stamp({"message": final}, 95)
         finally:
@@ -574,60 +519,32 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
 
     async def _spawn_steps(self) -> tuple[list[tuple[str, str]], int]:
         """The steps reached so far as (key, message), and the progress they are worth."""
-        pod = self._notebook_pod()
-        st = None
-        if self._ray_spec and self._ray_backend:
-            try:
-                st = await self._ray_backend.status(self._ray_spec)
-            except RaySpawnerError:
-                pass
-        return progress_steps.spawn_steps(pod, self._ray_spec, st, self._ray_version_warning)
+        session = self.ray_session
+        st = await session.status()
+        return progress_steps.spawn_steps(self._notebook_pod(), session.spec, st, session.version_warning)
 
     def _notebook_final_message(self) -> str:
         return progress_steps.notebook_final_message(self._notebook_pod())
 
     async def _cluster_message(self, final: bool = False) -> str:
         """The cluster's state in one line; ``final``: the spawn's closing message."""
-        spec, backend = self._ray_spec, self._ray_backend
-        if not spec or not backend:
-            return ""
-        try:
-            st = await backend.status(spec)
-        except RaySpawnerError:
+        session = self.ray_session
+        spec, st = session.spec, await session.status()
+        if not spec or not st:
             return ""
         if not (final and st.head_ready):
-            return progress_steps.describe_cluster(spec, st, self._ray_version_warning)
-        return progress_steps.ready_message(spec, st, self._notebook_pod(), self._ray_version_warning)
+            return progress_steps.describe_cluster(spec, st, session.version_warning)
+        return progress_steps.ready_message(spec, st, self._notebook_pod(), session.version_warning)
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
-        state = super().get_state()
-        if self._ray_ref:
-            state["ray_cluster"] = {
-                "name": self._ray_ref.name,
-                "namespace": self._ray_ref.namespace,
-                "backend": self._ray_ref.backend,
-            }
-            size = spec_size(self._ray_spec) if self._ray_spec else self._ray_size
-            if size:
-                state["ray_size"] = size
-        return state
+        return {**super().get_state(), **self.ray_session.to_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        cluster = (state or {}).get("ray_cluster")
-        self._ray_size = (state or {}).get("ray_size") or self._ray_size
-        if cluster:
-            self._ray_ref = ClusterRef(cluster["name"], cluster["namespace"], cluster.get("backend", ""))
-            if not self._ray_running:
-                self._ray_running = True
-                metrics.reattached(self._ray_ref.backend or "unknown")
+        if self.ray_session.load_state(state):
             self._ray_in_use()
 
     def clear_state(self) -> None:
         super().clear_state()
-        self._ray_ref = None
-        self._ray_spec = None
-        self._ray_backend = None
-        self._ray_version_warning = None
-        self._ray_size = None
+        self.ray_session.forget()

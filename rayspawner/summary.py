@@ -101,16 +101,8 @@ def describe(size: dict[str, Any]) -> str:
 
 
 def _size(spawner: Any) -> dict[str, Any] | None:
-    spec = getattr(spawner, "_ray_spec", None)
-    if spec is not None:
-        return spec_size(spec)
-    size = getattr(spawner, "_ray_size", None)
-    if size:
-        return size
-    cluster = getattr(spawner, "_ray_cluster", None)
-    if cluster is not None:
-        return local_size(cluster)
-    return None
+    session = getattr(spawner, "ray_session", None)
+    return session.size() if session is not None else None
 
 
 def cluster_summary(spawner: Any) -> dict[str, Any] | None:

@@ -99,7 +99,7 @@ async def in_pod(emu: Any, pod: str, argv: list[str], timeout: float, container:
 
 async def check_token_auth(emu: Any, sp: Any) -> None:
     """Every token case against ``sp``'s running cluster (see the module docstring)."""
-    name = sp._ray_spec.name
+    name = sp.ray_session.spec.name
     token = base64.b64decode(emu.get_object("secrets", NS, f"{name}-ray-token")["data"]["auth_token"]).decode()
     head = emu.get_object("pods", NS, f"{name}-head")
     assert {e["name"]: e for e in head["spec"]["containers"][0]["env"]}["RAY_AUTH_TOKEN"]["valueFrom"]

@@ -16,6 +16,7 @@ import pytest
 from kubernetes_asyncio.config import kube_config
 from kubespawner.clients import load_config
 
+from rayspawner.registry import hub_process
 from rayspawner.backends import detect
 
 NOTEBOOK_IMAGE = "quay.io/rayspawner/notebook:2.60.0"
@@ -74,9 +75,7 @@ async def ray_spawner_factory(monkeypatch: pytest.MonkeyPatch):
         return sp
 
     yield make
-    for task in list(RaySpawner._sweepers.values()):
-        task.cancel()
-    RaySpawner._sweepers.clear()
+    hub_process.reset()  # as a new hub process: no sweeps, no local backends
     for key, refl in list(RaySpawner.reflectors.items()):
         await refl.stop()
         RaySpawner.reflectors.pop(key, None)

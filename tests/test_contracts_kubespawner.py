@@ -24,7 +24,7 @@ from kubespawner import KubeSpawner
 from kubespawner.clients import load_config
 from tornado import web
 
-from rayspawner import RaySpawner
+from rayspawner.registry import hub_process
 from rayspawner.errors import InvalidOptions
 
 from .spawner_fixtures import NOTEBOOK_IMAGE, RAY, user
@@ -80,7 +80,7 @@ async def test_good_options_still_load(k8s_emu_session, ray_spawner_factory):
     sp = ray_spawner_factory(k8s_emu_session, profile_list=REGEX_PROFILES, ray_orphan_sweep_interval=0)
     sp.user_options = {"profile": "ray", "workers--unlisted-choice": "3"}
     await sp.load_user_options()
-    assert sp._ray_spec is not None and sp._ray_spec.desired_workers == 3
+    assert sp.ray_session.spec is not None and sp.ray_session.spec.desired_workers == 3
 
 
 # ------------------------------------------------------------------ progress
@@ -149,11 +149,11 @@ async def test_state_round_trips_with_a_cluster(k8s_emu, ray_spawner_factory):
     await asyncio.wait_for(first.start(), 30)
     state = first.get_state()
     assert state["ray_cluster"] == {"name": "ray-alice", "namespace": "jhub", "backend": "pods"}
-    RaySpawner._sweepers.clear()  # a new hub process: no sweep yet
+    hub_process.sweepers.clear()  # a new hub process: no sweep yet
     second = ray_spawner_factory(k8s_emu)
     second.load_state(state)
     assert second.get_state() == state
-    assert RaySpawner._sweepers, "a stored server with a Ray cluster starts the orphan sweep"
+    assert hub_process.sweepers, "a stored server with a Ray cluster starts the orphan sweep"
     second.clear_state()
     assert "ray_cluster" not in second.get_state()
     second.load_state(state)
@@ -170,7 +170,7 @@ async def test_state_round_trips_without_a_cluster(k8s_emu, ray_spawner_factory)
     second.load_state(state)
     assert second.get_state() == state
     assert await second.poll() is None
-    assert not RaySpawner._sweepers, "no sweep for a hub that never used Ray"
+    assert not hub_process.sweepers, "no sweep for a hub that never used Ray"
     await asyncio.wait_for(second.stop(), 20)
 
 
@@ -243,4 +243,4 @@ async def test_ray_off_makes_exactly_kubespawners_requests(k8s_emu_factory, ray_
 
     assert ("create", "pods", "jhub", None) in expected and ("delete", "pods", "jhub", "jupyter-alice") in expected
     assert got == expected, f"RaySpawner extra: {got - expected}; missing: {expected - got}"
-    assert not RaySpawner._sweepers
+    assert not hub_process.sweepers

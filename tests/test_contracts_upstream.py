@@ -19,6 +19,7 @@ import pytest
 from kubernetes_asyncio.config import kube_config
 from kubespawner.clients import load_config
 
+from rayspawner.registry import hub_process
 from rayspawner import RaySpawner
 
 UPSTREAM_TESTS = [
@@ -75,4 +76,4 @@ async def test_upstream_user_options_test(k8s_emu_session, monkeypatch, name, ki
     finally:
         load_config.cache_clear()
     assert emu.request_log == []  # loading options with Ray off is no API request
-    assert not RaySpawner._sweepers  # none of these profiles turns Ray on
+    assert not hub_process.sweepers  # none of these profiles turns Ray on

@@ -71,7 +71,8 @@ def cluster_env() -> Iterator[dict[str, str]]:
     backend = LocalBackend(temp_root=root)
 
     async def up():
-        cluster = await backend.prepare(spec)
+        await backend.prepare(spec)
+        cluster = backend.cluster(spec)
         await backend.create(spec)
         await backend.wait_ready(spec, 400)
         return cluster
@@ -80,7 +81,7 @@ def cluster_env() -> Iterator[dict[str, str]]:
         cluster = asyncio.run(up())
         yield cluster.notebook_env()
     finally:
-        asyncio.run(backend.delete(spec.name, 60))
+        asyncio.run(backend.delete(spec, 60))
         for p in find_processes(MARKER_ROOT, root):
             p.kill()
         shutil.rmtree(root, ignore_errors=True)

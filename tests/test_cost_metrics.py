@@ -4,8 +4,10 @@ tests/test_cost_quotas_hub.py reads /hub/metrics while a local cluster runs."""
 
 from __future__ import annotations
 
+import logging
 from prometheus_client import CollectorRegistry, generate_latest
 
+from rayspawner.session import RayClusterSession
 from rayspawner import metrics, progress_steps, quotas
 from rayspawner.backends.base import ClusterStatus
 from rayspawner.config import RayConfig
@@ -16,8 +18,9 @@ from rayspawner.spec import ClusterRef
 class S:
     def __init__(self, user: str, profile: str | None, active: bool = True, backend: str = "kuberay", **traits):
         cfg = RayConfig(ray_head_memory="1Gi", ray_worker_memory="1Gi", **traits)
-        self._ray_spec = resolve_spec(cfg, username=user, servername="", namespace="n", notebook_image="i")
-        self._ray_ref = ClusterRef(self._ray_spec.name, "n", backend)
+        self.ray_session = RayClusterSession(logging.getLogger(__name__), lambda: user, None)
+        self.ray_session.spec = resolve_spec(cfg, username=user, servername="", namespace="n", notebook_image="i")
+        self.ray_session.ref = ClusterRef(self.ray_session.spec.name, "n", backend)
         self.user_options = {"profile": profile} if profile else {}
         self.active, self.name = active, ""
 

@@ -4,9 +4,12 @@ JupyterHub with named servers: tests/test_cost_quotas_hub.py."""
 
 from __future__ import annotations
 
+import logging
 import pytest
 from traitlets import TraitError
 
+from rayspawner.summary import local_size
+from rayspawner.session import RayClusterSession
 from rayspawner import quotas
 from rayspawner.backends.local import LocalCluster, LocalNode
 from rayspawner.config import RayConfig
@@ -21,12 +24,12 @@ class User:
 
 
 class Spawner(RayConfig):
-    """What quotas reads of a spawner: traits, user, name, active, _ray_* attributes."""
+    """What quotas reads of a spawner: traits, user, name, active, its ray_session."""
 
     def __init__(self, user: User, name: str = "", active: bool = False, **traits):
         super().__init__(**traits)
         self.user, self.name, self.active = user, name, active
-        self._ray_spec = self._ray_size = self._ray_cluster = self._ray_ref = None
+        self.ray_session = RayClusterSession(logging.getLogger(__name__), lambda: name, None)
         user.spawners[name] = self
 
     def spec(self, **traits):
@@ -35,7 +38,7 @@ class Spawner(RayConfig):
 
     def run(self, **traits):
         """This server is active and holds a cluster of this size."""
-        self._ray_spec, self.active = self.spec(**traits), True
+        self.ray_session.spec, self.active = self.spec(**traits), True
         return self
 
 
@@ -51,7 +54,7 @@ def test_no_limits_admit_anything() -> None:
 def test_cluster_count_counts_active_ray_servers_only() -> None:
     user = User()
     Spawner(user, "a").run()  # head 1 CPU + 1 worker
-    Spawner(user, "stopped")._ray_spec = Spawner(user, "x").spec()  # a stale spec of a stopped server
+    Spawner(user, "stopped").ray_session.spec = Spawner(user, "x").spec()  # a stale spec of a stopped server
     plain = Spawner(user, "plain", active=True)  # no Ray
     assert quotas.usage_of(plain) is None
     new = Spawner(user, "b", ray_user_max_clusters=1)
@@ -131,7 +134,7 @@ def test_sizes_after_a_hub_restart_come_from_stored_state() -> None:
     user = User()
     kube = Spawner(user, "kube")
     kube.active = True
-    kube._ray_size = {
+    kube.ray_session.stored_size = {
         "cluster": "ray-alice--kube",
         "head": {"cpu": "1", "memory": "2Gi", "gpu": 0},
         "workers": [
@@ -144,20 +147,22 @@ def test_sizes_after_a_hub_restart_come_from_stored_state() -> None:
     assert (u.cpu_millis_min, u.memory_bytes_min, u.gpu_min) == (5000, 10 * 2**30, 1)
     local = Spawner(user, "local")
     local.active = True
-    local._ray_cluster = LocalCluster(
-        "ray-alice--local",
-        "c1",
-        "/tmp/x",
-        "/tmp",
-        [
-            LocalNode("head", 20000, 1, 0, 300 * 2**20, memory_bytes=724 * 2**20),
-            LocalNode("workers-0", 20100, 2, 0, 300 * 2**20, memory_bytes=724 * 2**20),
-        ],
+    local.ray_session.stored_size = local_size(
+        LocalCluster(
+            "ray-alice--local",
+            "c1",
+            "/tmp/x",
+            "/tmp",
+            [
+                LocalNode("head", 20000, 1, 0, 300 * 2**20, memory_bytes=724 * 2**20),
+                LocalNode("workers-0", 20100, 2, 0, 300 * 2**20, memory_bytes=724 * 2**20),
+            ],
+        )
     )
     u = quotas.usage_of(local)
     assert (u.cluster, u.cpu_millis, u.memory_bytes, u.gpu) == ("ray-alice--local", 3000, 2 * 2**30, 0)
     old = Spawner(user, "old")
-    old.active, old._ray_ref = True, ClusterRef("ray-alice--old", "ns", "pods")
+    old.active, old.ray_session.ref = True, ClusterRef("ray-alice--old", "ns", "pods")
     assert not quotas.usage_of(old).known
     new = Spawner(user, "new", ray_user_max_clusters=3)
     with pytest.raises(InvalidOptions) as e:

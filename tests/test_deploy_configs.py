@@ -147,12 +147,12 @@ LOADER = textwrap.dedent(
                 sp.user_options = {"profile": profile["slug"], **opts}
                 await sp.load_user_options()
                 print("loaded", profile["slug"], opts, file=sys.stderr, flush=True)
-                spec = sp._ray_spec
+                spec = sp.ray_session.spec
                 case = {"options": opts, "ray_enabled": sp.ray_enabled}
                 if spec:
                     groups = {g.name: [g.replicas, g.resources.cpu, g.resources.memory, g.resources.gpu]
                               for g in spec.worker_groups}
-                    case.update(backend=sp._ray_backend.kind, image=spec.image, auth=spec.auth_enabled,
+                    case.update(backend=sp.ray_session.backend.kind, image=spec.image, auth=spec.auth_enabled,
                                 netpol=spec.network_policy, groups=groups,
                                 head=[spec.head.cpu, spec.head.memory], tolerations=list(spec.tolerations))
                 out["cases"].append(case)

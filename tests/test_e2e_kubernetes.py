@@ -200,14 +200,14 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     try:
         await asyncio.wait_for(sp.start(), 320)
     except Exception:
-        name = sp._ray_spec.name if sp._ray_spec else "?"
+        name = sp.ray_session.spec.name if sp.ray_session.spec else "?"
         print(emu.kubelet.logs(NS, f"{name}-head", "ray-head")[-3000:])
         raise
-    name = sp._ray_spec.name
+    name = sp.ray_session.spec.name
     head = emu.get_object("pods", NS, f"{name}-head")
     versions = json.loads(head["status"]["initContainerStatuses"][0]["state"]["terminated"]["message"])
     assert versions["ray"] == "2.60.0"
-    assert sp._ray_version_warning is None
+    assert sp.ray_session.version_warning is None
     try:
         r = await run_py(emu, sp.pod_name, WORKLOAD)
     except AssertionError:

@@ -3,6 +3,7 @@ page's Ray cluster summary (rayspawner.form, rayspawner.summary, rayspawner/temp
 
 from __future__ import annotations
 
+import logging
 import copy
 import importlib.util
 import json
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 from jinja2 import ChoiceLoader, DictLoader, Environment, FileSystemLoader, PrefixLoader
 
 import rayspawner
+from rayspawner.session import RayClusterSession
 from rayspawner.form import count_regex, field_limit, with_limits
 from rayspawner.local_spawner import LocalRaySpawner
 from rayspawner.options import resolve_spec
@@ -198,19 +200,21 @@ def test_local_cluster_size_from_restored_nodes() -> None:
     assert describe(size) == "head 1 CPU, 1 GiB · 2 workers × 2 CPU, 1 GiB"
 
 
-def _fake_spawner(name="", active=True, ready=True, pending=None, **attrs):
+def _fake_spawner(name="", active=True, ready=True, pending=None, spec=None, size=None):
+    session = RayClusterSession(logging.getLogger(__name__), lambda: name, None)
+    session.spec, session.stored_size = spec, size
     return SimpleNamespace(
-        name=name, display_name=name, active=active, ready=ready, pending=pending, user=_User(), **attrs
+        name=name, display_name=name, active=active, ready=ready, pending=pending, user=_User(), ray_session=session
     )
 
 
 def test_cluster_summary_of_a_spawner() -> None:
-    assert cluster_summary(_fake_spawner(_ray_spec=None)) is None  # no Ray cluster
-    assert cluster_summary(_fake_spawner(active=False, _ray_spec=_spec())) is None  # stopped
-    s = cluster_summary(_fake_spawner(_ray_spec=_spec(ray_worker_replicas=2)))
+    assert cluster_summary(_fake_spawner(spec=None)) is None  # no Ray cluster
+    assert cluster_summary(_fake_spawner(active=False, spec=_spec())) is None  # stopped
+    s = cluster_summary(_fake_spawner(spec=_spec(ray_worker_replicas=2)))
     assert s["cluster"] == "ray-alice" and s["server_label"] == "Default server" and s["ready"]
     assert s["dashboard_url"] == "/user/alice/ray-dashboard/"
-    named = cluster_summary(_fake_spawner(name="big", _ray_size=spec_size(_spec())))
+    named = cluster_summary(_fake_spawner(name="big", size=spec_size(_spec())))
     assert named["dashboard_url"] == "/user/alice/big/ray-dashboard/" and named["server_label"] == "big"
 
 
@@ -218,17 +222,14 @@ async def test_kubernetes_spawner_keeps_the_size_in_its_state(k8s_emu, ray_spawn
     from rayspawner.spec import ClusterRef
 
     first = ray_spawner_factory(k8s_emu)
-    first._ray_spec = _spec(ray_worker_replicas=2)
-    first._ray_ref = ClusterRef("ray-alice", "jhub", "pods")
+    first.ray_session.spec = _spec(ray_worker_replicas=2)
+    first.ray_session.ref = ClusterRef("ray-alice", "jhub", "pods")
     state = first.get_state()
-    assert state["ray_size"] == spec_size(first._ray_spec)
+    assert state["ray_size"] == spec_size(first.ray_session.spec)
     second = ray_spawner_factory(k8s_emu)
     second.load_state(state)  # a restarted hub
     assert second.get_state() == state
-    assert (
-        "2 workers"
-        in cluster_summary(SimpleNamespace(**{**_fake_spawner().__dict__, "_ray_size": second._ray_size}))["text"]
-    )
+    assert "2 workers" in cluster_summary(_fake_spawner(size=second.ray_session.stored_size))["text"]
     second.clear_state()
     assert "ray_size" not in second.get_state()
 
@@ -261,8 +262,8 @@ class _Spawner:
 
 
 def test_home_page_lists_each_ray_cluster_with_its_dashboard() -> None:
-    ready = cluster_summary(_fake_spawner(_ray_spec=_spec(ray_worker_replicas=2)))
-    starting = cluster_summary(_fake_spawner(name="big", ready=False, pending="spawn", _ray_size=spec_size(_spec())))
+    ready = cluster_summary(_fake_spawner(spec=_spec(ray_worker_replicas=2)))
+    starting = cluster_summary(_fake_spawner(name="big", ready=False, pending="spawn", size=spec_size(_spec())))
     orm_only = SimpleNamespace(name="old")  # a stopped server: JupyterHub's ORM object, no ray_summary
     html = _render_home([_Spawner(ready), _Spawner(starting), _Spawner(None), orm_only])
     assert "JupyterHub's home" in html and "/* home.js */" in html

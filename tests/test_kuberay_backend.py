@@ -98,7 +98,7 @@ async def test_autodetected_kuberay_spawn_ready_env_stop(k8s_emu_kuberay, ray_sp
     sp = ray_spawner_factory(emu, **traits)
     emu.reset_request_log()
     await start(sp)
-    assert isinstance(sp._ray_backend, KubeRayBackend)
+    assert isinstance(sp.ray_session.backend, KubeRayBackend)
     notebook = emu.get_object("pods", "jhub", sp.pod_name)
 
     # one RayCluster, owned by the notebook pod, labelled like the pods backend's objects
@@ -117,9 +117,9 @@ async def test_autodetected_kuberay_spawn_ready_env_stop(k8s_emu_kuberay, ray_sp
     assert {c["type"]: c["status"] for c in status["conditions"]}["HeadPodReady"] == "True"
     heads = [p for p in sp._ray_pods().values() if p["metadata"]["labels"].get("ray.io/node-type") == "head"]
     assert len(heads) == 1 and heads[0]["metadata"]["labels"][naming.LABEL_COMPONENT] == "ray-head"
-    st = await sp._ray_backend.status(sp._ray_spec)
+    st = await sp.ray_session.backend.status(sp.ray_session.spec)
     assert st.head_ready and st.exists and st.phase == "ready"
-    assert status["head"]["serviceName"] == f"{sp._ray_spec.name}-head-svc"
+    assert status["head"]["serviceName"] == f"{sp.ray_session.spec.name}-head-svc"
 
     # the notebook's env points at the head service the operator reports
     env = env_of(notebook)
@@ -252,7 +252,7 @@ async def test_raycluster_deleted_behind_our_back_fails_poll(k8s_emu_kuberay, ra
     sp = ray_spawner_factory(emu)
     await start(sp)
     emu.delete_object("rayclusters", "jhub", "ray-alice")
-    await wait_until(lambda: "jhub/ray-alice" not in sp._ray_backend.ray_clusters())
+    await wait_until(lambda: "jhub/ray-alice" not in sp.ray_session.backend.ray_clusters())
     assert await sp.poll() == 1
     await asyncio.wait_for(sp.stop(), 20)
     assert leftovers(emu) == []

@@ -152,7 +152,7 @@ async def test_old_kuberay_is_used_when_token_auth_is_off(k8s_emu_factory, ray_s
     sp.user_options = dict(RAY)
     emu.reset_request_log()
     await asyncio.wait_for(sp.start(), 30)
-    assert sp._ray_backend.kind == "kuberay"
+    assert sp.ray_session.backend.kind == "kuberay"
     assert crd_reads(emu) == []
     assert "authOptions" not in emu.get_object("rayclusters", "jhub", "ray-alice")["spec"]
     await sp.stop()
@@ -212,7 +212,7 @@ async def test_crd_check_under_rbac(k8s_emu_factory, ray_spawner_factory, crd_17
     else:
         with caplog.at_level(logging.WARNING):
             await asyncio.wait_for(sp.start(), 30)
-        assert sp._ray_backend.kind == "kuberay"
+        assert sp.ray_session.backend.kind == "kuberay"
         warned = [r.getMessage() for r in caplog.records if "Cannot read the CRD" in r.getMessage()]
         assert len(warned) == 1 and "HTTP 403" in warned[0], warned
     await sp.stop()

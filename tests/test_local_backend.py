@@ -121,7 +121,8 @@ async def test_every_node_has_its_own_temp_dir_label_and_memory(tmp_path: Path) 
 
     backend = LocalBackend(temp_root=str(tmp_path / "r"), port_range=(29000, 29999))
     spec = spec_for("carol", 2)
-    cluster = await backend.prepare(spec)
+    await backend.prepare(spec)
+    cluster = backend.cluster(spec)
     try:
         args = [backend._args(cluster, n) for n in cluster.nodes]
         temp_dirs = [next(a for a in arg if a.startswith("--temp-dir=")) for arg in args]
@@ -177,7 +178,9 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
     backend = LocalBackend(temp_root=root)
     specs = {"alice": spec_for("alice", 2), "bob": spec_for("bob", 0, ray_connect_mode="client")}
     try:
-        clusters = {u: await backend.prepare(s) for u, s in specs.items()}
+        for s in specs.values():
+            await backend.prepare(s)
+        clusters = {u: backend.cluster(s) for u, s in specs.items()}
         # distinct ports, temp dirs, tokens; short temp dirs
         ports = {
             u: {p for n in c.nodes for p in range(n.base_port, n.base_port + NODE_PORTS)} for u, c in clusters.items()
@@ -258,7 +261,7 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         assert not find_processes(MARKER, a.cid, cmdline_part=a.temp_dir)
         assert not ports["alice"] & listening_ports()
         assert not Path(a.temp_dir).exists()
-        assert backend.head_alive("ray-bob") and find_processes(MARKER, clusters["bob"].cid)
+        assert backend.head_alive(specs["bob"]) and find_processes(MARKER, clusters["bob"].cid)
         assert (await backend.status(specs["alice"])).exists is False
     finally:
         await asyncio.gather(*(backend.delete(s, 60) for s in specs.values()))

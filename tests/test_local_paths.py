@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from traitlets.config.loader import PyFileConfigLoader
 
+from rayspawner.registry import HubProcessState
 from rayspawner import demo, local_spawner, localpaths
 from rayspawner.backends.local import LocalBackend
 from rayspawner.localpaths import UnsafePathError, private_dir
@@ -114,7 +115,8 @@ async def test_spawner_refuses_before_the_notebook_or_ray_starts(tmp_path: Path,
     s.user_options = {"profile": profile}
     with pytest.raises(UnsafePathError, match=problem):
         await s.start()
-    assert not s.pid and s._ray_cluster is None and os.listdir(root) == []
+    ref = s.ray_session.ref
+    assert not s.pid and (ref is None or s.backend.cluster(ref) is None) and os.listdir(root) == []
 
 
 @pytest.mark.parametrize("make, problem", HOSTILE)
@@ -140,7 +142,7 @@ def test_default_temp_root_and_home_are_per_user_and_private() -> None:
 
 
 def test_isolation_warning_once(monkeypatch, caplog) -> None:
-    monkeypatch.setattr(local_spawner, "_isolation_warned", False)
+    monkeypatch.setattr(local_spawner, "hub_process", HubProcessState())  # a fresh hub process
     with caplog.at_level(logging.WARNING):
         local_spawner.LocalRaySpawner()
         local_spawner.LocalRaySpawner()

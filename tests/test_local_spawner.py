@@ -55,18 +55,20 @@ def test_options_from_form() -> None:
 
 async def test_ray_profile_and_options_make_the_spec() -> None:
     s = await load(spawner(), {"profile": "ray"})
-    spec = s._ray_spec
+    spec = s.ray_session.spec
     assert spec and spec.name == "ray-alice" and spec.head.cpu == "1"
     assert [(g.name, g.replicas, g.resources.cpu) for g in spec.worker_groups] == [("workers", 1, "1")]
     await load(s, {"profile": "ray", "workers": "2", "worker_size": "medium"})
-    assert [(g.replicas, g.resources.cpu, g.resources.memory) for g in s._ray_spec.worker_groups] == [(2, "2", "2Gi")]
+    assert [(g.replicas, g.resources.cpu, g.resources.memory) for g in s.ray_session.spec.worker_groups] == [
+        (2, "2", "2Gi")
+    ]
     await load(s, {"profile": "ray", "workers--unlisted-choice": "3"})
-    assert s._ray_spec.desired_workers == 3
+    assert s.ray_session.spec.desired_workers == 3
     # overrides of an earlier spawn never leak into the next one
     await load(s, {"profile": "plain"})
-    assert s._ray_spec is None and s.ray_enabled is False
+    assert s.ray_session.spec is None and s.ray_enabled is False
     await load(s, {"profile": "ray"})
-    assert s._ray_spec.desired_workers == 1 and s.ray_worker_cpu == "1"
+    assert s.ray_session.spec.desired_workers == 1 and s.ray_worker_cpu == "1"
 
 
 @pytest.mark.parametrize(
@@ -92,7 +94,7 @@ async def test_gpu_profile_allowed_when_gpus_exist() -> None:
     s = spawner()
     s.local_gpus = 1
     await load(s, {"profile": "ray-gpu"})
-    assert s._ray_spec.total.gpu == 1
+    assert s.ray_session.spec.total.gpu == 1
 
 
 def test_kubernetes_only_overrides_are_ignored() -> None:
@@ -129,6 +131,11 @@ async def test_progress_rises_in_plain_words(monkeypatch) -> None:
     cluster = type("C", (), {"events": []})()
 
     class Backend:
+        kind = "local"
+
+        def cluster(self, ref):
+            return cluster
+
         async def status(self, spec):
             st = seq.pop(0)
             if st.workers_ready == 0 and st.head_ready and not cluster.events and len(seq) == 1:
@@ -138,7 +145,7 @@ async def test_progress_rises_in_plain_words(monkeypatch) -> None:
     monkeypatch.setattr(LocalRaySpawner, "backend", property(lambda self: Backend()))
     monkeypatch.setattr("rayspawner.local_spawner.asyncio.sleep", _no_sleep)
     s = await load(spawner(), {"profile": "ray", "workers": "2"})
-    s._ray_cluster, s._notebook_phase = cluster, "started"
+    s._notebook_phase = "started"
     events = [e async for e in s.progress()]
     pcts = [e["progress"] for e in events]
     assert all(isinstance(p, int) for p in pcts) and pcts == sorted(pcts), events

@@ -119,7 +119,7 @@ async def _spawn_sweep_stop(sp: Any) -> None:
         await asyncio.wait_for(sp.start(), 30)
         await sp.sweep_orphans(
             None
-            if sp._ray_backend.kind == "pods"
+            if sp.ray_session.backend.kind == "pods"
             else ("RayCluster", "Deployment", "Pod", "Service", "NetworkPolicy", "Secret")
         )
     finally:
@@ -134,7 +134,7 @@ async def test_shipped_rbac_is_sufficient_and_every_verb_is_used(variant: str, r
     emu, kubeconfig = rbac_emu(docs, kuberay=backend == "kuberay")
     sp = ray_spawner_factory(AsHub(emu, kubeconfig), ray_orphan_sweep_interval=0, **traits)
     await _spawn_sweep_stop(sp)
-    assert sp._ray_backend.kind == backend
+    assert sp.ray_session.backend.kind == backend
     assert _leftovers(emu) == []
     used = {(verb, res) for verb, res, _, _ in emu.request_log if verb not in ("discovery",)}
     granted = _granted(docs)

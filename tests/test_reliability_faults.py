@@ -219,7 +219,7 @@ async def test_raycluster_gone_fails_the_server_and_removes_the_notebook(k8s_emu
     assert (await hub_start(sp, RAY)).error is None
     emu.delete_object("rayclusters", "jhub", "ray-alice")
     deadline = asyncio.get_running_loop().time() + 10
-    while "jhub/ray-alice" in sp._ray_backend.ray_clusters():
+    while "jhub/ray-alice" in sp.ray_session.backend.ray_clusters():
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
     assert await sp.poll() == 1

@@ -186,7 +186,7 @@ async def test_kuberay_head_pod_deleted_is_recreated_by_the_operator(k8s_emu_kub
 
 async def wait_until_ready(sp):
     for _ in range(200):
-        st = await sp._ray_backend.status(sp._ray_spec)
+        st = await sp.ray_session.backend.status(sp.ray_session.spec)
         if st.head_ready:
             return st
         await asyncio.sleep(0.05)

@@ -178,7 +178,7 @@ async def test_a_colliding_spawn_fails_and_leaves_the_first_cluster_alone(
     mallory = ray_spawner_factory(emu, "ray-alice", ray_backend=backend, ray_cluster_name_template="{user_server}")
     with pytest.raises(ClusterStartError, match=r"already belongs to another server \(user 'alice', default server\)"):
         await start(mallory)
-    assert mallory._ray_spec is None or mallory._ray_spec.name == "ray-alice"
+    assert mallory.ray_session.spec is None or mallory.ray_session.spec.name == "ray-alice"
     await asyncio.sleep(0.5)
     after = snapshot(emu, "ray-alice")
     stable = {k: v for k, v in before.items() if k[0] != "pods" or k[1] == "ray-alice-head"}

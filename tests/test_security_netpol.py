@@ -119,7 +119,7 @@ async def spawn_all(emu: Any, factory: Any, backend: str, **traits: Any) -> dict
 
 
 def cluster_pods(net: Network, sp: Any, component: str) -> list[dict[str, Any]]:
-    return net.select({naming.LABEL_CLUSTER: sp._ray_spec.name, naming.LABEL_COMPONENT: component}, NS)
+    return net.select({naming.LABEL_CLUSTER: sp.ray_session.spec.name, naming.LABEL_COMPONENT: component}, NS)
 
 
 async def settled(emu: Any, spawners: dict[str, Any]) -> Network:
@@ -180,7 +180,7 @@ async def test_cluster_policy_semantics(backend, k8s_emu_factory, ray_spawner_fa
     # the notebook selector really matches the notebook pod KubeSpawner made (escaped user name)
     for key, sp in spawners.items():
         assert selector_matches(
-            {"matchLabels": sp._ray_spec.notebook_selector}, r[f"{key}.notebook"]["metadata"]["labels"]
+            {"matchLabels": sp.ray_session.spec.notebook_selector}, r[f"{key}.notebook"]["metadata"]["labels"]
         )
         assert net.selecting(r[f"{key}.head"], "Ingress") and net.selecting(r[f"{key}.head"], "Egress")
 
@@ -403,7 +403,7 @@ async def test_z2jh_singleuser_policy_with_ours(backend, k8s_emu_factory, ray_sp
     namespaces = emu.list_objects("namespaces")
     chart_only = Network(both.pods, [p for p in both.policies if p["metadata"]["name"] == "singleuser"], namespaces)
     r = who(both, spawners)
-    mine = [p for p in both.policies if p["metadata"]["name"] == f"{spawners['A']._ray_spec.name}-notebook"]
+    mine = [p for p in both.policies if p["metadata"]["name"] == f"{spawners['A'].ray_session.spec.name}-notebook"]
     assert len(mine) == 1 and mine[0]["spec"]["policyTypes"] == ["Ingress", "Egress"], mine
     assert z2jh["metadata"]["name"] in [p["metadata"]["name"] for p in both.selecting(r["A.notebook"], "Egress")]
 
@@ -450,7 +450,7 @@ async def test_client_mode_opens_only_the_client_ports(k8s_emu_factory, ray_spaw
     await asyncio.wait_for(sp.start(), 30)
     net = await settled(emu, {"A": sp})
     r = who(net, {"A": sp})
-    mine = [p for p in net.policies if p["metadata"]["name"] == f"{sp._ray_spec.name}-notebook"]
+    mine = [p for p in net.policies if p["metadata"]["name"] == f"{sp.ray_session.spec.name}-notebook"]
     assert len(mine) == 1 and mine[0]["spec"]["policyTypes"] == ["Egress"], mine
     assert reachable(net, r, "A.notebook", "A.head", ALL_RAY_PORTS) == sorted(CLIENT_NOTEBOOK_PORTS)
     assert reachable(net, r, "A.head", "A.notebook", ALL_RAY_PORTS + OTHER_PORTS) == []
@@ -540,7 +540,7 @@ async def test_kuberay_autoscaling_egress_to_the_api_server_is_the_heads_alone(k
     for sp in spawners.values():
         sp.user_options = dict(RAY)
     await asyncio.wait_for(asyncio.gather(*(sp.start() for sp in spawners.values())), 60)
-    assert spawners["A"]._ray_spec.autoscaling
+    assert spawners["A"].ray_session.spec.autoscaling
     net = await settled(emu, spawners)
     head_a = cluster_pods(net, spawners["A"], naming.COMPONENT_HEAD)[0]
     head_b = cluster_pods(net, spawners["B"], naming.COMPONENT_HEAD)[0]
@@ -556,4 +556,4 @@ async def test_kuberay_autoscaling_egress_to_the_api_server_is_the_heads_alone(k
     assert [p for p in ALL_RAY_PORTS + OTHER_PORTS + [6443] if net.allowed(head_a, head_b, p)] == []
     assert [p for p in ALL_RAY_PORTS if net.allowed(random, head_a, p)] == []
     names = {p["metadata"]["name"] for p in net.policies}
-    assert {naming.api_server_network_policy(sp._ray_spec.name) for sp in spawners.values()} <= names
+    assert {naming.api_server_network_policy(sp.ray_session.spec.name) for sp in spawners.values()} <= names

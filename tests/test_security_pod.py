@@ -215,7 +215,7 @@ async def test_pods_created_in_the_api_server_are_restricted_v2(kuberay_on, k8s_
     )
     sp.user_options = {"profile": "ray", "workers": "2"}
     await asyncio.wait_for(sp.start(), 30)
-    name = sp._ray_spec.name
+    name = sp.ray_session.spec.name
     deadline = asyncio.get_running_loop().time() + 20
     while len(emu.list_objects("pods", "jhub", f"ray.io/cluster={name}")) < 3:
         assert asyncio.get_running_loop().time() < deadline

@@ -114,7 +114,7 @@ async def test_no_token_in_logs_state_or_objects(backend, k8s_emu_factory, ray_s
         await asyncio.sleep(1.5)  # one more sweep, with both Secrets present
         tokens = []
         for sp in (alice, bob):
-            secret = emu.get_object("secrets", NS, naming.token_secret(sp._ray_spec.name))
+            secret = emu.get_object("secrets", NS, naming.token_secret(sp.ray_session.spec.name))
             tokens.append(base64.b64decode(secret["data"][naming.TOKEN_KEY]).decode())
         state = alice.get_state()
         objects = dump_objects(emu, backend == "kuberay")
@@ -243,12 +243,13 @@ async def test_local_spawner_log_and_state(tmp_path):
     with capture_all_logs(sp) as logs:
         sp.user_options = {"profile": "ray"}
         await sp.load_user_options()
-        sp._ray_cluster = await sp.backend.prepare(sp._ray_spec)  # what start() does first (no processes)
+        await sp.backend.prepare(sp.ray_session.spec)  # what start() does first (no processes)
+        cluster = sp.backend.cluster(sp.ray_session.spec)
         sp._server_marker = "m"
-        token = sp._ray_cluster.token
+        token = cluster.token
         state = sp.get_state()
-        env = sp._ray_cluster.notebook_env()  # what get_env() adds for the notebook process
-        sp.log.debug("spawner repr %r cluster %r", sp, sp._ray_cluster)
+        env = sp.backend.notebook_env(sp.ray_session.spec)  # what get_env() adds for the notebook
+        sp.log.debug("spawner repr %r cluster %r", sp, cluster)
     try:
         assert token and env["RAY_AUTH_TOKEN"] == token  # the notebook process gets it (local mode's only channel)
         assert leaks(logs.text, [token]) == [] and "ray-alice" in logs.text
@@ -256,4 +257,4 @@ async def test_local_spawner_log_and_state(tmp_path):
         on_disk = "".join(p.read_text(errors="replace") for p in (tmp_path / "rsp").rglob("*") if p.is_file())
         assert leaks(on_disk, [token]) == []
     finally:
-        await sp.backend.delete(sp._ray_spec.name, 10)
+        await sp.backend.delete(sp.ray_session.spec, 10)

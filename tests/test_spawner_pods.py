@@ -260,7 +260,7 @@ async def test_start_without_waiting_for_the_head(k8s_emu, ray_spawner_factory):
     never_ready = {"k8semu/not-ready": "true"}
     sp = ray_spawner_factory(k8s_emu, ray_wait_for_head=False, ray_extra_annotations=never_ready)
     await start(sp)
-    assert not (await sp._ray_backend.status(sp._ray_spec)).head_ready
+    assert not (await sp.ray_session.backend.status(sp.ray_session.spec)).head_ready
     await sp.stop()
     waiting = ray_spawner_factory(k8s_emu, ray_wait_for_head=True, ray_extra_annotations=never_ready, start_timeout=5)
     with pytest.raises(ClusterStartError, match="not ready within"):

@@ -34,6 +34,8 @@ class ClusterStatus:
     #: short human description of the current step ("head: pulling image", ...)
     phase: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: workers that failed past their restarts, by role (local backend): the server has failed
+    failed_workers: dict[str, str] = field(default_factory=dict)
 
     def message(self, spec: RayClusterSpec) -> str:
         """The cluster's current step, one line in words a user understands (progress page)."""
@@ -52,7 +54,13 @@ class ClusterStatus:
 
 
 class ClusterBackend(abc.ABC):
-    """Create, watch and delete one user-server's Ray cluster."""
+    """Create, watch and delete one user-server's Ray cluster.
+
+    Every backend implements these signatures as they are; operations on an existing
+    cluster take its spec when the hub has it, or only the ClusterRef kept in the hub's
+    state (after a restart). Optional abilities are declared (``can_recreate_head``), and
+    the defaults below make them harmless where a backend lacks them.
+    """
 
     #: "pods", "kuberay" or "local" (kept in the spawner's state)
     kind: str = ""
@@ -61,11 +69,24 @@ class ClusterBackend(abc.ABC):
     can_recreate_head: bool = False
 
     async def prepare(self, spec: RayClusterSpec) -> None:  # noqa: B027 - optional: nothing by default
-        """Create what must exist before the notebook starts (e.g. the token Secret)."""
+        """Create what must exist before the notebook starts (the token Secret; local: ports,
+        temp dir and token). Idempotent."""
 
     @abc.abstractmethod
-    async def create(self, spec: RayClusterSpec, owner: dict | None) -> None:
-        """Create the cluster; ``owner`` is the notebook pod's ownerReference (Kubernetes)."""
+    async def create(self, spec: RayClusterSpec, owner: dict | None, timeout: float | None = None) -> None:
+        """Create the cluster. ``owner``: the notebook pod's ownerReference (Kubernetes; None
+        locally). ``timeout``: how long the create itself may take where it waits for
+        processes (local); Kubernetes creates are bounded by the API retry timeout."""
+
+    def notebook_started(self, ref: ClusterRef, pid: int) -> None:  # noqa: B027 - optional
+        """The notebook's process is known (local: recorded for the orphan sweep; on
+        Kubernetes the ownerReference passed to :meth:`create` does this)."""
+
+    def notebook_env(self, spec: RayClusterSpec) -> dict:
+        """What the notebook gets in its environment to reach this cluster."""
+        from ..env import notebook_env
+
+        return notebook_env(spec)
 
     @abc.abstractmethod
     async def status(self, spec: RayClusterSpec | ClusterRef) -> ClusterStatus:

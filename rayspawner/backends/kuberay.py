@@ -251,7 +251,7 @@ class KubeRayBackend(ClusterBackend):
         elif spec.auth_enabled:
             await self.kube.create(common.token_secret(spec, secrets.token_urlsafe(32)))
 
-    async def create(self, spec: RayClusterSpec, owner: dict | None) -> None:
+    async def create(self, spec: RayClusterSpec, owner: dict | None, timeout: float | None = None) -> None:
         """With ``secret_owned_at_create`` the Secret is created here, owned by the notebook
         pod, after the NetworkPolicies (an orphan sweep that may not list Secrets finds the
         cluster's name on them) and before the RayCluster (whose authOptions name it)."""

@@ -270,10 +270,10 @@ class LocalBackend(ClusterBackend):
         private_dir(self.temp_root, "the local Ray temp root (LocalRaySpawner.local_temp_root)")
 
     # ------------------------------------------------------------- prepare
-    async def prepare(self, spec: RayClusterSpec) -> LocalCluster:
+    async def prepare(self, spec: RayClusterSpec) -> None:
         """Choose ports, temp dirs and token (nothing runs yet). Idempotent."""
         if spec.name in self.clusters and not self.clusters[spec.name].failed:
-            return self.clusters[spec.name]
+            return
         self.check_paths()
         roles = [("head", spec.head)]
         for g in spec.worker_groups:
@@ -311,7 +311,6 @@ class LocalBackend(ClusterBackend):
         Path(cluster.temp_dir, "site", "sitecustomize.py").write_text(_SITECUSTOMIZE)
         cluster.write_info(hub_pid=os.getpid(), created=time.time())
         self.clusters[spec.name] = cluster
-        return cluster
 
     def adopt(self, state: dict[str, Any]) -> LocalCluster:
         """Know a cluster from the spawner's saved state (after a hub restart). The token,
@@ -326,9 +325,9 @@ class LocalBackend(ClusterBackend):
                 cluster.write_info(hub_pid=os.getpid())
         return cluster
 
-    def set_owner(self, name: str, notebook_pid: int) -> None:
+    def notebook_started(self, ref: ClusterRef, pid: int) -> None:
         """Record the notebook's pid (and start time) for the orphan sweep."""
-        cluster = self.clusters.get(name)
+        cluster, notebook_pid = self.cluster(ref), pid
         if cluster and notebook_pid:
             cluster.write_info(
                 hub_pid=os.getpid(), notebook_pid=notebook_pid, notebook_started=_create_time(notebook_pid)
@@ -444,10 +443,13 @@ class LocalBackend(ClusterBackend):
             await asyncio.sleep(0.25)
 
     # -------------------------------------------------------------- create
-    async def create(self, spec: RayClusterSpec, owner: dict | None = None, timeout: float = 120.0) -> None:
-        """Start head and workers; return once ``ray start`` reports the head up.
-        Readiness (nodes ALIVE, client warm-up) is :meth:`status`'s business."""
-        cluster = await self.prepare(spec)
+    async def create(self, spec: RayClusterSpec, owner: dict | None = None, timeout: float | None = None) -> None:
+        """Start head and workers; return once ``ray start`` reports the head up (within
+        ``timeout``, default 120 s). Readiness (nodes ALIVE, client warm-up) is
+        :meth:`status`'s business. ``owner`` is unused: see :meth:`notebook_started`."""
+        await self.prepare(spec)
+        cluster = self.clusters[spec.name]
+        timeout = 120.0 if timeout is None else timeout
         cluster.started = time.monotonic()
         try:
             async with self._starts:
@@ -524,18 +526,24 @@ class LocalBackend(ClusterBackend):
         return os.path.join(cluster.temp_dir, "session_latest", "logs", name)
 
     # -------------------------------------------------------------- status
-    def _cluster(self, ref: RayClusterSpec | ClusterRef | str) -> LocalCluster | None:
-        name = ref if isinstance(ref, str) else ref.name
-        return self.clusters.get(name)
+    def cluster(self, ref: RayClusterSpec | ClusterRef) -> LocalCluster | None:
+        """This process's handle on a cluster (ports, temp dir, pids, token)."""
+        return self.clusters.get(ref.name)
+
+    def notebook_env(self, spec: RayClusterSpec) -> dict:
+        cluster = self.cluster(spec)
+        return cluster.notebook_env() if cluster else {}
 
     async def status(self, spec: RayClusterSpec | ClusterRef) -> ClusterStatus:
-        cluster = self._cluster(spec)
+        cluster = self.cluster(spec)
         if cluster is None:
             return ClusterStatus()
-        return await cluster_status(self, cluster)
+        st = await cluster_status(self, cluster)
+        st.failed_workers = dict(cluster.failed_nodes)
+        return st
 
-    def failed_workers(self, ref: RayClusterSpec | ClusterRef | str) -> dict[str, str]:
-        cluster = self._cluster(ref)
+    def failed_workers(self, ref: RayClusterSpec | ClusterRef) -> dict[str, str]:
+        cluster = self.cluster(ref)
         return dict(cluster.failed_nodes) if cluster else {}
 
     async def wait_ready(self, spec: RayClusterSpec, timeout: float, interval: float = 0.5) -> ClusterStatus:
@@ -560,8 +568,8 @@ class LocalBackend(ClusterBackend):
             st = await self.status(spec)
         return st
 
-    def head_alive(self, ref: RayClusterSpec | ClusterRef | str) -> bool:
-        cluster = self._cluster(ref)
+    def head_alive(self, ref: RayClusterSpec | ClusterRef) -> bool:
+        cluster = self.cluster(ref)
         return bool(cluster) and _pid_alive(cluster.head.pid, cluster.procs.get("head"))
 
     # -------------------------------------------------------------- delete
@@ -584,8 +592,8 @@ class LocalBackend(ClusterBackend):
                 await asyncio.gather(proc.wait(), return_exceptions=True)
         return stuck
 
-    async def delete(self, ref: RayClusterSpec | ClusterRef | str, timeout: float = 60.0) -> None:
-        cluster = self._cluster(ref)
+    async def delete(self, ref: RayClusterSpec | ClusterRef, timeout: float = 60.0) -> None:
+        cluster = self.cluster(ref)
         if cluster is None:
             return
         started = time.monotonic()
@@ -631,6 +639,11 @@ class LocalBackend(ClusterBackend):
             log.error("Orphan sweep skipped: %s", e)
             return []
         return await sweep_orphans(self.temp_root, {c.cid for c in self.clusters.values()}, grace)
+
+    def stop_sweeper(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     def start_sweeper(self, interval: float, grace: float) -> None:
         """Run :meth:`sweep_orphans` every ``interval`` seconds (the first after a short

@@ -128,7 +128,7 @@ class PodsBackend(ClusterBackend):
             token = secrets.token_urlsafe(32)
             await self.kube.create(common.token_secret(spec, token))
 
-    async def create(self, spec: RayClusterSpec, owner: dict | None) -> None:
+    async def create(self, spec: RayClusterSpec, owner: dict | None, timeout: float | None = None) -> None:
         """The NetworkPolicy first (no Ray pod exists without it), then everything else at
         once: the head pod is the spawn's critical path and no longer waits behind the
         Secret's ownerReference patch, the Service and the Deployments (under a burst of
