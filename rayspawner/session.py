@@ -128,7 +128,7 @@ class RayClusterSession:
         self._create, self._prepared = None, False
         self.head_restarts, self.failure, self.version_warning = 0, None, None
         try:
-            result = await notebook()
+            result = await self._notebook_unless_create_fails(asyncio.ensure_future(notebook()))
             spec, backend = self.spec, self.backend
             if spec is None or backend is None:
                 return result
@@ -157,6 +157,26 @@ class RayClusterSession:
             steps = [self._teardown_keeping_error(stop_timeout)] + ([on_failure()] if on_failure else [])
             await asyncio.gather(*steps, return_exceptions=True)
             raise
+
+    async def _notebook_unless_create_fails(self, notebook: asyncio.Future) -> Any:
+        """The notebook's start, cut short as soon as the cluster's create fails meanwhile:
+        that error is the one the user needs, not the notebook's start timeout later (a
+        notebook pod waiting for a token Secret that will never exist, for one)."""
+        try:
+            while not notebook.done():
+                create = self._create
+                if create is not None and create.done() and not create.cancelled() and create.exception():
+                    raise create.exception()  # type: ignore[misc]
+                # the create begins inside the notebook's start: until then, look again shortly
+                waiting = {notebook} if create is None or create.done() else {notebook, create}
+                await asyncio.wait(
+                    waiting, timeout=0.5 if create is None else None, return_when=asyncio.FIRST_COMPLETED
+                )
+            return notebook.result()
+        finally:
+            if not notebook.done():
+                notebook.cancel()
+                await asyncio.gather(notebook, return_exceptions=True)
 
     async def _teardown_keeping_error(self, timeout: float) -> None:
         try:

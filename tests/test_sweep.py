@@ -10,6 +10,7 @@ import pytest
 from rayspawner.errors import ClusterStartError
 from rayspawner.sweep import find_orphans
 
+from .reliability_helpers import add_nth_fault
 from .spawner_fixtures import ray_objects
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
@@ -198,3 +199,19 @@ async def test_by_name_refuses_a_secret_it_may_not_create_before_the_notebook_ex
     assert ray_objects(k8s_emu) == [("secrets", "ray-alice-ray-token")]
     assert k8s_emu.get_object("secrets", "jhub", "ray-alice-ray-token")["metadata"]["resourceVersion"] == before
     await sp.stop()
+
+
+async def test_a_cluster_create_failing_meanwhile_fails_the_spawn_at_once(k8s_emu, ray_spawner_factory) -> None:
+    """The token Secret passes its dry run, but its real create (after the notebook pod) is
+    forbidden. The notebook waits for that Secret and would only time out; the spawn fails at
+    once with the create's own error instead (naming the rule), and stop leaves nothing."""
+    add_nth_fault(k8s_emu, "create", "secrets", 2, "jhub", status=403)
+    sp = ray_spawner_factory(k8s_emu, ray_orphan_sweep_secrets="by-name", ray_orphan_sweep_interval=0, start_timeout=60)
+    sp.user_options = {"profile": "ray", "workers": "1"}
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ClusterStartError, match="not allowed to create secrets"):
+        await asyncio.wait_for(sp.start(), 45)
+    assert asyncio.get_running_loop().time() - started < 15
+    await sp.stop()  # what JupyterHub does after a failed start
+    assert ray_objects(k8s_emu) == []
+    assert k8s_emu.get_object("pods", "jhub", "jupyter-alice") is None
