@@ -418,7 +418,8 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                     (
                         95,
                         f"Ray cluster {spec.name} is ready (head + {st.workers_desired} worker(s) "
-                        f"alive); ray.init() in a notebook connects to it. {quotas.size_sentence(spec)}",
+                        "alive); ray.init() in a notebook connects to it. "
+                        + quotas.size_sentence(spec, autoscaled=False),
                     )
                 )
             for step_pct, msg in sorted(steps, key=lambda x: x[0]):

@@ -95,16 +95,21 @@ def notebook_final_message(pod: dict[str, Any] | None) -> str:
 
 
 def ready_message(
-    spec: RayClusterSpec, st: ClusterStatus, pod: dict[str, Any] | None, version_warning: str | None = None
+    spec: RayClusterSpec,
+    st: ClusterStatus,
+    pod: dict[str, Any] | None,
+    version_warning: str | None = None,
+    autoscaled: bool = False,
 ) -> str:
-    """The closing message of a spawn whose head is ready."""
+    """The closing message of a spawn whose head is ready (``autoscaled``: its workers come
+    and go between min and max)."""
     joined = notebook_joined(spec, pod)
     you = {True: "; your notebook joined it", False: "; your notebook is still joining it", None: ""}[joined]
     message = (
         f"Ray cluster {spec.name} is ready: head accepting connections, workers joined "
         f"{st.workers_ready}/{st.workers_desired}{you}. ray.init() connects to it."
     )
-    message += " " + quotas.size_sentence(spec)
+    message += " " + quotas.size_sentence(spec, autoscaled)
     if version_warning:
         message += f" Warning: {version_warning}"
     return message

@@ -228,17 +228,23 @@ def admit(spawner: Any, spec: Any) -> Any:
     return spec
 
 
-def size_sentence(spec: Any) -> str:
+def size_sentence(spec: Any, autoscaled: bool) -> str:
     """What the cluster holds, for the spawn's closing message: ``It holds 3 CPU, 6Gi memory
-    (head + 2 workers).``; autoscaling: ``... between 1 and 9 CPU ... (head + 0-4 workers).``"""
+    (head + 2 workers).``; ``autoscaled`` (a KubeRay cluster whose profile sets min < max):
+    ``... 1–9 CPU ... (head + 0–4 workers, idle workers removed).`` Without autoscaling the
+    workers are fixed at their ``replicas``, whatever min and max say."""
+    if not autoscaled:
+        cpu, mem, gpus = spec.head.cpu_millis, spec.head.memory_bytes, spec.head.gpu
+        for g in spec.worker_groups:
+            cpu += g.resources.cpu_millis * g.replicas
+            mem += g.resources.memory_bytes * g.replicas
+            gpus += g.resources.gpu * g.replicas
+        n = spec.desired_workers
+        gpu = f", {gpus} GPU{'' if gpus == 1 else 's'}" if gpus else ""
+        workers = f"{n} worker{'' if n == 1 else 's'}"
+        return f"It holds {format_cpu(cpu)} CPU, {format_memory(mem)} memory{gpu} (head + {workers})."
     u = spec_usage(spec, "")
     lo, hi = sum(g.min_replicas for g in spec.worker_groups), sum(g.max_replicas for g in spec.worker_groups)
-    gpu = f", {u.gpu} GPU{'' if u.gpu == 1 else 's'}" if u.gpu else ""
-    if lo == hi:
-        return (
-            f"It holds {format_cpu(u.cpu_millis)} CPU, {format_memory(u.memory_bytes)} memory{gpu} "
-            f"(head + {hi} worker{'' if hi == 1 else 's'})."
-        )
     low_gpu = f"{u.gpu_min}–" if u.gpu else ""
     gpu = f", {low_gpu}{u.gpu} GPUs" if u.gpu else ""
     return (

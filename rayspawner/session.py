@@ -90,6 +90,12 @@ class RayClusterSession:
         """A cluster exists or is about to (a spec for the next start, or a stored ref)."""
         return self.spec is not None or self.ref is not None
 
+    @property
+    def autoscaled(self) -> bool:
+        """Workers come and go between min and max (a backend that autoscales, and a spec
+        asking for it); otherwise they stay at their replicas."""
+        return bool(self.spec and self.spec.autoscaling and self.backend and self.backend.autoscales)
+
     def size(self) -> dict | None:
         """The cluster's size (rayspawner.summary form), from the spec or the stored state."""
         return spec_size(self.spec) if self.spec else self.stored_size

@@ -534,7 +534,9 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             return ""
         if not (final and st.head_ready):
             return progress_steps.describe_cluster(spec, st, session.version_warning)
-        return progress_steps.ready_message(spec, st, self._notebook_pod(), session.version_warning)
+        return progress_steps.ready_message(
+            spec, st, self._notebook_pod(), session.version_warning, autoscaled=session.autoscaled
+        )
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:

@@ -84,6 +84,9 @@ def test_final_progress_message_says_what_the_cluster_holds() -> None:
         namespace="n",
         notebook_image="i",
     )
-    assert quotas.size_sentence(auto) == (
+    assert quotas.size_sentence(auto, autoscaled=True) == (
         "It holds 2–6 CPU, 4Gi–12Gi memory, 1–1 GPUs (head + 1–5 workers, idle workers removed)."
     )
+    # the pods backend and local mode keep the workers at their replicas: min and max mean nothing there
+    assert quotas.size_sentence(auto, autoscaled=False) == "It holds 3 CPU, 6Gi memory, 1 GPU (head + 2 workers)."
+    assert "(head + 2 workers)." in progress_steps.ready_message(auto, st, None, autoscaled=False)

@@ -67,6 +67,9 @@ class ClusterBackend(abc.ABC):
     #: whether :meth:`recreate_head` works (pods: the hub recreates a vanished head Pod;
     #: KubeRay's operator does that itself; local heads are reported failed instead)
     can_recreate_head: bool = False
+    #: whether a spec's min < max workers means autoscaling (KubeRay); elsewhere the workers
+    #: stay at their ``replicas``
+    autoscales: bool = False
 
     async def prepare(self, spec: RayClusterSpec) -> None:  # noqa: B027 - optional: nothing by default
         """Create what must exist before the notebook starts (the token Secret; local: ports,

@@ -237,6 +237,7 @@ def cluster_status(
 # ------------------------------------------------------------------ backend
 class KubeRayBackend(ClusterBackend):
     kind = "kuberay"
+    autoscales = True
 
     def __init__(self, kube: KubeClient, ray_pods: Cache, ray_clusters: Cache):
         self.kube = kube
