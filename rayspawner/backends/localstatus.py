@@ -33,7 +33,8 @@ from .localproc import _pid_alive, _tail
 
 if TYPE_CHECKING:
     from ..spec import RayClusterSpec
-    from .local import LocalBackend, LocalCluster, LocalNode
+    from .local import LocalBackend
+    from .localcluster import LocalCluster, LocalNode
 
 log = logging.getLogger(__name__)
 
