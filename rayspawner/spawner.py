@@ -172,9 +172,17 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         kind = await select_backend(wanted, self.log, auth_enabled=self.ray_auth_enabled)
         await self._start_watching_ray_pods()
         if kind == "kuberay":
-            from .backends.kuberay import KubeRayBackend, watch_ray_clusters
+            from .backends.kuberay import REFLECTOR_KIND, KubeRayBackend, watch_ray_clusters
 
-            return KubeRayBackend(self._kube(), self._ray_pods, await watch_ray_clusters(self))
+            clusters = await watch_ray_clusters(
+                self.__class__.reflectors,
+                self._get_reflector_key(REFLECTOR_KIND),
+                parent=self,
+                namespace=self.namespace,
+                omit_namespace=self.enable_user_namespaces,
+                retry_timeout=self.k8s_api_request_retry_timeout,
+            )
+            return KubeRayBackend(self._kube(), self._ray_pods, clusters)
         from .backends.pods import PodsBackend
 
         return PodsBackend(self._kube(), self._ray_pods)

@@ -90,40 +90,41 @@ def _usable(reflector: ResourceReflector | None) -> bool:
     return not (first.done() and (task is None or task.done()))
 
 
-async def watch_ray_clusters(spawner: Any) -> Cache:
-    """Start (once per namespace, shared by all spawners) the RayCluster reflector.
+async def watch_ray_clusters(
+    registry: dict, key: Any, *, parent: Any, namespace: str, omit_namespace: bool, retry_timeout: float
+) -> Cache:
+    """Start (once per ``key`` in the spawner class's reflector ``registry``, shared by all
+    its spawners) the RayCluster reflector; ``parent``: its traitlets parent (config, log).
 
     Unlike KubeSpawner's own reflectors, a failed start is not kept (the next spawn
     tries again) and never halts the hub; it raises a ClusterStartError that names
     what is missing (the RBAC rule, or KubeRay itself). Transient API errors (429,
-    5xx) are retried for up to ``k8s_api_request_retry_timeout`` seconds.
+    5xx) are retried for up to ``retry_timeout`` seconds.
     """
     try:
         return await with_retries(
-            lambda: _watch_ray_clusters(spawner),
-            what=f"list rayclusters in namespace {spawner.namespace}",
-            timeout=spawner.k8s_api_request_retry_timeout,
+            lambda: _watch_ray_clusters(registry, key, parent, namespace, omit_namespace),
+            what=f"list rayclusters in namespace {namespace}",
+            timeout=retry_timeout,
             request_timeout=None,  # a reflector start must not be cancelled midway
         )
     except ClusterStartError:
         raise
     except Exception as e:
-        raise _watch_error(e, spawner.namespace) from None
+        raise _watch_error(e, namespace) from None
 
 
-async def _watch_ray_clusters(spawner: Any) -> Cache:
-    registry: dict = spawner.__class__.reflectors
-    key = spawner._get_reflector_key(REFLECTOR_KIND)
+async def _watch_ray_clusters(registry: dict, key: Any, parent: Any, namespace: str, omit_namespace: bool) -> Cache:
     reflector = registry.get(key)
     if not _usable(reflector):
         if reflector is not None:
             registry.pop(key, None)
             asyncio.ensure_future(reflector.stop())
         reflector = RayClusterReflector(
-            parent=spawner,
-            namespace=spawner.namespace,
+            parent=parent,
+            namespace=namespace,
             labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY},
-            omit_namespace=spawner.enable_user_namespaces,
+            omit_namespace=omit_namespace,
         )
         registry[key] = reflector
         try:
