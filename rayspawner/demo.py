@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .backends.local import MARKER_ROOT, find_processes, sweep
+from .backends.local import MARKER_ROOT, find_processes, kill_everything_under
 from .localpaths import UnsafePathError, demo_state_dir, demo_temp_root, private_dir
 
 log = logging.getLogger("rayspawner.demo")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             os.killpg(hub.pid, signal.SIGKILL)
             hub.wait()
     finally:
-        left = asyncio.run(sweep(temp_root, timeout=30))
+        left = asyncio.run(kill_everything_under(temp_root, timeout=30))
         found = find_processes(MARKER_ROOT, temp_root)
         signal.signal(signal.SIGTERM, previous)
     if left or found:

@@ -426,11 +426,11 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             hub_process.sweepers[key] = asyncio.ensure_future(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
-        from .sweep import SWEPT_KINDS
+        from .sweep import BUILTIN_KINDS, SWEPT_KINDS
 
         while True:
             try:
-                await self.sweep_orphans(SWEPT_KINDS if await kuberay_served(self.log) else SWEPT_KINDS[1:])
+                await self.sweep_orphans(SWEPT_KINDS if await kuberay_served(self.log) else BUILTIN_KINDS)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a failed sweep must never hurt spawning
@@ -439,7 +439,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
 
     async def sweep_orphans(self, kinds=None) -> list[tuple[str, str]]:
         """One sweep of this namespace; returns what was deleted."""
-        from .sweep import SWEPT_KINDS, sweep
+        from .sweep import BUILTIN_KINDS, sweep
 
         await self._start_watching_pods()
         live = {
@@ -449,7 +449,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             self._kube(),
             self.namespace,
             live,
-            kinds=kinds or SWEPT_KINDS[1:],
+            kinds=kinds or BUILTIN_KINDS,
             grace_seconds=self.ray_orphan_grace_seconds,
             secrets=self.ray_orphan_sweep_secrets,
         )

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: kinds swept, in deletion order (owners of pods first)
 SWEPT_KINDS = ("RayCluster", "Deployment", "Pod", "Service", "NetworkPolicy", "Secret")
+#: the same without RayCluster, where KubeRay (its CRD) is not installed
+BUILTIN_KINDS = SWEPT_KINDS[1:]
 
 
 def _age_seconds(obj: Mapping[str, Any], now: dt.datetime) -> float:

@@ -81,7 +81,7 @@ from .localproc import (  # noqa: F401 - re-exported for the spawner, the demo a
     port_blocks,
     run_periodically,
     sweep_orphans,
-    sweep,
+    kill_everything_under,
 )
 
 log = logging.getLogger(__name__)

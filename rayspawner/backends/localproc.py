@@ -240,7 +240,7 @@ def _pid_alive(pid: int, proc: asyncio.subprocess.Process | None = None) -> bool
         return False
 
 
-async def sweep(temp_root: str, timeout: float = 30.0) -> list[int]:
+async def kill_everything_under(temp_root: str, timeout: float = 30.0) -> list[int]:
     """Kill every process of every cluster started under ``temp_root`` (demo shutdown)."""
     return await kill_processes(lambda: find_processes(MARKER_ROOT, temp_root), timeout, what=temp_root)
 
