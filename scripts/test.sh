@@ -36,7 +36,7 @@ run_pytest() {
 }
 
 quick_workers=${RAYSPAWNER_TEST_WORKERS:-4}
-slow_workers=${RAYSPAWNER_SLOW_TEST_WORKERS:-1}
+slow_workers=${RAYSPAWNER_SLOW_TEST_WORKERS:-2}
 if [ $# -eq 0 ]; then
   echo "== quick tests ($quick_workers in parallel)"
   run_pytest quick -m "not slow" -n "$quick_workers" --dist loadgroup

@@ -215,10 +215,11 @@ def start_jupyter_server(tmp: Path, env_extra: dict[str, str]) -> NotebookServer
     return server
 
 
-@pytest.fixture
-def notebook_server(tmp_path: Path, ray_head: RayHead) -> Iterator[NotebookServer]:
+@pytest.fixture(scope="module")
+def notebook_server(tmp_path_factory: pytest.TempPathFactory, ray_head: RayHead) -> Iterator[NotebookServer]:
+    # one server for the module: the tests only read through it (starting one takes seconds)
     server = start_jupyter_server(
-        tmp_path,
+        tmp_path_factory.mktemp("nb"),
         {"RAY_DASHBOARD_URL": ray_head.dashboard_url, "RAY_AUTH_TOKEN": ray_head.token, "RAY_AUTH_MODE": "token"},
     )
     yield server

@@ -183,6 +183,11 @@ def netns_names() -> set[str]:
 @pytest.mark.timeout(900)  # one real cluster for every check: ~160 s alone, more on a loaded machine
 async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     before = netns_names()
+    t_start = time.monotonic()
+
+    def phase(what: str) -> None:
+        print(f"[{time.monotonic() - t_start:6.1f} s] {what}", flush=True)
+
     emu = k8s_emu_factory(kubelet=ProcessKubelet(time_scale=1.0))
     sp = ray_spawner_factory(
         emu,
@@ -203,6 +208,7 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
         name = sp.ray_session.spec.name if sp.ray_session.spec else "?"
         print(emu.kubelet.logs(NS, f"{name}-head", "ray-head")[-3000:])
         raise
+    phase("spawned")
     name = sp.ray_session.spec.name
     head = emu.get_object("pods", NS, f"{name}-head")
     versions = json.loads(head["status"]["initContainerStatuses"][0]["state"]["terminated"]["message"])
@@ -213,6 +219,7 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     except AssertionError:
         print(emu.kubelet.logs(NS, sp.pod_name, NOTEBOOK_NODE_CONTAINER)[-3000:])
         raise
+    phase("workload ran")
     print("driver mode:", {k: r[k] for k in ("init_seconds", "smoke_seconds", "put_get_seconds")})
 
     # head + 2 workers + the notebook's own node, which offers nothing to schedule on
@@ -241,10 +248,13 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     # a "kernel restart": a new driver process attaches again, instantly
     again = await run_py(emu, sp.pod_name, RESTARTED_KERNEL)
     assert again == {"driver_node": nb, "sum": 45}
+    phase("kernel restarted")
     # Ray Client still reaches the same head (the fallback mode's path)
     assert (await run_py(emu, sp.pod_name, CLIENT))["sum"] == 45
+    phase("Ray Client ran")
     # token auth: right, missing, wrong and no token, for drivers, the GCS, HTTP and raycheck
     await check_token_auth(emu, sp)
+    phase("token checks done")
 
     # another driver's job (ray job submit) survives the notebook's Ray node dying; the kubelet
     # restarts the sidecar, which rejoins, and a new kernel attaches to it
@@ -259,6 +269,7 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
         assert time.monotonic() < deadline, status
         await asyncio.sleep(2)
     assert status["status"] == "SUCCEEDED" and status["done"], status
+    phase("job outlived the notebook's node")
     deadline = time.monotonic() + 120
     while True:
         try:  # fails while the sidecar restarts (no raylet in the pod), then attaches to the new node
@@ -270,6 +281,7 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
         assert time.monotonic() < deadline, "the notebook's Ray node never rejoined"
         await asyncio.sleep(2)
     assert rejoined["sum"] == 45
+    phase("notebook's node rejoined")
 
     t0 = time.monotonic()
     await asyncio.wait_for(sp.stop(), 120)
@@ -277,6 +289,6 @@ async def test_driver_mode_on_real_ray(k8s_emu_factory, ray_spawner_factory):
     assert ray_objects(emu) == []
     assert emu.get_object("pods", NS, sp.pod_name) is None
     assert not any(key[0] == NS for key in emu.kubelet.pods), "a pod sandbox is still running"
-    print(f"teardown took {teardown:.1f}s")
+    phase(f"stopped (teardown {teardown:.1f} s)")
     emu.stop()
     assert netns_names() <= before

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,11 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
     root = f"/tmp/rspt{secrets.token_hex(3)}"
     backend = LocalBackend(temp_root=root)
     specs = {"alice": spec_for("alice", 2), "bob": spec_for("bob", 0, ray_connect_mode="client")}
+    t_start = time.monotonic()
+
+    def phase(what: str) -> None:
+        print(f"[{time.monotonic() - t_start:6.1f} s] {what}", flush=True)
+
     try:
         for s in specs.values():
             await backend.prepare(s)
@@ -193,14 +199,19 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         # ready = Ray reports the head and every requested worker ALIVE
         statuses = await asyncio.gather(*(backend.wait_ready(s, 400) for s in specs.values()))
         assert [(st.head_ready, st.workers_ready) for st in statuses] == [(True, 2), (True, 0)], statuses
+        phase("both clusters ready")
         envs = {u: c.notebook_env() for u, c in clusters.items()}
         assert envs["alice"]["RAY_ADDRESS"] == clusters["alice"].gcs_address
         assert envs["bob"]["RAY_ADDRESS"].startswith("ray://")
 
         # every node its own socket names (one shared session dir gave two raylets "raylet.1")
         a = clusters["alice"]
-        sockets = sorted(str(p) for p in Path(a.temp_dir).glob("**/sockets/raylet*"))
-        assert len(sockets) == 3 and max(len(s) for s in sockets) < 107, sockets
+        # (the live raylets': a head whose first boot missed Ray's window leaves a dead one's socket)
+        raylets = [p for p in find_processes(MARKER, a.cid) if p.name() == "raylet"]
+        sockets = [
+            arg.split("=", 1)[1] for p in raylets for arg in p.cmdline() if arg.startswith("--raylet_socket_name=")
+        ]
+        assert len(raylets) == 3 and len(set(sockets)) == 3 and max(map(len, sockets)) < 107, sockets
 
         # readiness started no driver: alice's dashboard lists no job before the user's own
         auth = {"Authorization": f"Bearer {a.token}"}
@@ -220,6 +231,7 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         print(f"driver-mode ray.init() took {drv['init_s']:.3f} s")
         assert drv["init_s"] < 1.0, drv
 
+        phase("alice's driver ran")
         # bob (client mode): "ready" means a Ray Client connects (right token) and runs tasks
         good = await asyncio.to_thread(run_client, envs["bob"], clusters["bob"].token)
         assert good["ok"] and good["sum"] == 9900 and good["cpus"] == 1.0, good
@@ -237,6 +249,7 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
             == 200
         )
 
+        phase("bob's Ray Client checks done")
         # a worker whose raylet dies (its `ray start --block` parent lives on) is seen and restarted
         victim = a.workers[1]
         raylets = [p for p in find_processes(None, "", cmdline_part=victim.temp_dir + "/") if p.name() == "raylet"]
@@ -256,6 +269,7 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         assert victim.restarts == 1 and any("workers-1 died" in e for e in a.events), a.events
         assert (await backend.status(specs["alice"])).workers_ready == 2
 
+        phase("the killed worker was restarted and rejoined")
         # teardown of alice: nothing of hers left, bob untouched
         await backend.delete(specs["alice"], 60)
         assert not find_processes(MARKER, a.cid, cmdline_part=a.temp_dir)
@@ -263,6 +277,7 @@ async def test_two_clusters_ready_isolated_token_and_torn_down() -> None:
         assert not Path(a.temp_dir).exists()
         assert backend.head_alive(specs["bob"]) and find_processes(MARKER, clusters["bob"].cid)
         assert (await backend.status(specs["alice"])).exists is False
+        phase("alice torn down")
     finally:
         await asyncio.gather(*(backend.delete(s, 60) for s in specs.values()))
         left = find_processes("RAYSPAWNER_TEMP_ROOT", root)
