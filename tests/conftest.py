@@ -42,12 +42,32 @@ def _module(item: pytest.Item) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: RAY_LAST.index(_module(item)) + 1 if _module(item) in RAY_LAST else 0)
-    for item in items:
-        module = _module(item)
-        if module in REAL_RAY_MODULES and item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("real-ray"))
-        elif module in SERIAL_QUICK_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
+
+
+def group_of(nodeid: str) -> str:
+    """The xdist scope of a test: "real-ray" for the real-Ray modules, the module for the
+    serial quick ones, else the test itself (spread over the workers like ``--dist load``)."""
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    if module in REAL_RAY_MODULES:
+        return "real-ray"
+    if module in SERIAL_QUICK_MODULES:
+        return module
+    return nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup`` scheduled by :func:`group_of`. xdist's own loadgroup marks node ids
+    with an ``@group`` suffix, which pytest 9.2 ignores (it keeps the id in ``Node._id``):
+    every test would be spread over the workers, two Ray clusters booting at once."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return RayGroupScheduling(config, log)
 
 
 #: CPU priority (nice) of tests that run beside the real-Ray group under xdist
@@ -62,10 +82,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     the test's fixtures, so module-scoped hubs inherit it."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    group = item.get_closest_marker("xdist_group")
-    wanted = 0 if group is not None and group.args and group.args[0] == "real-ray" else BESIDE_RAY_NICE
+    wanted = 0 if group_of(item.nodeid) == "real-ray" else BESIDE_RAY_NICE
     try:
-        if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
-            os.setpriority(os.PRIO_PROCESS, 0, wanted)
-    except (PermissionError, OSError):
+        for tid in os.listdir("/proc/self/task"):  # nice is per thread on Linux; children inherit it
+            if os.getpriority(os.PRIO_PROCESS, int(tid)) != wanted:
+                os.setpriority(os.PRIO_PROCESS, int(tid), wanted)
+    except OSError:
         pass  # raising it back needs root; then the test runs at whatever it has

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from rayspawner.backends import detect
+from rayspawner.registry import hub_process
 from rayspawner.errors import ClusterStartError
 
 CRD = Path("/work/shared/schemas/kuberay-v1.7.0-rayclusters.crd.yaml")
@@ -61,11 +62,11 @@ async def test_old_kuberay_is_refused_or_skipped(k8s_emu_kuberay, ray_spawner_fa
     from kubespawner.clients import shared_client
 
     host = shared_client("CustomObjectsApi").api_client.configuration.host
-    detect._auth_problem[host] = detect.token_auth_problem(as_15(crd_17))  # what reading a 1.5.1 CRD gives
+    hub_process.kuberay_auth_problem[host] = detect.token_auth_problem(as_15(crd_17))  # what reading a 1.5.1 CRD gives
     with pytest.raises(ClusterStartError, match="older than 1.6.0") as e:
         await detect.select_backend("kuberay", sp.log)
     assert e.value.reason_label == "kuberay_too_old"
-    detect._auth_problem[host] = detect.token_auth_problem(as_15(crd_17))
+    hub_process.kuberay_auth_problem[host] = detect.token_auth_problem(as_15(crd_17))
     with caplog.at_level(logging.WARNING):
         assert await detect.select_backend("auto", sp.log) == "pods"
     assert any("Using plain pods, not KubeRay" in r.getMessage() for r in caplog.records)

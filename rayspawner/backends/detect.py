@@ -22,11 +22,11 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner.clients import shared_client
 
 from ..errors import ClusterStartError, ConfigError
+from ..registry import hub_process
 from .kube import with_retries
 
-_cache: dict[str, bool] = {}
-#: per API host: why KubeRay cannot wire token auth ("" when it can, or cannot be told)
-_auth_problem: dict[str, str] = {}
+# per API host (in hub_process): whether KubeRay is served, and why its token auth cannot be
+# wired ("" when it can, or cannot be told)
 
 KUBERAY_MIN_VERSION = "1.6.0"
 CRD_NAME = "rayclusters.ray.io"
@@ -41,8 +41,8 @@ KUBERAY_MISSING = (
 async def kuberay_served(log: logging.Logger | None = None) -> bool:
     api = shared_client("CustomObjectsApi")
     host = api.api_client.configuration.host
-    if host in _cache:
-        return _cache[host]
+    if host in hub_process.kuberay_served:
+        return hub_process.kuberay_served[host]
 
     async def discover() -> bool:
         try:
@@ -59,7 +59,7 @@ async def kuberay_served(log: logging.Logger | None = None) -> bool:
         raise ClusterStartError(
             f"Could not ask the Kubernetes API which Ray backend to use: HTTP {e.status}", reason="discovery"
         ) from None
-    _cache[host] = served
+    hub_process.kuberay_served[host] = served
     if log:
         log.info("KubeRay %s on %s", "detected" if served else "not installed", host)
     return served
@@ -96,8 +96,8 @@ def token_auth_problem(crd: dict) -> str:
 
 async def _check_crd(host: str, log: logging.Logger | None) -> str:
     """Read the RayCluster CRD once per API host; "" when fine or unreadable (logged)."""
-    if host in _auth_problem:
-        return _auth_problem[host]
+    if host in hub_process.kuberay_auth_problem:
+        return hub_process.kuberay_auth_problem[host]
     api = shared_client("ApiextensionsV1Api")
     try:
         crd = await with_retries(
@@ -116,7 +116,7 @@ async def _check_crd(host: str, log: logging.Logger | None) -> str:
             f"HTTP {status}" if status else e,
             KUBERAY_MIN_VERSION,
         )
-    _auth_problem[host] = problem
+    hub_process.kuberay_auth_problem[host] = problem
     return problem
 
 
@@ -127,8 +127,8 @@ async def kuberay_token_auth_problem(log: logging.Logger | None = None) -> str:
 
 def forget() -> None:
     """Drop cached answers (tests; or after installing KubeRay without restarting the hub)."""
-    _cache.clear()
-    _auth_problem.clear()
+    hub_process.kuberay_served.clear()
+    hub_process.kuberay_auth_problem.clear()
 
 
 async def select_backend(wanted: str, log: logging.Logger | None = None, *, auth_enabled: bool = True) -> str:
@@ -140,11 +140,11 @@ async def select_backend(wanted: str, log: logging.Logger | None = None, *, auth
         return "pods"
     if wanted == "kuberay":
         if not await kuberay_served(log):
-            _cache.clear()  # re-check next time: the admin may be installing it now
+            hub_process.kuberay_served.clear()  # re-check next time: the admin may be installing it now
             raise ClusterStartError(KUBERAY_MISSING, reason="kuberay_missing")
         problem = await kuberay_token_auth_problem(log) if auth_enabled else ""
         if problem:
-            _auth_problem.clear()  # re-check next time: the admin may be upgrading it now
+            hub_process.kuberay_auth_problem.clear()  # re-check next time: the admin may be upgrading it now
             raise ClusterStartError(problem, reason="kuberay_too_old")
         return "kuberay"
     if wanted == "auto":

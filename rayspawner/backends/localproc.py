@@ -30,6 +30,7 @@ import psutil
 
 from ..errors import ClusterStartError
 from ..localpaths import private_dir
+from ..registry import hub_process
 
 log = logging.getLogger(__name__)
 
@@ -160,15 +161,13 @@ class PortBlocks:
                 os.close(fd)
 
 
-_blocks: dict[tuple[str, int, int], PortBlocks] = {}
-
-
 def port_blocks(lock_dir: str, lo: int, hi: int) -> PortBlocks:
     """One allocator per (lock dir, range) in this process: every spawner shares it."""
     key = (lock_dir, lo, hi)
-    if key not in _blocks:
-        _blocks[key] = PortBlocks(lock_dir, lo, hi)
-    return _blocks[key]
+    blocks = hub_process.port_blocks
+    if key not in blocks:
+        blocks[key] = PortBlocks(lock_dir, lo, hi)
+    return blocks[key]
 
 
 # ----------------------------------------------------------------- processes
