@@ -9,9 +9,12 @@ import pytest
 pytest_plugins = ["tests.k8semu.fixtures", "tests.spawner_fixtures", "tests.local_hub"]
 
 #: modules whose slow tests boot real Ray clusters. Under pytest-xdist (``--dist loadgroup``)
-#: they share one worker, so two Ray clusters never boot at once on a 2-core machine (Ray's
-#: fixed start-up windows are missed under contention); the other slow tests (hubs, API faults)
-#: run beside them on the other workers, at a lower CPU priority (see pytest_runtest_setup).
+#: each group of them runs on one worker, one test after another; the other slow tests (hubs,
+#: API faults) run beside them at a lower CPU priority (see pytest_runtest_setup). Two groups:
+#: the local-mode clusters ("real-ray"), and the two tests that boot the most nodes
+#: (``RAY_LAST``, "real-ray-last"), which run last on the other worker, once the niced tests
+#: are done; so at most two Ray tests run at once, and Ray's start-up windows (stretched for
+#: them where a test can) hold on 2 cores.
 REAL_RAY_MODULES = {
     "test_browser",
     "test_cost_activity",
@@ -31,8 +34,7 @@ REAL_RAY_MODULES = {
 SERIAL_QUICK_MODULES = {"test_reliability_faults"}
 
 
-#: real-Ray modules run last in their group, in this order: the tests beside the group (nice 10)
-#: are done by then, and these boot the most Ray nodes at once (four pods in parallel)
+#: real-Ray modules collected last (so scheduled last), in this order
 RAY_LAST = ("test_local_backend", "test_e2e_kubernetes")
 
 
@@ -48,6 +50,8 @@ def group_of(nodeid: str) -> str:
     """The xdist scope of a test: "real-ray" for the real-Ray modules, the module for the
     serial quick ones, else the test itself (spread over the workers like ``--dist load``)."""
     module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    if module in RAY_LAST:
+        return "real-ray-last"
     if module in REAL_RAY_MODULES:
         return "real-ray"
     if module in SERIAL_QUICK_MODULES:
@@ -82,7 +86,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     the test's fixtures, so module-scoped hubs inherit it."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    wanted = 0 if group_of(item.nodeid) == "real-ray" else BESIDE_RAY_NICE
+    wanted = 0 if group_of(item.nodeid).startswith("real-ray") else BESIDE_RAY_NICE
     try:
         for tid in os.listdir("/proc/self/task"):  # nice is per thread on Linux; children inherit it
             if os.getpriority(os.PRIO_PROCESS, int(tid)) != wanted:

@@ -399,27 +399,5 @@ def test_unreachable_dashboard_gives_502(tmp_path: Path) -> None:
         stop_group(server.proc)
 
 
-# ------------------------------------------------- through JupyterHub (local mode)
-from .local_hub import create_user, start_server, stop_server  # noqa: E402
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_dashboard_through_jupyterhub_local_mode(hub) -> None:  # noqa: F811
-    """A LocalRaySpawner server: its owner reaches the dashboard through the hub's proxy;
-    another user and an anonymous browser do not."""
-    alice, bob = create_user(hub, "alice"), create_user(hub, "bob")
-    start_server(hub, "alice", alice, {"profile": "ray", "workers": "0"})
-    try:
-        url = f"{hub.url}/user/alice/ray-dashboard/api/version"
-        status, body, _ = http_get(url, {"Authorization": f"token {alice}"}, timeout=60)
-        assert status == 200, (status, body[:500], hub.log_tail())
-        assert json.loads(body)["ray_version"] == RAY_VERSION
-        status, body, _ = http_get(url, {"Authorization": f"token {bob}"}, timeout=60)
-        assert status == 403 and "ray_version" not in body, (status, body[:300])
-        status, body, headers = http_get(url, timeout=60)
-        assert status in (302, 403) and "ray_version" not in body, (status, body[:300])
-        if status == 302:
-            assert "/hub/" in headers.get("location", "") or "oauth" in headers.get("location", ""), headers
-    finally:
-        stop_server(hub, "alice")
+# Through JupyterHub (local mode, a real server and cluster): tests/test_e2e_local.py
+# (test_dashboard_through_the_hub_for_its_owner_only).

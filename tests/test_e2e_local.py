@@ -30,6 +30,7 @@ import requests
 
 from rayspawner.backends.local import MARKER, NODE_PORTS, find_processes, listening_ports
 from rayspawner.local_spawner import SERVER_MARKER
+from rayspawner.versions import RAY_VERSION
 
 from .kernel_ws import Kernel
 from .local_hub import (
@@ -257,6 +258,21 @@ def test_odd_name_named_server_and_isolation(hub: Hub, users: dict) -> None:
     assert (
         requests.get(dash, headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}, timeout=10).status_code == 200
     )
+
+
+def test_dashboard_through_the_hub_for_its_owner_only(hub: Hub, users: dict) -> None:
+    """alice reaches her cluster's dashboard through the hub's proxy and her own server;
+    another user and an anonymous browser do not."""
+    bob = create_user(hub, "bob")
+    url = f"{hub.url}/user/{ALICE}/ray-dashboard/api/version"
+    r = requests.get(url, headers={"Authorization": f"token {users['tokens'][ALICE]}"}, timeout=60)
+    assert r.status_code == 200 and r.json()["ray_version"] == RAY_VERSION, (r.status_code, r.text[:500])
+    r = requests.get(url, headers={"Authorization": f"token {bob}"}, timeout=60, allow_redirects=False)
+    assert r.status_code == 403 and "ray_version" not in r.text, (r.status_code, r.text[:300])
+    r = requests.get(url, timeout=60, allow_redirects=False)
+    assert r.status_code in (302, 403) and "ray_version" not in r.text, (r.status_code, r.text[:300])
+    if r.status_code == 302:
+        assert "/hub/" in r.headers.get("location", "") or "oauth" in r.headers.get("location", ""), r.headers
 
 
 def test_hub_crash_then_dead_notebook_leaves_no_cluster(hub: Hub, users: dict) -> None:
