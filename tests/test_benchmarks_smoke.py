@@ -174,7 +174,7 @@ def test_connect_modes_bench_cleanup_finds_its_processes(tmp_path):
     import subprocess
     import sys
 
-    from benchmarks import connect_modes_bench as cmb
+    from benchmarks import connect_local as cmb
 
     hub = cmb.LocalHub(tmp_path, "driver", "run-123")
     procs = [
