@@ -8,13 +8,10 @@ import pytest
 
 pytest_plugins = ["tests.k8semu.fixtures", "tests.spawner_fixtures", "tests.local_hub"]
 
-#: modules whose slow tests boot real Ray clusters. Under pytest-xdist (``--dist loadgroup``)
-#: each group of them runs on one worker, one test after another; the other slow tests (hubs,
-#: API faults) run beside them at a lower CPU priority (see pytest_runtest_setup). Two groups:
-#: the local-mode clusters ("real-ray"), and the two tests that boot the most nodes
-#: (``RAY_LAST``, "real-ray-last"), which run last on the other worker, once the niced tests
-#: are done; so at most two Ray tests run at once, and Ray's start-up windows (stretched for
-#: them where a test can) hold on 2 cores.
+#: modules whose tests boot real Ray clusters. Under pytest-xdist (``--dist loadgroup``) they run
+#: on one worker, one test after another ("real-ray"): two Ray tests at once on 2 cores made
+#: Ray miss its fixed start-up windows (a worker restarted twice, a head retried). Every other
+#: test runs beside them at a lower CPU priority (see pytest_runtest_setup).
 REAL_RAY_MODULES = {
     "test_browser",
     "test_cost_activity",
@@ -34,7 +31,8 @@ REAL_RAY_MODULES = {
 SERIAL_QUICK_MODULES = {"test_reliability_faults"}
 
 
-#: real-Ray modules collected last (so scheduled last), in this order
+#: real-Ray modules collected last (so run last in their group, once the niced tests beside
+#: them are done), in this order: they boot the most Ray nodes at once
 RAY_LAST = ("test_local_backend", "test_e2e_kubernetes")
 
 
@@ -48,10 +46,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def group_of(nodeid: str) -> str:
     """The xdist scope of a test: "real-ray" for the real-Ray modules, the module for the
-    serial quick ones, else the test itself (spread over the workers like ``--dist load``)."""
+    serial quick ones, else the test itself (spread over the workers like ``--dist load``).
+    xdist starts the biggest scope first; a scope runs in collection order."""
     module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-    if module in RAY_LAST:
-        return "real-ray-last"
     if module in REAL_RAY_MODULES:
         return "real-ray"
     if module in SERIAL_QUICK_MODULES:
@@ -66,8 +63,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
-
-    config.option.loadscopereorder = False  # collection order, not biggest scope first: RAY_LAST last
 
     class RayGroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -88,7 +83,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     the test's fixtures, so module-scoped hubs inherit it."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    wanted = 0 if group_of(item.nodeid).startswith("real-ray") else BESIDE_RAY_NICE
+    wanted = 0 if _module(item) in REAL_RAY_MODULES else BESIDE_RAY_NICE
     try:
         for tid in os.listdir("/proc/self/task"):  # nice is per thread on Linux; children inherit it
             if os.getpriority(os.PRIO_PROCESS, int(tid)) != wanted:
