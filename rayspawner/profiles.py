@@ -25,6 +25,16 @@ from .hubpages import HubPagesMixin
 from .options import check_user_options
 
 
+async def initialized_profiles(spawner: Any) -> list[dict]:
+    """``spawner.profile_list`` as KubeSpawner would offer it: a callable's result (sync or
+    async), sorted, each profile and option initialized. One home for RaySpawner and
+    LocalRaySpawner."""
+    profile_list = spawner._sorted_dict_values(spawner.profile_list)
+    if callable(profile_list):
+        profile_list = await maybe_future(profile_list(spawner))
+    return spawner._get_initialized_profile_list(profile_list or [])
+
+
 class ProfileListMixin(HubPagesMixin, Configurable):
     """``profile_list`` → options form, ``options_from_form``, ``load_user_options``."""
 
@@ -88,10 +98,7 @@ class ProfileListMixin(HubPagesMixin, Configurable):
         self._profile_originals = {}
 
     async def initialized_profile_list(self) -> list[dict]:
-        profile_list = self._sorted_dict_values(self.profile_list)
-        if callable(profile_list):
-            profile_list = await maybe_future(profile_list(self))
-        return self._get_initialized_profile_list(profile_list or [])
+        return await initialized_profiles(self)
 
     async def load_profile_options(self) -> None:
         """Validate ``user_options`` and apply the chosen profile (and its options)."""

@@ -46,7 +46,7 @@ from . import progress_steps
 from .manifests import notebook as notebook_manifests
 from .manifests.common import owner_reference, version_init_container, wants_version_check
 from .options import check_user_options, resolve_spec
-from .profiles import options_may_enable_ray
+from .profiles import initialized_profiles, options_may_enable_ray
 from .reflector_index import pod_events
 from .registry import hub_process
 from .session import RayClusterSession, gather_then_raise
@@ -114,10 +114,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         Raises InvalidOptions (HTTP 400) with a message for the user.
         """
         self.ray_session.use(None)  # a refused respawn must not act on an earlier server's spec
-        profile_list = self._sorted_dict_values(self.profile_list)
-        if callable(profile_list):
-            profile_list = await profile_list(self) if asyncio.iscoroutinefunction(profile_list) else profile_list(self)
-        check_user_options(self.user_options or {}, self._get_initialized_profile_list(profile_list or []))
+        check_user_options(self.user_options or {}, await initialized_profiles(self))
         try:
             await super().load_user_options()
         except InvalidOptions:
