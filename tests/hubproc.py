@@ -26,17 +26,30 @@ from typing import Any
 SERVICE = "rayspawner-tests"
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports. All are held open until all are chosen: asked one
+    after another, the kernel may hand out the same port twice (a hub once got its proxy's
+    API port as its own)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class HubProcess:
     def __init__(self, config: str, env: dict[str, str] | None = None, workdir: str | None = None):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="rs-hub-"))
-        self.port = free_port()
-        self.hub_port = free_port()
+        self.port, self.hub_port, proxy_api_port = free_ports(3)
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.dir / "hub.log"
@@ -48,7 +61,7 @@ c.JupyterHub.hub_port = {self.hub_port}
 c.JupyterHub.db_url = "sqlite:///{self.dir}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{self.dir}/cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = "{self.dir}/proxy.pid"
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
 c.JupyterHub.services = [{{"name": "{SERVICE}", "api_token": "{self.token}"}}]

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,14 +29,10 @@ import requests
 from rayspawner.backends.local import MARKER, MARKER_ROOT, find_processes
 from rayspawner.local_spawner import SERVER_MARKER
 
+from .hubproc import free_port, free_ports  # noqa: F401 - free_port: for the tests that import it from here
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "jupyterhub_config" / "local.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Hub:
@@ -129,7 +124,7 @@ def start_hub(workdir: Path, extra_config: str = "", **extra_env: str) -> Hub:
         # load_subconfig runs local.py as its own file (its __file__ finds profiles.py)
         config = workdir / "jupyterhub_config.py"
         config.write_text(f"load_subconfig({str(CONFIG)!r})\n{extra_config}\n")
-    port, api_port, proxy_port = free_port(), free_port(), free_port()
+    port, api_port, proxy_port = free_ports(3)
     token = secrets.token_hex(16)
     temp_root = f"/tmp/rspe{secrets.token_hex(3)}"  # short: Ray's socket paths
     env = dict(os.environ)

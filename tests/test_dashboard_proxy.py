@@ -28,14 +28,10 @@ import pytest
 from rayspawner import dashboard_proxy
 from rayspawner.versions import RAY_VERSION
 
+from .hubproc import free_port, free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_range(n: int) -> int:
@@ -122,20 +118,18 @@ class RayHead:
 def ray_head() -> Iterator[RayHead]:
     token = secrets.token_urlsafe(32)
     temp_dir = tempfile.mkdtemp(prefix="rs-dash-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    ports = {
-        name: free_port()
-        for name in (
-            "port",
-            "ray-client-server-port",
-            "dashboard-port",
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "metrics-export-port",
-            "node-manager-port",
-            "object-manager-port",
-            "runtime-env-agent-port",
-        )
-    }
+    names = (
+        "port",
+        "ray-client-server-port",
+        "dashboard-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "node-manager-port",
+        "object-manager-port",
+        "runtime-env-agent-port",
+    )
+    ports = dict(zip(names, free_ports(len(names))))
     workers = free_range(20)
     cmd = [
         str(RAY),
