@@ -86,11 +86,6 @@ class RayClusterSession:
         return self._prepared
 
     @property
-    def active(self) -> bool:
-        """A cluster exists or is about to (a spec for the next start, or a stored ref)."""
-        return self.spec is not None or self.ref is not None
-
-    @property
     def autoscaled(self) -> bool:
         """Workers come and go between min and max (a backend that autoscales, and a spec
         asking for it); otherwise they stay at their replicas."""
