@@ -225,3 +225,18 @@ async def test_raycluster_gone_fails_the_server_and_removes_the_notebook(k8s_emu
     assert await sp.poll() == 1
     assert await settle(emu) == []  # without stop(): JupyterHub's user.stop() sees poll() == 1
     assert await hub_stop(sp) is None
+
+
+@pytest.mark.parametrize(("verb", "resource"), [("list", "events"), ("create", "services")])
+async def test_one_slow_transient_fault_is_retried_past_the_deadline(k8s_emu, ray_spawner_factory, verb, resource):
+    """A request that takes longer than the whole retry budget to fail with one 500 (a loaded
+    API server) used to end the spawn with "kept failing … gave up": it had never been retried."""
+    emu = k8s_emu
+    emu.faults.add(verb, resource, status=500, latency=1.5, count=1)
+    traits = dict(TRAITS, k8s_api_request_timeout=3, k8s_api_request_retry_timeout=1)
+    sp = ray_spawner_factory(emu, "alice", **traits)
+    res = await hub_start(sp, RAY)
+    assert res.error is None, res.error
+    assert not emu.faults.pending()
+    assert await hub_stop(sp) is None
+    assert await settle(emu) == []

@@ -124,16 +124,21 @@ async def with_retries(
 ) -> Any:
     """Run one API call, retrying transient failures (429 honouring Retry-After,
     5xx, timeouts, connection errors) with jittered exponential backoff, up to
-    ``timeout`` seconds in all. Other errors are raised at once.
+    ``timeout`` seconds in all, and at least once: one transient fault on a request that was
+    slow to fail (a loaded API server, a long queue here) must not fail a spawn.
+    Other errors are raised at once.
 
     ``request_timeout=None``: the call bounds itself (it must not be cancelled midway).
     ``also_retry``: more statuses to retry (409 for idempotent deletes and merge patches)."""
     deadline = time.monotonic() + timeout
     delay = 0.2
+    attempts = 0
     while True:
+        attempts += 1
         gate = _gate()
         try:
-            await asyncio.wait_for(gate.acquire(), max(0.01, deadline - time.monotonic()))
+            # the first attempt and the one retry that is always made may queue past the deadline
+            await asyncio.wait_for(gate.acquire(), max(1.0 if attempts <= 2 else 0.01, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             raise ClusterStartError(
                 f"Too many Kubernetes API requests queued in the hub while trying to {what}; "
@@ -156,7 +161,7 @@ async def with_retries(
             wait, problem = delay, type(e).__name__
         finally:
             gate.release()
-        if time.monotonic() + wait > deadline:
+        if attempts > 1 and time.monotonic() + wait > deadline:
             raise ClusterStartError(
                 f"Kubernetes API kept failing while trying to {what} ({problem}); gave up after {int(timeout)} s.",
                 reason="api_unavailable",
