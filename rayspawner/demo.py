@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C must stop the demo even where SIGINT came in ignored (started with `&` from a
+    # script: Python then installs no KeyboardInterrupt handler)
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
     hub = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], env=env, start_new_session=True)
     code = 0
     try:
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         left = asyncio.run(kill_everything_under(temp_root, timeout=30))
         found = find_processes(MARKER_ROOT, temp_root)
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     if left or found:
         print(f"  Warning: processes could not be stopped: {sorted(set(left) | {p.pid for p in found})}", flush=True)
         return 1

@@ -61,7 +61,7 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Int, Unicode, default, validate
 
 from . import activity, quotas
-from .backends.local import LocalBackend, find_processes, kill_processes
+from .backends.local import SERVER_ROOT, LocalBackend, find_processes, kill_processes
 from .config import RayConfig
 from .errors import ConfigError, InvalidOptions
 from .localpaths import private_dir, user_temp_root
@@ -274,6 +274,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     # -------------------------------------------------------------- start
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
+        env[SERVER_ROOT] = self.temp_root  # found by the demo's last-resort clean-up
         if self._server_marker:
             env[SERVER_MARKER] = self._server_marker
         session = self.ray_session

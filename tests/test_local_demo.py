@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from rayspawner.backends.local import MARKER_ROOT, find_processes
+from rayspawner.backends.local import MARKER_ROOT, SERVER_ROOT, find_processes
 from rayspawner.localpaths import demo_temp_root
 from tests.local_hub import free_port
 
@@ -47,6 +47,9 @@ def test_demo_prints_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=tmp_path,
+            # SIGINT ignored, as for a command started with `&` from a script (or a CI runner):
+            # the demo's Ctrl-C must work all the same
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     url, temp_root = f"http://127.0.0.1:{port}", demo_temp_root(port)
     api = lambda m, p, **kw: requests.request(
@@ -84,12 +87,18 @@ def test_demo_prints_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, out.read_text()[-3000:]
             time.sleep(1)
         assert find_processes(MARKER_ROOT, temp_root), "no Ray processes found while running"
+        assert find_processes(SERVER_ROOT, temp_root), "dave's notebook server is not marked"
         demo.send_signal(signal.SIGINT)
-        assert demo.wait(180) == 0, out.read_text()[-3000:]
+        try:
+            code = demo.wait(180)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"Ctrl-C did not stop the demo:\n{out.read_text()[-3000:]}") from None
+        assert code == 0, out.read_text()[-3000:]
         assert "no Ray processes left" in out.read_text()
-        assert not find_processes(MARKER_ROOT, temp_root)
+        assert not find_processes(MARKER_ROOT, temp_root) and not find_processes(SERVER_ROOT, temp_root)
     finally:
         if demo.poll() is None:
             demo.kill()
-        for p in find_processes(MARKER_ROOT, temp_root):
-            p.kill()
+        for key in (MARKER_ROOT, SERVER_ROOT):
+            for p in find_processes(key, temp_root):
+                p.kill()

@@ -77,3 +77,26 @@ async def test_sweep_removes_only_clusters_no_live_server_owns(tmp_path: Path) -
         for p in [notebook, other_hub, *procs.values()]:
             p.kill()
             p.wait()
+
+
+async def test_demo_clean_up_kills_clusters_servers_and_kernels_of_its_root_only(tmp_path: Path) -> None:
+    """The demo's last resort after a hub that had to be killed: every process started under its
+    temp root goes (Ray nodes, and notebook servers with their kernels), another root's stay."""
+    from rayspawner.backends.local import MARKER_ROOT, SERVER_ROOT, kill_everything_under
+
+    root, other = str(tmp_path / "demo"), str(tmp_path / "other")
+
+    def marked(**markers: str) -> subprocess.Popen:
+        return subprocess.Popen(["sleep", "300"], env={**os.environ, **markers}, start_new_session=True)
+
+    ray_node, server, theirs = marked(**{MARKER_ROOT: root}), marked(**{SERVER_ROOT: root}), marked(**{SERVER_ROOT: other})
+    try:
+        assert {p.pid for p in find_processes(SERVER_ROOT, root)} == {server.pid}
+        left = await kill_everything_under(root, timeout=10)
+        assert left == []
+        assert ray_node.wait(5) is not None and server.wait(5) is not None
+        assert theirs.poll() is None
+    finally:
+        for p in (ray_node, server, theirs):
+            p.kill()
+            p.wait()

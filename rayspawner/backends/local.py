@@ -65,6 +65,7 @@ from .localstatus import _SITECUSTOMIZE, CLIENT_PORTS_ENV, JOIN_TIMEOUT, NODE_LA
 from .localproc import (  # noqa: F401 - re-exported for the spawner, the demo and tests
     MARKER,
     MARKER_ROOT,
+    SERVER_ROOT,
     NODE_PORTS,
     PortBlocks,
     _CLIENT_SERVERS,

@@ -54,6 +54,8 @@ _AVOID = [(23000, 24000)]
 #: environment markers every process of a cluster inherits
 MARKER = "RAYSPAWNER_CLUSTER_ID"
 MARKER_ROOT = "RAYSPAWNER_TEMP_ROOT"
+#: the temp root of the hub whose LocalRaySpawner started a notebook server (its kernels inherit it)
+SERVER_ROOT = "RAYSPAWNER_SERVER_ROOT"
 
 
 # --------------------------------------------------------------------- ports
@@ -240,8 +242,14 @@ def _pid_alive(pid: int, proc: asyncio.subprocess.Process | None = None) -> bool
 
 
 async def kill_everything_under(temp_root: str, timeout: float = 30.0) -> list[int]:
-    """Kill every process of every cluster started under ``temp_root`` (demo shutdown)."""
-    return await kill_processes(lambda: find_processes(MARKER_ROOT, temp_root), timeout, what=temp_root)
+    """Kill every process of every cluster, notebook server and kernel started under
+    ``temp_root`` (demo shutdown: the hub may have been killed before it stopped its servers)."""
+
+    def everything() -> list[psutil.Process]:
+        found = {p.pid: p for key in (MARKER_ROOT, SERVER_ROOT) for p in find_processes(key, temp_root)}
+        return list(found.values())
+
+    return await kill_processes(everything, timeout, what=temp_root)
 
 
 def _create_time(pid: int) -> float | None:
