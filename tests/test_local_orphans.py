@@ -89,7 +89,11 @@ async def test_demo_clean_up_kills_clusters_servers_and_kernels_of_its_root_only
     def marked(**markers: str) -> subprocess.Popen:
         return subprocess.Popen(["sleep", "300"], env={**os.environ, **markers}, start_new_session=True)
 
-    ray_node, server, theirs = marked(**{MARKER_ROOT: root}), marked(**{SERVER_ROOT: root}), marked(**{SERVER_ROOT: other})
+    ray_node, server, theirs = (
+        marked(**{MARKER_ROOT: root}),
+        marked(**{SERVER_ROOT: root}),
+        marked(**{SERVER_ROOT: other}),
+    )
     try:
         assert {p.pid for p in find_processes(SERVER_ROOT, root)} == {server.pid}
         left = await kill_everything_under(root, timeout=10)
