@@ -47,6 +47,7 @@ user of their own is not offered; use RaySpawner on Kubernetes to separate users
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import re
@@ -70,6 +71,7 @@ from .profiles import ProfileListMixin
 from .registry import hub_process
 from .session import STATE_REF, RayClusterSession, gather_then_raise
 from .summary import local_size
+from .versions import SLOW_IMPORT_DISTRIBUTIONS
 
 SERVER_MARKER = "RAYSPAWNER_SERVER_ID"
 
@@ -90,6 +92,27 @@ def _warn_isolation(log: logging.Logger) -> None:
         except (ImportError, KeyError):
             who = f"uid {os.geteuid()}"
         log.warning(ISOLATION_WARNING, who)
+
+
+def slow_import_hint() -> str | None:
+    """What to uninstall, if this environment has a package that slows every Ray process's start
+    (:data:`.versions.SLOW_IMPORT_DISTRIBUTIONS`); None if it has none."""
+    found = [dist for dist, module in SLOW_IMPORT_DISTRIBUTIONS.items() if importlib.util.find_spec(module)]
+    if not found:
+        return None
+    return (
+        f"{', '.join(found)} is installed here: every Python process of a local Ray cluster (about 8 per "
+        f"head) and every kernel's `import ray` spends over a second of CPU importing it, which about "
+        f"doubles Ray's start-up on a small machine. `pip uninstall {' '.join(found)}` removes that "
+        f"(jsonschema works without it; only its 'iri' format checks are skipped)."
+    )
+
+
+def _warn_slow_imports(log: logging.Logger) -> None:
+    if hub_process.warn_once("slow-imports"):
+        hint = slow_import_hint()
+        if hint:
+            log.warning(hint)
 
 
 def _route_logs_to_hub(hub_log: logging.Logger) -> None:
@@ -175,6 +198,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _warn_isolation(self.log)
+        _warn_slow_imports(self.log)
         self.ray_session = RayClusterSession(self.log, lambda: self._log_name, self._backend_for)
 
     async def _backend_for(self, kind: str) -> LocalBackend:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rayspawner.versions import PYTHON_VERSION, RAY_VERSION
+from rayspawner.versions import PYTHON_VERSION, RAY_VERSION, SLOW_IMPORT_DISTRIBUTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
@@ -218,6 +218,41 @@ def test_notebook_image_has_the_notebook_stack_pinned() -> None:
 
     # the hub side (and local mode) runs the same jupyterhub / jupyter-server-proxy as the image
     assert cf.pins["jupyter-server-proxy"] == version("jupyter-server-proxy")
+
+
+def _uninstalled_after_install(cf: Containerfile) -> set[str]:
+    """Distributions a RUN removes with ``pip uninstall`` after that RUN's ``pip install``."""
+    gone: set[str] = set()
+    for _, instr, args in cf.instructions:
+        if instr == "RUN" and _pip_requirements(args):
+            for m in re.finditer(r"pip3?\s+uninstall\s+((?:-\S+\s+)*)([\w.\- ]+)", args.split("install", 1)[1]):
+                gone.update(m.group(2).split())
+    return gone
+
+
+def test_images_with_jupyter_drop_what_slows_every_ray_start() -> None:
+    """The default cluster runs on the notebook image: each of its Ray nodes starts ~8 Python
+    processes, each paying rfc3987-syntax's import (SLOW_IMPORT_DISTRIBUTIONS)."""
+    for path in CONTAINERFILES:
+        cf = _load(path)
+        if "jupyter-server" in cf.pins or "jupyterlab" in cf.pins:
+            missing = set(SLOW_IMPORT_DISTRIBUTIONS) - _uninstalled_after_install(cf)
+            assert not missing, f"{path.relative_to(ROOT)} keeps {sorted(missing)} (pip uninstall after the install)"
+    # and this environment, made by the README's commands (scripts/install.sh), has none of them
+    import importlib.util
+
+    assert not [m for m in SLOW_IMPORT_DISTRIBUTIONS.values() if importlib.util.find_spec(m)]
+
+
+def test_slow_import_hint_names_the_package_only_where_it_is_installed(tmp_path: Path, monkeypatch) -> None:
+    from rayspawner.local_spawner import slow_import_hint
+
+    assert slow_import_hint() is None
+    (tmp_path / "rfc3987_syntax").mkdir()
+    (tmp_path / "rfc3987_syntax" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hint = slow_import_hint()
+    assert hint and "pip uninstall rfc3987-syntax" in hint and "Ray" in hint
 
 
 def test_pyproject_extras_pin_the_same_ray() -> None:
