@@ -61,7 +61,7 @@ import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Int, Unicode, default, validate
 
-from . import activity, quotas
+from . import activity, progress_steps, quotas
 from .backends.local import SERVER_ROOT, LocalBackend, find_processes, kill_processes
 from .config import RayConfig
 from .errors import ConfigError, InvalidOptions
@@ -439,14 +439,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
                 steps.append((pct, f"Ray cluster {spec.name}: {warning}"))
             done = st.head_ready and st.workers_ready >= st.workers_desired
             if done:
-                steps.append(
-                    (
-                        95,
-                        f"Ray cluster {spec.name} is ready (head + {st.workers_desired} worker(s) "
-                        "alive); ray.init() in a notebook connects to it. "
-                        + quotas.size_sentence(spec, autoscaled=False),
-                    )
-                )
+                steps.append((95, progress_steps.ready_message(spec, st, None, self.ray_session.version_warning)))
             for step_pct, msg in sorted(steps, key=lambda x: x[0]):
                 if msg in sent:
                     continue

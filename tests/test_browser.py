@@ -28,7 +28,11 @@ from . import local_hub
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -89,6 +93,25 @@ def browser(hub):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def goto(driver, url: str, timeout: float = 60) -> None:
+    """Navigate to ``url`` and wait until the browser is there. A navigation started while the
+    page is still following redirects (landing on the server: /user/… → oauth → lab) can be
+    dropped: the browser then stays where it was, so it is asked again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        driver.get(url)
+        try:
+            WebDriverWait(driver, 5).until(
+                lambda d: (
+                    d.current_url.split("?")[0] == url.split("?")[0]
+                    and d.execute_script("return document.readyState") == "complete"
+                )
+            )
+            return
+        except TimeoutException:
+            assert time.monotonic() < deadline, f"the browser never got to {url} (at {driver.current_url})"
 
 
 def open_form(driver, hub) -> None:
@@ -205,11 +228,15 @@ def test_spawn_progress_home_page_and_stop(hub, browser):
                     browser.save_screenshot(str(ARTIFACTS / f"spawn-progress-{len(seen)}.png"))
         time.sleep(0.5)
     assert any("ray-carol" in t for t in seen) and len(seen) >= 3, seen  # the steps advance
+    # landed: the server's redirects (→ oauth → JupyterLab) end on a loaded JupyterLab page
+    WebDriverWait(browser, 120).until(
+        lambda d: f"/user/{USER}/lab" in d.current_url and d.execute_script("return document.readyState") == "complete"
+    )
     server = servers(hub)[""]
     assert server["ready"] and server["user_options"]["profile"] == "ray"
 
     # the home page: the cluster, its size, its dashboard
-    browser.get(hub.url + "/hub/home")
+    goto(browser, hub.url + "/hub/home")
     row = WebDriverWait(browser, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, ".ray-cluster-row"))
     assert "ray-carol" in row.text and "head 1 CPU, 1 GiB · no workers" in row.text, row.text
     link = row.find_element(By.CSS_SELECTOR, "a.ray-dashboard-link").get_attribute("href")
@@ -225,7 +252,7 @@ def test_spawn_progress_home_page_and_stop(hub, browser):
         )
 
     # Stop asks first; dismissed, nothing happens
-    browser.get(hub.url + "/hub/home")
+    goto(browser, hub.url + "/hub/home")
     stop = WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "stop"))
     stop.click()
     alert = WebDriverWait(browser, 10).until(lambda d: d.switch_to.alert)
