@@ -192,7 +192,7 @@ def test_idle_cluster_idle_kernel_and_idle_driver_are_not_activity(server: Serve
 def test_long_task_keeps_last_activity_fresh_then_stops(server: Server, cluster_env) -> None:
     time.sleep(5)  # the previous test's kernel request was activity
     stale = age(server)
-    busy = driver(cluster_env, 15, 0)
+    busy = driver(cluster_env, 10, 0)
     try:
         ages = []
         deadline = time.monotonic() + 120
