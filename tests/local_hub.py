@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -212,3 +213,13 @@ def server_processes(state: dict) -> list[psutil.Process]:
     if state.get("pid") and psutil.pid_exists(state["pid"]):
         procs.append(psutil.Process(state["pid"]))
     return procs
+
+
+def processes_left(
+    find: Callable[[], list[psutil.Process]], timeout: float, interval: float = 0.5
+) -> list[psutil.Process]:
+    """``find()`` once it comes back empty, or what it still finds after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := find()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left

@@ -37,7 +37,7 @@ import pytest
 import requests
 
 from .kernel_ws import Kernel
-from .local_hub import Hub, cluster_processes, create_user, server_processes, start_hub, start_server
+from .local_hub import Hub, cluster_processes, create_user, processes_left, server_processes, start_hub, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -185,9 +185,6 @@ def test_idle_culler_keeps_a_busy_cluster_and_culls_an_idle_one(hub: Hub, start_
     print(f"spawns and kernels {quiet - began:.1f} s, culler phase {time.time() - quiet:.1f} s")
 
     # the culled server's Ray cluster, notebook and kernels are gone
-    deadline = time.monotonic() + 30
-    while server_processes(idle_state) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = server_processes(idle_state)
+    left = processes_left(lambda: server_processes(idle_state), 30)
     assert not left, f"the culled server left {[(p.pid, p.name()) for p in left]}"
     assert not Path(idle_state["ray_local"]["temp_dir"]).exists()

@@ -37,6 +37,7 @@ from .local_hub import (
     Hub,
     cluster_processes,
     create_user,
+    processes_left,
     server_processes,
     start_hub,
     start_server,
@@ -284,10 +285,7 @@ def test_hub_crash_then_dead_notebook_leaves_no_cluster(hub: Hub, users: dict) -
     psutil.wait_procs([psutil.Process(alice["pid"])], timeout=10) if psutil.pid_exists(alice["pid"]) else None
     hub.restart()
 
-    deadline = time.monotonic() + 120
-    while cluster_processes(alice) and time.monotonic() < deadline:
-        time.sleep(1)
-    left = cluster_processes(alice)
+    left = processes_left(lambda: cluster_processes(alice), 120)
     assert not left, f"alice's cluster still runs {len(left)} processes\n{hub.log_tail()}"
     assert not Path(alice["ray_local"]["temp_dir"]).exists()
     assert not cluster_ports(alice) & listening_ports()
