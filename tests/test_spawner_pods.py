@@ -270,11 +270,16 @@ async def test_start_without_waiting_for_the_head(k8s_emu, ray_spawner_factory):
 
 
 async def test_driver_mode_adds_the_notebook_node_and_client_mode_does_not(k8s_emu, ray_spawner_factory):
-    driver = ray_spawner_factory(k8s_emu, "alice")
+    # Ray's start-up windows, widened for a loaded node: every Ray node needs them, the notebook's too
+    slow_node = {"RAY_raylet_start_wait_time_s": "180"}
+    driver = ray_spawner_factory(k8s_emu, "alice", ray_extra_env=slow_node)
     client = ray_spawner_factory(k8s_emu, "bob", ray_connect_mode="client")
     await asyncio.gather(start(driver), start(client))
     pod = k8s_emu.get_object("pods", "jhub", driver.pod_name)
     node = next(c for c in pod["spec"]["initContainers"] if c["name"] == NOTEBOOK_NODE_CONTAINER)
+    head = k8s_emu.get_object("pods", "jhub", "ray-alice-head")
+    for container in (node, head["spec"]["containers"][0]):
+        assert {"name": "RAY_raylet_start_wait_time_s", "value": "180"} in container["env"], container["name"]
     assert node["restartPolicy"] == "Always" and pod["spec"]["shareProcessNamespace"] is True
     assert node["image"] == pod["spec"]["containers"][0]["image"]
     assert "--address=ray-alice-head-svc.jhub.svc.cluster.local:6379" in node["command"][2]
