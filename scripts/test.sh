@@ -6,10 +6,11 @@
 #   bash scripts/test.sh -m "not slow" ... lint and the quick tests only (in parallel)
 #   bash scripts/test.sh ARGS...           lint, then pytest ARGS (one process)
 #
-# The slow tests run one at a time by default: on a 2-core machine, hub processes beside a
-# booting Ray cluster made Ray miss its fixed start-up windows (raylet registration, 30 s) and
-# browser clicks land late. RAYSPAWNER_SLOW_TEST_WORKERS=2 runs them on two workers, with every
-# real-Ray test in one xdist group (tests/conftest.py), on a machine with cores to spare.
+# The slow tests run on two workers (RAYSPAWNER_SLOW_TEST_WORKERS, default 2; 1 runs them in
+# one process): every real-Ray test on one of them, one after another (two Ray clusters booting
+# at once on 2 cores missed Ray's fixed start-up windows), and the other slow tests beside them
+# at a lower CPU priority (tests/conftest.py). The quick tests run first, on
+# RAYSPAWNER_TEST_WORKERS (default 4), with the API-fault matrix on one worker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
