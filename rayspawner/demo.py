@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .backends.local import MARKER_ROOT, find_processes, kill_everything_under
+from .backends.local import kill_everything_under
 from .localpaths import UnsafePathError, demo_state_dir, demo_temp_root, private_dir
 
 log = logging.getLogger("rayspawner.demo")
@@ -123,11 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             hub.wait()
     finally:
         left = asyncio.run(kill_everything_under(temp_root, timeout=30))
-        found = find_processes(MARKER_ROOT, temp_root)
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
-    if left or found:
-        print(f"  Warning: processes could not be stopped: {sorted(set(left) | {p.pid for p in found})}", flush=True)
+    if left:
+        print(f"  Warning: processes could not be stopped: {sorted(left)}", flush=True)
         return 1
     shutil.rmtree(temp_root, ignore_errors=True)
     print("  Stopped; no Ray processes left.", flush=True)

@@ -31,7 +31,8 @@ fi
 extra=local
 [ "$want_test" = "--test" ] && extra=test
 .venv/bin/pip install -q -e ".[$extra]" 2>&1 | grep -v "^WARNING: Location" || true
-# jupyter's rfc3987-syntax more than doubles every Ray start (rayspawner/versions.py,
-# SLOW_IMPORT_DISTRIBUTIONS); jsonschema works without it
-.venv/bin/pip uninstall -y -q rfc3987-syntax 2>&1 | grep -v "^WARNING: Skipping" || true
+# packages Jupyter pulls in that more than double every Ray start (rayspawner/versions.py,
+# SLOW_IMPORT_DISTRIBUTIONS, the one list); jsonschema works without them
+slow=$(.venv/bin/python -c "from rayspawner.versions import SLOW_IMPORT_DISTRIBUTIONS as s; print(' '.join(s))")
+.venv/bin/pip uninstall -y -q $slow 2>&1 | grep -v "^WARNING: Skipping" || true
 .venv/bin/python -c "import rayspawner, ray, jupyterhub; print('rayspawner', rayspawner.__version__, '| ray', ray.__version__, '| jupyterhub', jupyterhub.__version__)"
