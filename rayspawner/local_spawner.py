@@ -61,7 +61,7 @@ import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Int, Unicode, default, validate
 
-from . import activity, progress_steps, quotas
+from . import activity, aio, progress_steps, quotas
 from .backends.local import SERVER_ROOT, LocalBackend, find_processes, kill_processes
 from .config import RayConfig
 from .errors import ConfigError, InvalidOptions
@@ -343,7 +343,7 @@ class LocalRaySpawner(ProfileListMixin, RayConfig, SimpleLocalProcessSpawner):
             # JupyterHub stops reading progress() once start() returns: give it a moment
             # to show the last steps (workers N/N, ready)
             try:
-                await asyncio.wait_for(self._progress_shown.wait(), 2.0)
+                await aio.wait_for(self._progress_shown.wait(), 2.0)
             except asyncio.TimeoutError:
                 pass
 

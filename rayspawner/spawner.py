@@ -32,7 +32,7 @@ from kubespawner.objects import get_k8s_model
 from kubespawner.reflector import ResourceReflector
 from traitlets import TraitError
 
-from . import naming, quotas
+from . import aio, naming, quotas
 from .backends.base import ClusterBackend, ClusterStatus
 from .backends.pods import reported_versions
 from .backends.detect import kuberay_served, select_backend
@@ -231,7 +231,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
                 session.spec = dataclasses.replace(spec, notebook_policy_types=types)
             await session.prepare()
         try:
-            created = await asyncio.wait_for(self.api.create_namespaced_pod(self.namespace, pod), request_timeout)
+            created = await aio.wait_for(self.api.create_namespaced_pod(self.namespace, pod), request_timeout)
         except asyncio.TimeoutError:
             return False
         except ApiException as e:
@@ -490,7 +490,7 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
                 start = self._start_future
                 finishing = start is not None and start.done()  # one more pass after the start ends
                 try:
-                    event = await asyncio.wait_for(queue.get(), 0.5) if not pump_done else ...
+                    event = await aio.wait_for(queue.get(), 0.5) if not pump_done else ...
                 except asyncio.TimeoutError:
                     event = ...
                 if event is None:

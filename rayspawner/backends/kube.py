@@ -17,7 +17,7 @@ import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner.clients import shared_client
 
-from .. import naming
+from .. import aio, naming
 from ..errors import ClusterStartError
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ async def with_retries(
         gate = _gate()
         try:
             # the first attempt and the one retry that is always made may queue past the deadline
-            await asyncio.wait_for(gate.acquire(), max(1.0 if attempts <= 2 else 0.01, deadline - time.monotonic()))
+            await aio.wait_for(gate.acquire(), max(1.0 if attempts <= 2 else 0.01, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             raise ClusterStartError(
                 f"Too many Kubernetes API requests queued in the hub while trying to {what}; "
@@ -146,7 +146,7 @@ async def with_retries(
                 reason="api_unavailable",
             ) from None
         try:
-            return await (call() if request_timeout is None else asyncio.wait_for(call(), request_timeout))
+            return await (call() if request_timeout is None else aio.wait_for(call(), request_timeout))
         except ApiException as e:
             if e.status not in RETRY_STATUSES and e.status not in also_retry:
                 raise

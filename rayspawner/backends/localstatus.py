@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import aio
 from .base import ClusterStatus
 from .localproc import _pid_alive, _tail
 
@@ -227,9 +228,9 @@ async def _probe(backend: LocalBackend, cluster: LocalCluster, spec: RayClusterS
         raise RuntimeError(next((ln for ln in reversed(lines) if "Error" in ln), f"probe exited ({lines[-1:]})")[:300])
 
     try:
-        result = await asyncio.wait_for(read(), timeout)
+        result = await aio.wait_for(read(), timeout)
         try:  # let it disconnect cleanly, so the head frees its client server at once
-            await asyncio.wait_for(proc.wait(), 10)
+            await aio.wait_for(proc.wait(), 10)
         except asyncio.TimeoutError:
             pass
         return result
