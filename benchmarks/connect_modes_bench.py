@@ -259,7 +259,7 @@ async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
     from rayspawner import RaySpawner
     from rayspawner.backends import detect
     from tests.k8semu import K8sEmu
-    from tests.k8semu.kubelet_process import ProcessKubelet
+    from testcluster.node.kubelet_process import ProcessKubelet
 
     emu = K8sEmu(kubelet=ProcessKubelet(time_scale=1.0)).start()
     sp = None

@@ -12,9 +12,8 @@ command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ "$want_test" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
-  # kubectl (an outside client for the loopback API server); these machines ship one already,
-  # and Debian's package conflicts with it, so only install it where none exists
-  command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+  # runc/iptables are not needed; openssl makes the test cluster's certificates
+  command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -36,3 +35,8 @@ extra=local
 slow=$(.venv/bin/python -c "from rayspawner.versions import SLOW_IMPORT_DISTRIBUTIONS as s; print(' '.join(s))")
 .venv/bin/pip uninstall -y -q $slow 2>&1 | grep -v "^WARNING: Skipping" || true
 .venv/bin/python -c "import rayspawner, ray, jupyterhub; print('rayspawner', rayspawner.__version__, '| ray', ray.__version__, '| jupyterhub', jupyterhub.__version__)"
+if [ "$want_test" = "--test" ]; then
+  # the real control plane (etcd, kube-apiserver, controller-manager, scheduler, kubectl) and the
+  # KubeRay operator, built from their Go modules into a cache keyed by version (minutes when cold)
+  bash testcluster/build.sh >/dev/null
+fi

@@ -14,8 +14,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
-export PATH="$PWD/.venv/bin:$PATH"
+# the test cluster's binaries (built by install.sh; this only prints their directory)
+bin_dir=$(bash testcluster/build.sh)
+export PATH="$PWD/.venv/bin:$bin_dir:$PATH" RAYSPAWNER_TESTCLUSTER_BIN="$bin_dir"
 mkdir -p artifacts
+
+# one real control plane for the whole run (tests isolate by namespace), with the KubeRay
+# operator and a sim node; stopped, with everything it made, however the run ends
+cluster_parent=$(mktemp -d /var/tmp/rayspawner-testcluster.XXXXXX)
+export RAYSPAWNER_TESTCLUSTER_DIR="$cluster_parent/cluster"
+stop_cluster() {
+  .venv/bin/python -m testcluster down --dir "$RAYSPAWNER_TESTCLUSTER_DIR" || true
+  rmdir "$cluster_parent" 2>/dev/null || true
+}
+trap stop_cluster EXIT
+echo "== test cluster (Kubernetes v1.37.2, KubeRay operator)"
+.venv/bin/python -m testcluster up --dir "$RAYSPAWNER_TESTCLUSTER_DIR" --node sim --kuberay
 
 echo "== lint (ruff check, ruff format --check)"
 .venv/bin/ruff check .

@@ -1,8 +1,10 @@
-"""Fixtures that build real RaySpawner objects talking HTTP to the loopback API server.
+"""Fixtures that build real RaySpawner objects talking HTTP to an API server.
 
-``ray_spawner(emu, user="alice", server="", **traits)`` returns a RaySpawner
-(KubeSpawner's ``_mock`` hub, a stand-in user) whose Kubernetes client points
-at ``emu``. Reflectors are class-wide and bound to the test's event loop, so
+``ray_spawner(kube, user="alice", server="", **traits)`` returns a RaySpawner
+(KubeSpawner's ``_mock`` hub, a stand-in user) whose Kubernetes client points at
+``kube``: the real test cluster's fault proxy (``testcluster.fixtures.Kube``: its own
+namespace, the hub's ServiceAccount token) or, for tests not yet moved, the loopback
+emulator. Reflectors are class-wide and bound to the test's event loop, so
 they are stopped after each test.
 """
 
@@ -39,6 +41,20 @@ RAY_PROFILE = {
 PROFILES = [{"display_name": "Plain", "slug": "plain", "default": True}, RAY_PROFILE]
 
 
+#: what an admin sets where namespaces enforce the restricted Pod Security Standard
+#: (as jupyterhub_config/kubernetes.py does); the Ray pods carry the same on their own
+RESTRICTED_TRAITS: dict[str, Any] = {
+    "uid": 1000,
+    "pod_security_context": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+    "container_security_context": {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+}
+
+
 def user(name: str, uid: int = 1) -> SimpleNamespace:
     return SimpleNamespace(name=name, id=uid, url=f"/user/{name}/", escaped_name=name)
 
@@ -58,7 +74,7 @@ async def ray_spawner_factory(monkeypatch: pytest.MonkeyPatch):
         load_config.cache_clear()
         opts: dict[str, Any] = dict(
             k8s_api_host=emu.url,
-            namespace="jhub",
+            namespace=getattr(emu, "ns", "jhub"),
             start_timeout=30,
             http_timeout=5,
             image=NOTEBOOK_IMAGE,
@@ -68,6 +84,8 @@ async def ray_spawner_factory(monkeypatch: pytest.MonkeyPatch):
             ray_stop_timeout=10,
             k8s_api_request_retry_timeout=10,
         )
+        if hasattr(emu, "ns"):  # the real test cluster: restricted Pod Security, KubeRay installed
+            opts.update(RESTRICTED_TRAITS, ray_backend="pods")
         opts.update(traits)
         orm = SimpleNamespace(name=server, server=None, user_options={}, state=None)
         sp = RaySpawner(_mock=True, user=user(username, len(made) + 1), orm_spawner=orm, **opts)
@@ -82,8 +100,9 @@ async def ray_spawner_factory(monkeypatch: pytest.MonkeyPatch):
     detect.forget()
 
 
-def ray_objects(emu: Any, cluster: str | None = None, namespace: str = "jhub") -> list[tuple[str, str]]:
-    """Every object in the emulator labelled as managed by rayspawner (optionally one cluster's)."""
+def ray_objects(emu: Any, cluster: str | None = None, namespace: str | None = None) -> list[tuple[str, str]]:
+    """Every object labelled as managed by rayspawner (optionally one cluster's) in the test's namespace."""
+    namespace = namespace or getattr(emu, "ns", "jhub")
     selector = "app.kubernetes.io/managed-by=rayspawner"
     if cluster:
         selector += f",ray.io/cluster={cluster}"

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from rayspawner.manifests.notebook import NOTEBOOK_NODE_CONTAINER
-from tests.k8semu.kubelet_process import ProcessKubelet
-from tests.k8semu.netns import netns_available
+from testcluster.node.kubelet_process import ProcessKubelet
+from testcluster.node.netns import netns_available
 
 from .ray_auth_checks import check_token_auth, in_pod
 from .spawner_fixtures import ray_objects

@@ -46,7 +46,7 @@ def test_cli_serve_writes_kubeconfig_and_serves(tmp_path: Path) -> None:
 
 
 def test_process_kubelet_missing_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tests.k8semu.kubelet_process", None)
+    monkeypatch.setitem(sys.modules, "testcluster.node.kubelet_process", None)
     with pytest.raises(RuntimeError, match="kubelet_process.py"):
         K8sEmu(kubelet="process").start()
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from tests.k8semu import K8sEmu
-from tests.k8semu.netns import netns_available
+from testcluster.node.netns import netns_available
 
 needs_process_kubelet = [
     pytest.mark.netns,

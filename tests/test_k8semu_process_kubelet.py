@@ -1,6 +1,6 @@
 """The k8semu process kubelet: real processes in per-pod network namespaces.
 
-These drive :class:`tests.k8semu.kubelet_process.ProcessKubelet` directly through a small
+These drive :class:`testcluster.node.kubelet_process.ProcessKubelet` directly through a small
 dict-backed :class:`PodContext` (secrets, a status recorder, a service-name map): a unit
 test of the kubelet against its contract, with real processes and netns. Real Ray across pods
 (head, workers, the notebook's node, Ray Client, token auth) runs through rayspawner itself in
@@ -21,8 +21,8 @@ from typing import Any, Callable
 import psutil
 import pytest
 
-from tests.k8semu.kubelet_process import ProcessKubelet
-from tests.k8semu.netns import NETNS_DIR, host_paths_under_tmp, netns_available, netns_pids
+from testcluster.node.kubelet_process import ProcessKubelet
+from testcluster.node.netns import NETNS_DIR, host_paths_under_tmp, netns_available, netns_pids
 
 log = logging.getLogger(__name__)
 #: what a pod's private /tmp shows: only the way to this checkout and venv, where they live under /tmp
@@ -418,7 +418,7 @@ async def test_leftovers_of_a_dead_kubelet_are_removed() -> None:
     one to take its index (the flock is free, the recorded pid is dead) removes them first."""
     import subprocess
 
-    from tests.k8semu.netns import LOCK_DIR, BridgeNetwork
+    from testcluster.node.netns import LOCK_DIR, BridgeNetwork
 
     n = 250
     dead = subprocess.Popen(["true"])

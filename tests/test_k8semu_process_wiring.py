@@ -29,7 +29,7 @@ def pod_log(emu: K8sEmu, ns: str, name: str) -> str:
 
 
 def test_process_kubelet_through_the_api(k8s_emu_factory: Any) -> None:
-    pytest.importorskip("tests.k8semu.kubelet_process")
+    pytest.importorskip("testcluster.node.kubelet_process")
     emu: K8sEmu = k8s_emu_factory(kubelet="process")
     emu.create_object(
         {

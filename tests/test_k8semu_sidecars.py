@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.k8semu import K8sEmu
-from tests.k8semu.kubelet_process import ProcessKubelet
-from tests.k8semu.netns import netns_available
+from testcluster.node.kubelet_process import ProcessKubelet
+from testcluster.node.netns import netns_available
 from tests.test_k8semu_process_kubelet import NS, FakeCluster, kubelet, make_pod, status_of, wait_for  # noqa: F401
 
 

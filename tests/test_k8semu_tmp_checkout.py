@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8semu.netns import NETNS_DIR, host_paths_under_tmp, netns_available
+from testcluster.node.netns import NETNS_DIR, host_paths_under_tmp, netns_available
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 # Runs under the /tmp venv's python: one pod that reports which interpreter it got.
 DRIVER = r"""
 import asyncio, json, sys
-from tests.k8semu.kubelet_process import ProcessKubelet
+from testcluster.node.kubelet_process import ProcessKubelet
 from tests.test_k8semu_process_kubelet import NS, FakeCluster, make_pod
 
 POD = ("import json, os, sys, ray; print('POD ' + json.dumps({'exe': sys.executable, 'prefix': sys.prefix, "

@@ -25,7 +25,7 @@ from aiohttp import web
 from .crds import CRD_TYPE, check_document
 from .errors import ApiError
 from .faults import Faults
-from .kubelet_api import Kubelet
+from testcluster.node.kubelet_api import Kubelet
 from .node import Scheduler
 from .patch import json_patch, merge_patch, strategic_merge_patch
 from .rbac import Authorizer, load_rbac_documents
@@ -177,12 +177,12 @@ class K8sEmu:
     def _make_kubelet(self) -> Kubelet:
         spec = self._kubelet_spec
         if spec == "sim":
-            from .kubelet_sim import SimKubelet
+            from testcluster.node.kubelet_sim import SimKubelet
 
             return SimKubelet(self.sim_delays, self.jitter)
         if spec == "process":
             try:
-                from .kubelet_process import ProcessKubelet  # type: ignore[import-not-found]
+                from testcluster.node.kubelet_process import ProcessKubelet  # type: ignore[import-not-found]
             except ImportError as e:
                 raise RuntimeError(
                     "kubelet 'process' needs tests/k8semu/kubelet_process.py "

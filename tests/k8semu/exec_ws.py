@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from .errors import ApiError
-from .netns import terminate_tree
+from testcluster.node.netns import terminate_tree
 
 if TYPE_CHECKING:
     from .server import ApiServer, ReqInfo

@@ -9,7 +9,7 @@ import random
 import time
 from typing import Any
 
-from .kubelet_api import Kubelet
+from testcluster.node.kubelet_api import Kubelet
 from .resources import now_iso
 from .store import Store
 

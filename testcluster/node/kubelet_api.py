@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+HOST_IP = "127.0.0.1"  # where a simulated pod runs: this machine, loopback only
+
 
 class PodContext(Protocol):
     """What a kubelet may ask of the API server for one pod (thread-safe, async)."""

@@ -9,6 +9,7 @@ understood only by the emulator (see README.md):
 - ``k8semu/exit-code: "<n>"``   -> with that exit code (default 0); restartPolicy honoured
 - ``k8semu/not-ready: "true"``  -> containers run but never become ready
 - ``k8semu/not-ready-containers: "a,b"`` -> those sidecar init containers run but never become ready
+- ``k8semu/sim-delays: "pull=1.0,start=0.2"`` -> this pod's delays (seconds), over the node's
 
 Native sidecars (init containers with ``restartPolicy: Always``) are reported started,
 ready and running as soon as they start; the next init container follows at once; they
@@ -24,10 +25,10 @@ import secrets as pysecrets
 from typing import Any
 
 from .kubelet_api import PodContext
-from .node import HOST_IP
-from .resources import now_iso
+from .containers import now as now_iso
+from .kubelet_api import HOST_IP
 
-log = logging.getLogger("k8semu.kubelet")
+log = logging.getLogger("testcluster.node.sim")
 
 DEFAULT_DELAYS = {"pull": 0.02, "create": 0.0, "start": 0.02, "ready": 0.0, "init": 0.02, "restart": 0.05}
 IMAGE_PULL = "k8semu/image-pull"
@@ -35,6 +36,7 @@ EXIT_AFTER = "k8semu/exit-after"
 EXIT_CODE = "k8semu/exit-code"
 NOT_READY = "k8semu/not-ready"
 NOT_READY_CONTAINERS = "k8semu/not-ready-containers"
+SIM_DELAYS = "k8semu/sim-delays"
 
 
 def _cid() -> str:
@@ -56,6 +58,9 @@ class _PodState:
         self.main = {c["name"]: _waiting(c, "ContainerCreating") for c in spec.get("containers") or []}
         self.initialized = not self.init
         self.reason: str | None = None
+        # this pod's own delays ("pull=1.0,start=0.2"), over the node's: one shared node serves every test
+        spec_text = (pod["metadata"].get("annotations") or {}).get(SIM_DELAYS, "")
+        self.delays = {k.strip(): float(v) for k, _, v in (p.partition("=") for p in spec_text.split(",") if p)}
 
     def status(self) -> dict[str, Any]:
         ts = now_iso()
@@ -133,8 +138,8 @@ class SimKubelet:
         self._next_ip += 1
         return f"127.244.{(n // 250) % 250}.{n % 250 + 2}"
 
-    async def _sleep(self, key: str) -> None:
-        d = float(self.delays.get(key, 0.0))
+    async def _sleep(self, key: str, st: _PodState) -> None:
+        d = float(st.delays.get(key, self.delays.get(key, 0.0)))
         if self.jitter:
             d += random.uniform(0, self.jitter)
         await asyncio.sleep(d)
@@ -192,7 +197,7 @@ class SimKubelet:
         for c in spec.get("initContainers") or []:
             await self._pull(st, c)
             await self._wait_config(st, c, st.init)
-            await self._sleep("create")
+            await self._sleep("create", st)
             await ctx.emit_event("Created", f"Created container {c['name']}")
             await ctx.emit_event("Started", f"Started container {c['name']}")
             st.init[c["name"]].update(state={"running": {"startedAt": now_iso()}}, started=True, containerID=_cid())
@@ -202,7 +207,7 @@ class SimKubelet:
                 await self._push(st)
                 continue
             await self._push(st)
-            await self._sleep("init")
+            await self._sleep("init", st)
             s = st.init[c["name"]]
             s.update(
                 state={
@@ -223,10 +228,10 @@ class SimKubelet:
             await self._pull(st, c)
         for c in spec.get("containers") or []:
             await self._wait_config(st, c, st.main)
-        await self._sleep("create")
+        await self._sleep("create", st)
         for c in spec.get("containers") or []:
             await ctx.emit_event("Created", f"Created container {c['name']}")
-        await self._sleep("start")
+        await self._sleep("start", st)
         for c in spec.get("containers") or []:
             await ctx.emit_event("Started", f"Started container {c['name']}")
         await self._run_containers(st, ann)
@@ -246,7 +251,7 @@ class SimKubelet:
                 )
             await self._push(st)
             if ann.get(NOT_READY) != "true":
-                await self._sleep("ready")
+                await self._sleep("ready", st)
                 for s in st.main.values():
                     s["ready"] = True
                 await self._push(st)
@@ -282,7 +287,7 @@ class SimKubelet:
                     }
                 await self._push(st)
                 await st.ctx.emit_event("BackOff", "Back-off restarting failed container", "Warning")
-                await self._sleep("restart")
+                await self._sleep("restart", st)
                 continue
             st.phase = "Succeeded" if code == 0 else "Failed"
             for name in st.sidecars:  # stopped once the main containers are done
@@ -306,7 +311,7 @@ class SimKubelet:
     async def _pull(self, st: _PodState, c: dict[str, Any]) -> None:
         image = c.get("image", "")
         await st.ctx.emit_event("Pulling", f'Pulling image "{image}"')
-        await self._sleep("pull")
+        await self._sleep("pull", st)
         ms = int(float(self.delays.get("pull", 0)) * 1000)
         await st.ctx.emit_event("Pulled", f'Successfully pulled image "{image}" in {ms}ms ({ms}ms including waiting)')
 
@@ -315,7 +320,7 @@ class SimKubelet:
         image = c.get("image", "")
         table = st.init if c["name"] in st.init else st.main
         await st.ctx.emit_event("Pulling", f'Pulling image "{image}"')
-        await self._sleep("pull")
+        await self._sleep("pull", st)
         msg = (
             f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack '
             f'image "{image}": not found (simulated by k8semu)'
@@ -324,7 +329,7 @@ class SimKubelet:
         await st.ctx.emit_event("Failed", "Error: ErrImagePull", "Warning")
         table[c["name"]]["state"] = {"waiting": {"reason": "ErrImagePull", "message": msg}}
         await self._push(st)
-        await self._sleep("restart")
+        await self._sleep("restart", st)
         await st.ctx.emit_event("BackOff", f'Back-off pulling image "{image}"')
         await st.ctx.emit_event("Failed", "Error: ImagePullBackOff", "Warning")
         table[c["name"]]["state"] = {

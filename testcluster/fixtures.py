@@ -1,0 +1,150 @@
+"""pytest fixtures for the real test cluster (registered from tests/conftest.py).
+
+- ``test_cluster`` (session): the running cluster. ``scripts/test.sh`` starts one for the
+  whole run and exports ``RAYSPAWNER_TESTCLUSTER_DIR``; without it, each pytest process
+  (each xdist worker) starts its own in a temporary directory and stops it at the end.
+- ``kube`` (function): a fresh namespace on the sim node, Pod Security ``restricted``
+  enforced, with the hub's ServiceAccount ``hub`` bound to the shipped Roles
+  (``jupyterhub_config/rbac/``), and a fault proxy in front of the API server whose
+  ``kubeconfig_path`` authenticates as that ServiceAccount. Tests isolate by namespace.
+- ``kube_factory(node="sim", rbac=(...), pss="restricted")``: the same with choices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from .client import Client
+from .cluster import down, is_up, up
+from .faultproxy import FaultProxy
+from .kubeconfig import ssl_context
+from .pki import Pki
+
+REPO = Path(__file__).resolve().parent.parent
+RBAC_DIR = REPO / "jupyterhub_config" / "rbac"
+HUB_ROLES = ("role-pods.yaml", "role-kuberay.yaml")
+
+
+@dataclass
+class TestCluster:
+    __test__ = False  # not a test class
+    root: Path
+    server: str
+    kuberay: bool
+    client: Client
+    pki: Pki
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        return self.root / "kubeconfig"
+
+
+def open_cluster(root: Path) -> TestCluster:
+    state = json.loads((root / "state.json").read_text())
+    pki = Pki(root / "pki")
+    admin = pki.issue("admin", "kubernetes-admin", ("system:masters",))
+    return TestCluster(
+        root, state["server"], bool(state.get("kuberay")), Client(state["server"], pki.ca.cert, admin), pki
+    )
+
+
+@pytest.fixture(scope="session")
+def test_cluster() -> Iterator[TestCluster]:
+    shared = os.environ.get("RAYSPAWNER_TESTCLUSTER_DIR")
+    if shared and is_up(Path(shared)):
+        yield open_cluster(Path(shared))
+        return
+    root = Path(tempfile.mkdtemp(prefix="testcluster-", dir="/var/tmp")) / "cluster"
+    up(root, nodes=("sim",))
+    try:
+        yield open_cluster(root)
+    finally:
+        down(root, quiet=True)
+        os.rmdir(root.parent)
+
+
+@dataclass
+class Kube:
+    """One test's view of the cluster: its namespace, its hub identity, its fault proxy."""
+
+    cluster: TestCluster
+    ns: str
+    proxy: FaultProxy
+    kubeconfig_path: Path
+    hub_user: str
+    _cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    @property
+    def faults(self) -> Any:
+        return self.proxy.faults
+
+    @property
+    def request_log(self) -> list[tuple[str, str, str | None, str | None]]:
+        return self.proxy.request_log
+
+    def reset_request_log(self) -> None:
+        self.proxy.reset_request_log()
+
+    @property
+    def open_watches(self) -> Any:
+        return self.proxy.open_watches
+
+    @property
+    def kuberay(self) -> bool:
+        return self.cluster.kuberay
+
+    @property
+    def admin_kubeconfig_path(self) -> Path:
+        return self.cluster.kubeconfig_path
+
+    def __getattr__(self, name: str) -> Any:
+        # get_object, list_objects, create_object, patch_object, delete_object, wait_for, call
+        return getattr(self.cluster.client, name)
+
+
+def _bind_hub(client: Client, ns: str, roles: tuple[str, ...]) -> None:
+    for name in roles:
+        text = (RBAC_DIR / name).read_text().replace("namespace: jhub", f"namespace: {ns}")
+        tmp = Path(tempfile.mkstemp(suffix=".yaml")[1])
+        try:
+            tmp.write_text(text)
+            client.apply_file(tmp, ns)
+        finally:
+            tmp.unlink()
+
+
+@pytest.fixture
+def kube_factory(test_cluster: TestCluster, tmp_path: Path) -> Iterator[Callable[..., Kube]]:
+    made: list[Kube] = []
+
+    def make(node: str = "sim", rbac: tuple[str, ...] = HUB_ROLES, pss: str = "restricted") -> Kube:
+        c = test_cluster.client
+        ns = c.create_namespace("jhub", pss=pss, node=node)
+        _bind_hub(c, ns, rbac)
+        token = c.service_account_token(ns, "hub")
+        proxy = FaultProxy(test_cluster.server, ssl_context(test_cluster.pki.ca.cert)).start()
+        kc = c.token_kubeconfig(tmp_path / f"hub-{ns}.kubeconfig", token, server=proxy.url, namespace=ns)
+        kube = Kube(test_cluster, ns, proxy, kc, f"system:serviceaccount:{ns}:hub")
+        made.append(kube)
+        return kube
+
+    yield make
+    for kube in made:
+        kube.proxy.stop()
+        test_cluster.client.delete_namespace(kube.ns)
+
+
+@pytest.fixture
+def kube(kube_factory: Callable[..., Kube]) -> Kube:
+    return kube_factory()

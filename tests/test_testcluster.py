@@ -1,0 +1,153 @@
+"""The test cluster is the real thing: Kubernetes v1.37.2's own API server, authorizers,
+admission, controllers and scheduler, with our node agent doing a kubelet's job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from testcluster.client import ApiError, Client
+from testcluster.kubeconfig import https_request
+
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def pod(name: str, **spec_extra: object) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": RESTRICTED}], **spec_extra},
+    }
+
+
+def kubectl(cluster, *args: str) -> str:
+    out = subprocess.run(
+        ["kubectl", f"--kubeconfig={cluster.kubeconfig_path}", *args], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_kubectl_reports_the_real_server_version(test_cluster):
+    version = json.loads(kubectl(test_cluster, "version", "-o", "json"))
+    assert version["serverVersion"]["gitVersion"] == "v1.37.2"
+    assert version["clientVersion"]["gitVersion"] == "v1.37.2"
+
+
+def test_pod_security_restricted_is_enforced_by_admission(kube):
+    root_pod = pod("root")
+    root_pod["spec"]["containers"][0]["securityContext"] = {}
+    with pytest.raises(ApiError) as e:
+        kube.create_object(root_pod, kube.ns)
+    assert e.value.code == 403
+    assert 'violates PodSecurity "restricted:latest"' in str(e.value)
+    assert kube.get_object("pods", kube.ns, "root") is None
+
+
+def test_a_pod_runs_on_the_node_agent_and_graceful_deletion_removes_it(kube):
+    kube.create_object(pod("p"), kube.ns)
+    ready = kube.wait_for(
+        lambda: (
+            (p := kube.get_object("pods", kube.ns, "p"))
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+            and p
+        ),
+        what="pod Ready",
+    )
+    assert ready["spec"]["nodeName"] == "sim-node"  # bound by the real scheduler (namespace's node selector)
+    types = {c["type"] for c in ready["status"]["conditions"]}
+    assert {"PodScheduled", "Initialized", "ContainersReady", "Ready"} <= types
+    assert ready["status"]["phase"] == "Running" and ready["status"]["podIP"]
+    events = kube.list_objects("events", kube.ns, field_selector="involvedObject.name=p")
+    assert {"Scheduled", "Pulled", "Started"} <= {e["reason"] for e in events}
+    kube.delete_object("pods", kube.ns, "p")
+    kube.wait_for(lambda: kube.get_object("pods", kube.ns, "p") is None, what="pod gone after graceful delete")
+
+
+def test_controllers_run_deployments_and_garbage_collection(kube):
+    labels = {"app": "w"}
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "w"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod("x")["spec"]},
+        },
+    }
+    kube.create_object(dep, kube.ns)
+    kube.wait_for(lambda: len(kube.list_objects("pods", kube.ns, "app=w")) == 2, what="two replicas")
+    kube.wait_for(
+        lambda: (kube.get_object("deployments", kube.ns, "w") or {}).get("status", {}).get("readyReplicas") == 2,
+        what="Deployment status from the real controller",
+    )
+    kube.delete_object("deployments", kube.ns, "w")
+    kube.wait_for(lambda: kube.list_objects("pods", kube.ns, "app=w") == [], what="garbage collection of the pods")
+
+
+def test_the_hub_account_is_bound_only_in_its_namespace(kube, kube_factory):
+    other = kube_factory()
+    token = kube.cluster.client.service_account_token(kube.ns, "hub")
+    code, _ = https_request(
+        "GET", f"{kube.cluster.server}/api/v1/namespaces/{kube.ns}/pods", kube.cluster.pki.ca.cert, token=token
+    )
+    assert code == 200
+    code, body = https_request(
+        "GET", f"{kube.cluster.server}/api/v1/namespaces/{other.ns}/pods", kube.cluster.pki.ca.cert, token=token
+    )
+    assert code == 403
+    assert f'User "system:serviceaccount:{kube.ns}:hub" cannot list resource "pods"' in json.loads(body)["message"]
+
+
+def test_a_node_reads_only_the_secrets_of_its_own_pods(kube):
+    """The Node authorizer: the node agent's identity gets a Secret only once a pod bound to it refers to it."""
+    cl = kube.cluster
+    node = Client(cl.server, cl.pki.ca.cert, cl.pki.issue("node-sim-node", "system:node:sim-node", ("system:nodes",)))
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}}
+    kube.create_object(secret, kube.ns)
+    with pytest.raises(ApiError) as e:
+        node.get_object("secrets", kube.ns, "s")
+    assert e.value.code == 403
+    p = pod("uses-s")
+    p["spec"]["containers"][0]["env"] = [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+    kube.create_object(p, kube.ns)
+    kube.wait_for(lambda: (kube.get_object("pods", kube.ns, "uses-s") or {}).get("spec", {}).get("nodeName"))
+    assert kube.wait_for(lambda: _try_get(node, kube.ns, "s"), what="the node may read the Secret")["data"]["k"]
+
+
+def _try_get(client: Client, ns: str, name: str):
+    try:
+        return client.get_object("secrets", ns, name)
+    except ApiError:
+        return None
+
+
+def test_fault_proxy_classifies_requests_and_injects_faults(kube):
+    kube.faults.add("list", "pods", status=500)
+    code, body = _via_proxy(kube, "GET", f"/api/v1/namespaces/{kube.ns}/pods")
+    assert code == 500 and body["reason"] == "InternalError"
+    code, body = _via_proxy(kube, "GET", f"/api/v1/namespaces/{kube.ns}/pods")
+    assert code == 200 and body["kind"] == "PodList"
+    assert kube.request_log[-2:] == [("list", "pods", kube.ns, None)] * 2
+
+
+def _via_proxy(kube, method: str, path: str):
+    import http.client
+    from urllib.parse import urlsplit
+
+    token = kube.cluster.client.service_account_token(kube.ns, "hub")
+    u = urlsplit(kube.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
