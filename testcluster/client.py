@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
-import yaml
 
 from .kubeconfig import https_request, write_kubeconfig
 from .pki import KeyPair
@@ -124,17 +123,6 @@ class Client:
             if e.code == 404:
                 return False
             raise
-
-    def apply_file(self, path: Path, namespace: str) -> list[dict[str, Any]]:
-        """Create every document of a YAML file in ``namespace`` (cluster-scoped kinds as they are)."""
-        made = []
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                doc.setdefault("metadata", {})
-                if RESOURCES[KINDS[doc["kind"]]][1]:
-                    doc["metadata"]["namespace"] = namespace
-                made.append(self.create_object(doc))
-        return made
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout

@@ -62,7 +62,7 @@ def classify(method: str, path: str, query: dict[str, list[str]]) -> RequestInfo
         resource = f"{resource}/{parts[2]}"
     if resource == "namespaces" and name and namespace is None:
         namespace = name
-    watch = watch or query.get("watch", [""])[0] in ("true", "1")
+    watch = watch or query.get("watch", [""])[0].lower() in ("true", "1", "t")  # strconv.ParseBool
     verb = {
         "POST": "create",
         "PUT": "update",

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+import yaml
 
 from .client import Client
 from .cluster import down, is_up, up
@@ -113,25 +115,31 @@ class Kube:
         return getattr(self.cluster.client, name)
 
 
-def _bind_hub(client: Client, ns: str, roles: tuple[str, ...]) -> None:
-    for name in roles:
-        text = (RBAC_DIR / name).read_text().replace("namespace: jhub", f"namespace: {ns}")
-        tmp = Path(tempfile.mkstemp(suffix=".yaml")[1])
-        try:
-            tmp.write_text(text)
-            client.apply_file(tmp, ns)
-        finally:
-            tmp.unlink()
+def hub_rbac_documents(names: tuple[str, ...] = HUB_ROLES) -> list[dict[str, Any]]:
+    """The Roles and RoleBindings of ``jupyterhub_config/rbac/<name>`` files, as shipped."""
+    return [d for name in names for d in yaml.safe_load_all((RBAC_DIR / name).read_text()) if d]
+
+
+def _bind_hub(client: Client, ns: str, docs: list[dict[str, Any]]) -> None:
+    """Create the documents in ``ns``, their ServiceAccount subjects moved there (as an admin
+    applying them with ``kubectl apply -n`` after editing the subject does)."""
+    for doc in copy.deepcopy(docs):
+        doc.setdefault("metadata", {})["namespace"] = ns
+        for subject in doc.get("subjects") or []:
+            if subject.get("kind") == "ServiceAccount":
+                subject["namespace"] = ns
+        client.create_object(doc)
 
 
 @pytest.fixture
 def kube_factory(test_cluster: TestCluster, tmp_path: Path) -> Iterator[Callable[..., Kube]]:
     made: list[Kube] = []
 
-    def make(node: str = "sim", rbac: tuple[str, ...] = HUB_ROLES, pss: str = "restricted") -> Kube:
+    def make(node: str = "sim", rbac: list[dict[str, Any]] | None = None, pss: str = "restricted") -> Kube:
+        """``rbac``: the hub's Roles and RoleBindings (default: the shipped ones, for both backends)."""
         c = test_cluster.client
         ns = c.create_namespace("jhub", pss=pss, node=node)
-        _bind_hub(c, ns, rbac)
+        _bind_hub(c, ns, hub_rbac_documents() if rbac is None else rbac)
         token = c.service_account_token(ns, "hub")
         proxy = FaultProxy(test_cluster.server, ssl_context(test_cluster.pki.ca.cert)).start()
         kc = c.token_kubeconfig(tmp_path / f"hub-{ns}.kubeconfig", token, server=proxy.url, namespace=ns)
