@@ -201,7 +201,10 @@ def admit(spawner: Any, spec: Any) -> Any:
 
     Must stay synchronous: no other spawn's check may run between the sum and the reservation.
     """
-    limits = effective_limits(spawner, _group_names(getattr(spawner, "user", None)))
+    # the user's groups are read only where group limits exist: with nothing configured, a spawn
+    # touches nothing of the user that KubeSpawner does not (its own tests' MockUser has no groups)
+    groups = _group_names(getattr(spawner, "user", None)) if spawner.ray_user_group_limits else []
+    limits = effective_limits(spawner, groups)
     if any(limit is not None for limit, _ in limits.values()):
         wanted = spec_usage(spec, getattr(spawner, "name", "") or "")
         others = siblings_in_use(spawner)

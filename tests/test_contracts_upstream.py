@@ -39,11 +39,16 @@ def _upstream_source() -> str | None:
     src = Path(os.environ.get("KUBESPAWNER_SRC", DEFAULT_SRC))
     if (src / "tests" / "test_spawner.py").is_file():
         return (src / "tests" / "test_spawner.py").read_text()
-    if (src / "HEAD").is_file():  # a bare git directory
-        done = subprocess.run(
-            ["git", "--git-dir", str(src), "show", "HEAD:tests/test_spawner.py"], capture_output=True, text=True
-        )
-        return done.stdout if done.returncode == 0 else None
+    if (src / "HEAD").is_file():  # a bare git directory: the installed release's tag, else HEAD
+        from importlib.metadata import version  # noqa: PLC0415
+
+        for rev in (version("jupyterhub-kubespawner"), "HEAD"):
+            done = subprocess.run(
+                ["git", "--git-dir", str(src), "show", f"{rev}:tests/test_spawner.py"], capture_output=True, text=True
+            )
+            if done.returncode == 0:
+                return done.stdout
+        return None
     return None
 
 
@@ -63,9 +68,10 @@ CASES = [(name, kind) for name in UPSTREAM_TESTS for kind in ("list", "dict")]
 
 @pytest.mark.skipif(UPSTREAM is None, reason="no kubespawner checkout (set KUBESPAWNER_SRC)")
 @pytest.mark.parametrize("name,kind", CASES, ids=[f"{n}[{k}]" for n, k in CASES])
-async def test_upstream_user_options_test(k8s_emu_session, monkeypatch, name, kind):
-    # KubeSpawner loads a kubeconfig even when mocked; upstream's conftest points it at a real cluster
-    emu = k8s_emu_session
+async def test_upstream_user_options_test(kube, monkeypatch, name, kind):
+    # KubeSpawner loads a kubeconfig even when mocked; upstream's conftest points it at a real cluster,
+    # and so does this one (the hub's account, through the fault proxy that logs every request)
+    emu = kube
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(emu.kubeconfig_path))
     load_config.cache_clear()
     emu.reset_request_log()

@@ -51,6 +51,26 @@ def test_no_limits_admit_anything() -> None:
     assert quotas.admit(new, spec) is spec
 
 
+def test_without_group_limits_the_users_groups_are_never_read() -> None:
+    """KubeSpawner's contract: with nothing extra configured, nothing extra is touched (upstream's
+    MockUser has no list of groups; reading it there failed 19 of KubeSpawner's own tests)."""
+
+    class NoGroups(User):
+        @property
+        def groups(self):
+            raise AssertionError("user.groups read although no group limit is configured")
+
+        @groups.setter
+        def groups(self, value):
+            pass
+
+    new = Spawner(NoGroups(), "", ray_user_max_clusters=2)
+    spec = new.spec()
+    assert quotas.admit(new, spec) is spec
+    with pytest.raises(AssertionError, match="user.groups read"):
+        quotas.admit(Spawner(NoGroups(), "", ray_user_group_limits={"g": {"clusters": 1}}), spec)
+
+
 def test_cluster_count_counts_active_ray_servers_only() -> None:
     user = User()
     Spawner(user, "a").run()  # head 1 CPU + 1 worker

@@ -1,11 +1,12 @@
-"""RaySpawner with the KubeRay backend against the loopback API server and its KubeRay simulation."""
+"""RaySpawner with the KubeRay backend against the real test cluster and the real KubeRay
+operator (v1.6.2) on the sim node. The two tests that need a cluster without KubeRay still use
+the loopback emulator."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from kubespawner.clients import load_config
 from rayspawner import naming
 from rayspawner.backends.kuberay import KubeRayBackend
 from rayspawner.errors import ClusterStartError
+
+from testcluster.node.kubelet_sim import SIM_DELAYS
 
 from .spawner_fixtures import ray_objects
 from .spawner_fixtures import RAY, env_of, start, wait_until
@@ -26,13 +29,9 @@ RBAC_DIR = Path(__file__).resolve().parents[1] / "jupyterhub_config" / "rbac"
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 # z2jh's own hub Role (rbac.create: true), which rayspawner's Roles add to
 Z2JH_HUB_ROLE = """
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: hub, namespace: jhub}
----
 kind: Role
 apiVersion: rbac.authorization.k8s.io/v1
-metadata: {name: hub, namespace: jhub}
+metadata: {name: hub}
 rules:
   - apiGroups: [""]
     resources: [pods, persistentvolumeclaims, secrets, services]
@@ -43,7 +42,7 @@ rules:
 ---
 kind: RoleBinding
 apiVersion: rbac.authorization.k8s.io/v1
-metadata: {name: hub, namespace: jhub}
+metadata: {name: hub}
 subjects: [{kind: ServiceAccount, name: hub, namespace: jhub}]
 roleRef: {kind: Role, name: hub, apiGroup: rbac.authorization.k8s.io}
 """
@@ -54,10 +53,10 @@ def leftovers(emu, cluster: str = "") -> list[tuple[str, str]]:
     found = set(ray_objects(emu, cluster or None))
     selector = f"ray.io/cluster={cluster}" if cluster else "ray.io/cluster"
     for resource in ("pods", "services", "secrets", "networkpolicies"):
-        for obj in emu.list_objects(resource, "jhub", label_selector=selector):
+        for obj in emu.list_objects(resource, getattr(emu, "ns", "jhub"), label_selector=selector):
             found.add((resource, obj["metadata"]["name"]))
     if emu.kuberay:
-        for obj in emu.list_objects("rayclusters", "jhub"):
+        for obj in emu.list_objects("rayclusters", getattr(emu, "ns", "jhub")):
             found.add(("rayclusters", obj["metadata"]["name"]))
     return sorted(found)
 
@@ -67,24 +66,16 @@ def writes(emu) -> list[tuple]:
 
 
 @pytest.fixture
-def rbac_emu_factory(k8s_emu_factory, tmp_path, monkeypatch):
-    """An emulator in RBAC mode whose kubeconfig authenticates as the hub's service account."""
+def rbac_emu_factory(kube_factory):
+    """A namespace where the hub's ServiceAccount holds z2jh's hub Role plus ``role_files``."""
 
-    def make(*role_files: Path, kuberay: bool = True):
-        base = tmp_path / "z2jh-hub-role.yaml"
-        base.write_text(Z2JH_HUB_ROLE)
-        files = [base]
-        for i, f in enumerate(role_files):  # as `kubectl apply -n jhub -f <file>` would
-            docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
-            for d in docs:
-                if d.get("kind") in ("Role", "RoleBinding", "ServiceAccount"):
-                    d.setdefault("metadata", {}).setdefault("namespace", "jhub")
-            files.append(tmp_path / f"{i}-{f.name}")
-            files[-1].write_text(yaml.safe_dump_all(docs))
-        emu = k8s_emu_factory(kuberay=kuberay, rbac_files=files, tokens={"hub-token": HUB})
+    def make(*role_files: Path):
+        docs = [d for d in yaml.safe_load_all(Z2JH_HUB_ROLE) if d]
+        for f in role_files:
+            docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
         load_config.cache_clear()  # kubespawner caches the loaded kubeconfig per host
-        as_hub = SimpleNamespace(url=emu.url, kubeconfig_path=emu.kubeconfig_for("hub-token"))
-        return emu, as_hub
+        kube = kube_factory(rbac=docs)
+        return kube, kube
 
     yield make
     load_config.cache_clear()
@@ -92,25 +83,25 @@ def rbac_emu_factory(k8s_emu_factory, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ the happy path
 @pytest.mark.parametrize("autoscaling", [False, True], ids=["fixed", "autoscaling"])
-async def test_autodetected_kuberay_spawn_ready_env_stop(k8s_emu_kuberay, ray_spawner_factory, autoscaling):
-    emu = k8s_emu_kuberay
+async def test_autodetected_kuberay_spawn_ready_env_stop(kube, ray_spawner_factory, autoscaling):
+    emu = kube
     traits = {"ray_worker_min_replicas": 0, "ray_worker_max_replicas": 3} if autoscaling else {}
-    sp = ray_spawner_factory(emu, **traits)
+    sp = ray_spawner_factory(emu, ray_backend="auto", **traits)
     emu.reset_request_log()
     await start(sp)
     assert isinstance(sp.ray_session.backend, KubeRayBackend)
-    notebook = emu.get_object("pods", "jhub", sp.pod_name)
+    notebook = emu.get_object("pods", emu.ns, sp.pod_name)
 
     # one RayCluster, owned by the notebook pod, labelled like the pods backend's objects
-    rc = emu.get_object("rayclusters", "jhub", "ray-alice")
+    rc = emu.get_object("rayclusters", emu.ns, "ray-alice")
     assert rc["metadata"]["ownerReferences"][0]["uid"] == notebook["metadata"]["uid"]
     assert rc["metadata"]["labels"][naming.LABEL_MANAGED_BY] == "rayspawner"
     assert rc["metadata"]["labels"][naming.LABEL_USERNAME] == "alice"
     assert rc["spec"].get("enableInTreeAutoscaling", False) is autoscaling
     assert rc["spec"]["authOptions"] == {"mode": "token", "secretName": "ray-alice-ray-token"}
-    secret = emu.get_object("secrets", "jhub", "ray-alice-ray-token")
+    secret = emu.get_object("secrets", emu.ns, "ray-alice-ray-token")
     assert secret["metadata"]["ownerReferences"][0]["uid"] == notebook["metadata"]["uid"]
-    assert emu.get_object("networkpolicies", "jhub", "ray-alice-ray") is not None
+    assert emu.get_object("networkpolicies", emu.ns, "ray-alice-ray") is not None
 
     # ready according to the RayCluster's status; the head pod (made by KubeRay) is in our reflector
     status = rc["status"]
@@ -124,19 +115,21 @@ async def test_autodetected_kuberay_spawn_ready_env_stop(k8s_emu_kuberay, ray_sp
     # the notebook's env points at the head service the operator reports
     env = env_of(notebook)
     # driver mode (the default): the head Service's GCS, reached through the notebook's own Ray node
-    assert env["RAY_ADDRESS"]["value"] == f"{status['head']['serviceName']}.jhub.svc.cluster.local:6379"
-    assert env["RAY_DASHBOARD_URL"]["value"] == f"http://{status['head']['serviceName']}.jhub.svc.cluster.local:8265"
+    assert env["RAY_ADDRESS"]["value"] == f"{status['head']['serviceName']}.{emu.ns}.svc.cluster.local:6379"
+    assert (
+        env["RAY_DASHBOARD_URL"]["value"] == f"http://{status['head']['serviceName']}.{emu.ns}.svc.cluster.local:8265"
+    )
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "ray-alice-ray-token", "key": "auth_token"}
     assert "value" not in env["RAY_AUTH_TOKEN"]
     state = sp.get_state()
-    assert state["ray_cluster"] == {"name": "ray-alice", "namespace": "jhub", "backend": "kuberay"}
+    assert state["ray_cluster"] == {"name": "ray-alice", "namespace": emu.ns, "backend": "kuberay"}
     assert secret["data"]["auth_token"] not in json.dumps(state)
     await wait_until(lambda: sum(1 for k, n in leftovers(emu, "ray-alice") if k == "pods") == 3)
     assert await sp.poll() is None
 
     await asyncio.wait_for(sp.stop(), 20)
     assert leftovers(emu) == []
-    assert emu.get_object("pods", "jhub", sp.pod_name) is None
+    assert emu.get_object("pods", emu.ns, sp.pod_name) is None
     requests = emu.request_log
     cluster_requests = [r for r in requests if r[1] in ("rayclusters", "secrets", "networkpolicies") and r[0] in WRITES]
     # Secret create+patch+delete, NP and RC create+delete; autoscaling: the head's API server NP too
@@ -144,13 +137,13 @@ async def test_autodetected_kuberay_spawn_ready_env_stop(k8s_emu_kuberay, ray_sp
     print("requests of a cold spawn+stop:", len(requests), requests)
 
 
-async def test_warm_spawn_and_stop_cost_at_most_15_requests(k8s_emu_kuberay, ray_spawner_factory):
+async def test_warm_spawn_and_stop_cost_at_most_15_requests(kube, ray_spawner_factory):
     """Once the shared reflectors run (any earlier spawn), a spawn+stop is a handful of requests."""
-    emu = k8s_emu_kuberay
-    warmup = ray_spawner_factory(emu, "warmup")
+    emu = kube
+    warmup = ray_spawner_factory(emu, "warmup", ray_backend="auto")
     await start(warmup)
     await warmup.stop()
-    sp = ray_spawner_factory(emu, "alice")
+    sp = ray_spawner_factory(emu, "alice", ray_backend="auto")
     emu.reset_request_log()
     await start(sp)
     await asyncio.wait_for(sp.stop(), 20)
@@ -161,12 +154,12 @@ async def test_warm_spawn_and_stop_cost_at_most_15_requests(k8s_emu_kuberay, ray
     assert leftovers(emu) == []
 
 
-async def test_open_watches_do_not_grow_with_users(k8s_emu_kuberay, ray_spawner_factory):
-    emu = k8s_emu_kuberay
-    first = ray_spawner_factory(emu, "alice")
+async def test_open_watches_do_not_grow_with_users(kube, ray_spawner_factory):
+    emu = kube
+    first = ray_spawner_factory(emu, "alice", ray_backend="auto")
     await start(first)
     watches_one = emu.open_watches.current
-    others = [ray_spawner_factory(emu, name) for name in ("bob", "carol", "dave")]
+    others = [ray_spawner_factory(emu, name, ray_backend="auto") for name in ("bob", "carol", "dave")]
     await asyncio.gather(*(start(sp) for sp in others))
     assert emu.open_watches.current <= watches_one
     assert {n for k, n in leftovers(emu) if k == "rayclusters"} == {"ray-alice", "ray-bob", "ray-carol", "ray-dave"}
@@ -207,7 +200,7 @@ async def test_rbac_without_rayclusters_names_the_missing_rule(rbac_emu_factory,
     assert writes(emu) == []  # refused before anything was created
     await sp.stop()  # what JupyterHub does after a failed start (KubeSpawner deletes the absent pod: 404)
     assert [r for r in writes(emu) if r[0] != "delete"] == []
-    assert emu.list_objects("pods", "jhub") == [] and leftovers(emu) == []
+    assert emu.list_objects("pods", emu.ns) == [] and leftovers(emu) == []
 
 
 async def test_shipped_rbac_is_enough_for_a_kuberay_spawn(rbac_emu_factory, ray_spawner_factory):
@@ -215,16 +208,16 @@ async def test_shipped_rbac_is_enough_for_a_kuberay_spawn(rbac_emu_factory, ray_
     sp = ray_spawner_factory(as_hub, ray_backend="kuberay")
     try:
         await start(sp)
-        assert emu.get_object("rayclusters", "jhub", "ray-alice") is not None
+        assert emu.get_object("rayclusters", emu.ns, "ray-alice") is not None
     finally:
         await sp.stop()
     assert leftovers(emu) == []
 
 
-async def test_forbidden_create_rayclusters_names_rule_and_leaves_nothing(k8s_emu_kuberay, ray_spawner_factory):
-    emu = k8s_emu_kuberay
+async def test_forbidden_create_rayclusters_names_rule_and_leaves_nothing(kube, ray_spawner_factory):
+    emu = kube
     emu.faults.add("create", "rayclusters", status=403, count=None)
-    sp = ray_spawner_factory(emu)
+    sp = ray_spawner_factory(emu, ray_backend="kuberay")
     try:
         with pytest.raises(ClusterStartError) as err:
             await start(sp)
@@ -234,12 +227,12 @@ async def test_forbidden_create_rayclusters_names_rule_and_leaves_nothing(k8s_em
     assert 'apiGroups: ["ray.io"], resources: ["rayclusters"], verbs: ["create"]' in message
     await asyncio.wait_for(sp.stop(), 20)  # what JupyterHub does after a failed start
     assert leftovers(emu) == []
-    assert emu.list_objects("pods", "jhub") == []
+    assert emu.list_objects("pods", emu.ns) == []
 
 
-async def test_head_that_cannot_pull_fails_spawn_readably(k8s_emu_kuberay, ray_spawner_factory):
-    emu = k8s_emu_kuberay
-    sp = ray_spawner_factory(emu, ray_extra_annotations={"k8semu/image-pull": "fail"})
+async def test_head_that_cannot_pull_fails_spawn_readably(kube, ray_spawner_factory):
+    emu = kube
+    sp = ray_spawner_factory(emu, ray_backend="kuberay", ray_extra_annotations={"k8semu/image-pull": "fail"})
     with pytest.raises(ClusterStartError) as err:
         await start(sp)
     assert "cannot be pulled" in err.value.message and "ray-alice" in err.value.message
@@ -247,31 +240,32 @@ async def test_head_that_cannot_pull_fails_spawn_readably(k8s_emu_kuberay, ray_s
     assert leftovers(emu) == []
 
 
-async def test_raycluster_deleted_behind_our_back_fails_poll(k8s_emu_kuberay, ray_spawner_factory):
-    emu = k8s_emu_kuberay
-    sp = ray_spawner_factory(emu)
+async def test_raycluster_deleted_behind_our_back_fails_poll(kube, ray_spawner_factory):
+    emu = kube
+    sp = ray_spawner_factory(emu, ray_backend="kuberay")
     await start(sp)
-    emu.delete_object("rayclusters", "jhub", "ray-alice")
-    await wait_until(lambda: "jhub/ray-alice" not in sp.ray_session.backend.ray_clusters())
+    emu.delete_object("rayclusters", emu.ns, "ray-alice")
+    await wait_until(lambda: f"{emu.ns}/ray-alice" not in sp.ray_session.backend.ray_clusters())
     assert await sp.poll() == 1
     await asyncio.wait_for(sp.stop(), 20)
     assert leftovers(emu) == []
 
 
-async def test_restarted_hub_reattaches_and_stops(k8s_emu_kuberay, ray_spawner_factory):
-    emu = k8s_emu_kuberay
-    first = ray_spawner_factory(emu)
+async def test_restarted_hub_reattaches_and_stops(kube, ray_spawner_factory):
+    emu = kube
+    first = ray_spawner_factory(emu, ray_backend="kuberay")
     await start(first)
-    second = ray_spawner_factory(emu)  # a new hub process's spawner object
+    second = ray_spawner_factory(emu, ray_backend="kuberay")  # a new hub process's spawner object
     second.load_state(first.get_state())
     assert await second.poll() is None
     await asyncio.wait_for(second.stop(), 20)
     assert leftovers(emu) == []
 
 
-async def test_progress_follows_the_raycluster(k8s_emu_factory, ray_spawner_factory):
-    emu = k8s_emu_factory(kuberay=True, sim_delays={"pull": 0.4, "start": 0.2})
-    sp = ray_spawner_factory(emu)
+async def test_progress_follows_the_raycluster(kube, ray_spawner_factory):
+    emu = kube
+    slow = {SIM_DELAYS: "pull=0.4,start=0.2"}
+    sp = ray_spawner_factory(emu, ray_backend="kuberay", extra_annotations=slow, ray_extra_annotations=slow)
     sp.user_options = dict(RAY)
     fut = asyncio.ensure_future(sp.start())
     messages: list[Any] = [e["message"] async for e in sp.progress()]
