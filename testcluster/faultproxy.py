@@ -100,17 +100,22 @@ class Fault:
     drop_watch: bool = False
     name: str | None = None
     namespace: str | None = None
+    skip: int = 0  # let this many matching requests through first (a fault at the n-th step)
     fired: int = 0
+    seen: int = 0
 
     def matches(self, info: RequestInfo) -> bool:
         if self.count is not None and self.fired >= self.count:
             return False
-        return (
+        if not (
             self.verb in ("*", info.verb)
             and self.resource in ("*", info.resource)
             and self.name in (None, info.name)
             and self.namespace in (None, info.namespace)
-        )
+        ):
+            return False
+        self.seen += 1
+        return self.seen > self.skip
 
     def response(self, info: RequestInfo) -> web.Response | None:
         if self.status is None:
@@ -167,12 +172,14 @@ class Faults:
         drop_watch: bool = False,
         name: str | None = None,
         namespace: str | None = None,
+        skip: int = 0,
     ) -> Fault:
-        """A fault for the next ``count`` matching requests (None: until cleared). ``status``
-        defaults to 500, or to None (no error) when only ``latency`` or ``drop_watch`` is given."""
+        """A fault for the next ``count`` matching requests (None: until cleared) after the first
+        ``skip``. ``status`` defaults to 500, or to None (no error) when only ``latency`` or
+        ``drop_watch`` is given."""
         if status is _DEFAULT:
             status = None if (latency is not None or drop_watch) else 500
-        f = Fault(verb, resource, status, count, retry_after, latency, drop_watch, name, namespace)
+        f = Fault(verb, resource, status, count, retry_after, latency, drop_watch, name, namespace, skip)
         with self._lock:
             self._faults.append(f)
         return f

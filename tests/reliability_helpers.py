@@ -1,7 +1,7 @@
 """Helpers for the reliability suite (tests/test_reliability_*.py).
 
-- :func:`add_nth_fault`: a k8semu fault that fires on the *n*-th matching request
-  (k8semu's own faults fire on the first), so every step of a spawn can be hit;
+- :func:`add_nth_fault`: a fault (the test cluster's fault proxy, or k8semu) that fires on the
+  *n*-th matching request, so every step of a spawn can be hit;
 - :func:`hub_stop`: what JupyterHub's ``User.stop`` does with a spawner;
 - :func:`hub_start`: what ``User.spawn`` does (start with ``start_timeout``, no
   cancellation on timeout, ``User.stop`` on any failure);
@@ -38,13 +38,15 @@ class NthFault(Fault):
 
 def add_nth_fault(
     emu: Any, verb: str, resource: str, nth: int, namespace: str, name: str | None = None, **kw: Any
-) -> NthFault:
+) -> Any:
     """Inject a fault on the ``nth`` (1-based) request ``verb resource [name]`` in ``namespace``
     (``name`` None: any name; creates and lists carry none).
 
     ``kw`` as for ``emu.faults.add`` (status, latency, drop_watch, retry_after, count).
     """
     status = kw.pop("status", None if ("latency" in kw or kw.get("drop_watch")) else 500)
+    if hasattr(emu, "proxy"):  # the real test cluster's fault proxy counts matches itself
+        return emu.faults.add(verb, resource, status, name=name, namespace=namespace, skip=nth - 1, **kw)
     fault = NthFault(
         verb,
         resource,

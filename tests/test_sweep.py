@@ -44,57 +44,57 @@ def test_find_orphans_rules():
     assert names == ["ownerless", "dead-owner"]
 
 
-async def test_sweep_against_api_server(k8s_emu, ray_spawner_factory):
-    sp = ray_spawner_factory(k8s_emu, ray_orphan_grace_seconds=0, ray_orphan_sweep_interval=0)
+async def test_sweep_against_api_server(kube, ray_spawner_factory):
+    sp = ray_spawner_factory(kube, ray_orphan_grace_seconds=0, ray_orphan_sweep_interval=0)
     sp.user_options = {"profile": "ray", "workers": "1"}
     await asyncio.wait_for(sp.start(), 30)
-    live_before = ray_objects(k8s_emu)
+    live_before = ray_objects(kube)
     # a hub that died between creating the token Secret and the notebook pod left this:
-    k8s_emu.create_object(
+    kube.create_object(
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {
                 "name": "ray-carol-ray-token",
-                "namespace": "jhub",
+                "namespace": kube.ns,
                 "labels": {**MANAGED, "ray.io/cluster": "ray-carol"},
             },
             "data": {},
         }
     )
     # somebody else's ownerless objects are never touched
-    k8s_emu.create_object(
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": "jhub"}, "data": {}}
+    kube.create_object(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": kube.ns}, "data": {}}
     )
-    k8s_emu.create_object(
+    kube.create_object(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": "other-svc", "namespace": "jhub", "labels": {"app.kubernetes.io/managed-by": "helm"}},
+            "metadata": {"name": "other-svc", "namespace": kube.ns, "labels": {"app.kubernetes.io/managed-by": "helm"}},
             "spec": {"ports": [{"port": 80}]},
         }
     )
     deleted = await sp.sweep_orphans()
     assert deleted == [("Secret", "ray-carol-ray-token")]
-    assert ray_objects(k8s_emu) == live_before  # alice's running cluster untouched
-    assert k8s_emu.get_object("secrets", "jhub", "unrelated") is not None
-    assert k8s_emu.get_object("services", "jhub", "other-svc") is not None
+    assert ray_objects(kube) == live_before  # alice's running cluster untouched
+    assert kube.get_object("secrets", kube.ns, "unrelated") is not None
+    assert kube.get_object("services", kube.ns, "other-svc") is not None
     await sp.stop()
 
 
 @pytest.mark.parametrize("backend", ["pods", "kuberay"])
 async def test_by_name_secret_is_owned_by_the_notebook_from_its_creation(
-    k8s_emu_factory, ray_spawner_factory, backend
+    kube_factory, ray_spawner_factory, backend
 ) -> None:
     """ray_orphan_sweep_secrets = "by-name": no ownerless token Secret ever exists (so no
     sweep must list Secrets to find one): it is created after the notebook pod and the
     cluster's NetworkPolicy, owned by the pod, and never patched."""
-    emu = k8s_emu_factory(kuberay=backend == "kuberay")
+    emu = kube_factory()
     sp = ray_spawner_factory(emu, ray_backend=backend, ray_orphan_sweep_secrets="by-name", ray_orphan_sweep_interval=0)
     sp.user_options = {"profile": "ray", "workers": "1"}
     emu.reset_request_log()
     await asyncio.wait_for(sp.start(), 30)
-    writes = [(v, r, n) for v, r, ns, n in emu.request_log if ns == "jhub" and v in ("create", "patch")]
+    writes = [(v, r, n) for v, r, ns, n in emu.request_log if ns == emu.ns and v in ("create", "patch")]
     secret_writes = [w for w in writes if w[1] == "secrets"]
     # a dry run before the notebook pod (nothing stored: it only checks the hub may), then the create
     assert secret_writes == [("create", "secrets", None)] * 2, secret_writes
@@ -102,116 +102,114 @@ async def test_by_name_secret_is_owned_by_the_notebook_from_its_creation(
     created = len(order) - 1 - order[::-1].index(("create", "secrets"))
     assert order.index(("create", "pods")) < created
     assert order.index(("create", "networkpolicies")) < created
-    notebook = emu.get_object("pods", "jhub", "jupyter-alice")
-    secret = emu.get_object("secrets", "jhub", "ray-alice-ray-token")
+    notebook = emu.get_object("pods", emu.ns, "jupyter-alice")
+    secret = emu.get_object("secrets", emu.ns, "ray-alice-ray-token")
     assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [notebook["metadata"]["uid"]]
     assert not [r for r in emu.request_log if r[1] == "secrets" and r[0] in ("list", "watch")]
     await sp.stop()
 
 
-async def test_by_name_sweep_deletes_only_its_clusters_token_by_name(k8s_emu, ray_spawner_factory) -> None:
+async def test_by_name_sweep_deletes_only_its_clusters_token_by_name(kube, ray_spawner_factory) -> None:
     """The sweep finds a token Secret through its cluster's orphaned objects, reads it by name,
     and leaves a Secret of that name alone unless it is labelled as that cluster's."""
     sp = ray_spawner_factory(
-        k8s_emu, ray_orphan_grace_seconds=0, ray_orphan_sweep_interval=0, ray_orphan_sweep_secrets="by-name"
+        kube, ray_orphan_grace_seconds=0, ray_orphan_sweep_interval=0, ray_orphan_sweep_secrets="by-name"
     )
     sp.user_options = {"profile": "ray", "workers": "1"}
     await asyncio.wait_for(sp.start(), 30)
-    live_before = ray_objects(k8s_emu)
+    live_before = ray_objects(kube)
     for cluster, secret_labels in (
         ("ray-carol", {**MANAGED, "ray.io/cluster": "ray-carol"}),
         ("ray-dave", {"app.kubernetes.io/managed-by": "helm", "ray.io/cluster": "ray-dave"}),
     ):
-        k8s_emu.create_object(
+        kube.create_object(
             {
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {
                     "name": f"{cluster}-head-svc",
-                    "namespace": "jhub",
+                    "namespace": kube.ns,
                     "labels": {**MANAGED, "ray.io/cluster": cluster},
                 },
                 "spec": {"ports": [{"port": 6379}]},
             }
         )
-        k8s_emu.create_object(
+        kube.create_object(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": f"{cluster}-ray-token", "namespace": "jhub", "labels": secret_labels},
+                "metadata": {"name": f"{cluster}-ray-token", "namespace": kube.ns, "labels": secret_labels},
                 "data": {},
             }
         )
     # an ownerless token Secret with nothing else of its cluster: found only by listing
-    k8s_emu.create_object(
+    kube.create_object(
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "ray-erin-ray-token", "namespace": "jhub", "labels": {**MANAGED}},
+            "metadata": {"name": "ray-erin-ray-token", "namespace": kube.ns, "labels": {**MANAGED}},
             "data": {},
         }
     )
-    k8s_emu.reset_request_log()
+    kube.reset_request_log()
     deleted = await sp.sweep_orphans()
     assert sorted(deleted) == [
         ("Secret", "ray-carol-ray-token"),
         ("Service", "ray-carol-head-svc"),
         ("Service", "ray-dave-head-svc"),
     ]
-    assert k8s_emu.get_object("secrets", "jhub", "ray-dave-ray-token") is not None
-    assert k8s_emu.get_object("secrets", "jhub", "ray-erin-ray-token") is not None
-    assert not [r for r in k8s_emu.request_log if r[1] == "secrets" and r[0] in ("list", "watch")]
-    assert [r for r in k8s_emu.request_log if r[1] == "secrets"] == [
-        ("get", "secrets", "jhub", "ray-carol-ray-token"),
-        ("get", "secrets", "jhub", "ray-dave-ray-token"),
-        ("delete", "secrets", "jhub", "ray-carol-ray-token"),
+    assert kube.get_object("secrets", kube.ns, "ray-dave-ray-token") is not None
+    assert kube.get_object("secrets", kube.ns, "ray-erin-ray-token") is not None
+    assert not [r for r in kube.request_log if r[1] == "secrets" and r[0] in ("list", "watch")]
+    assert [r for r in kube.request_log if r[1] == "secrets"] == [
+        ("get", "secrets", kube.ns, "ray-carol-ray-token"),
+        ("get", "secrets", kube.ns, "ray-dave-ray-token"),
+        ("delete", "secrets", kube.ns, "ray-carol-ray-token"),
     ]
-    assert ray_objects(k8s_emu) == sorted([*live_before, ("secrets", "ray-erin-ray-token")])
+    assert ray_objects(kube) == sorted([*live_before, ("secrets", "ray-erin-ray-token")])
     await sp.stop()
 
 
-async def test_by_name_refuses_a_secret_it_may_not_create_before_the_notebook_exists(
-    k8s_emu, ray_spawner_factory
-) -> None:
+async def test_by_name_refuses_a_secret_it_may_not_create_before_the_notebook_exists(kube, ray_spawner_factory) -> None:
     """With the Secret made only after the notebook pod, a refused create would show as the
     notebook's start timeout; the dry run fails the spawn first, naming the reason, and
     nothing is created (here: a Secret of that name belongs to another server)."""
-    k8s_emu.create_object(
+    kube.create_object(
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {
                 "name": "ray-alice-ray-token",
-                "namespace": "jhub",
+                "namespace": kube.ns,
                 "labels": {**MANAGED, "ray.io/cluster": "ray-alice", "hub.jupyter.org/username": "bob"},
             },
             "data": {},
         }
     )
-    before = k8s_emu.get_object("secrets", "jhub", "ray-alice-ray-token")["metadata"]["resourceVersion"]
-    sp = ray_spawner_factory(k8s_emu, ray_orphan_sweep_secrets="by-name", ray_orphan_sweep_interval=0)
+    before = kube.get_object("secrets", kube.ns, "ray-alice-ray-token")["metadata"]["resourceVersion"]
+    sp = ray_spawner_factory(kube, ray_orphan_sweep_secrets="by-name", ray_orphan_sweep_interval=0)
     sp.user_options = {"profile": "ray", "workers": "1"}
     started = asyncio.get_running_loop().time()
     with pytest.raises(ClusterStartError, match="belongs to another server"):
         await asyncio.wait_for(sp.start(), 30)
     assert asyncio.get_running_loop().time() - started < 10
-    assert k8s_emu.get_object("pods", "jhub", "jupyter-alice") is None
-    assert ray_objects(k8s_emu) == [("secrets", "ray-alice-ray-token")]
-    assert k8s_emu.get_object("secrets", "jhub", "ray-alice-ray-token")["metadata"]["resourceVersion"] == before
+    assert kube.get_object("pods", kube.ns, "jupyter-alice") is None
+    assert ray_objects(kube) == [("secrets", "ray-alice-ray-token")]
+    assert kube.get_object("secrets", kube.ns, "ray-alice-ray-token")["metadata"]["resourceVersion"] == before
     await sp.stop()
 
 
-async def test_a_cluster_create_failing_meanwhile_fails_the_spawn_at_once(k8s_emu, ray_spawner_factory) -> None:
+async def test_a_cluster_create_failing_meanwhile_fails_the_spawn_at_once(kube, ray_spawner_factory) -> None:
     """The token Secret passes its dry run, but its real create (after the notebook pod) is
     forbidden. The notebook waits for that Secret and would only time out; the spawn fails at
     once with the create's own error instead (naming the rule), and stop leaves nothing."""
-    add_nth_fault(k8s_emu, "create", "secrets", 2, "jhub", status=403)
-    sp = ray_spawner_factory(k8s_emu, ray_orphan_sweep_secrets="by-name", ray_orphan_sweep_interval=0, start_timeout=60)
+    add_nth_fault(kube, "create", "secrets", 2, kube.ns, status=403)
+    sp = ray_spawner_factory(kube, ray_orphan_sweep_secrets="by-name", ray_orphan_sweep_interval=0, start_timeout=60)
     sp.user_options = {"profile": "ray", "workers": "1"}
     started = asyncio.get_running_loop().time()
     with pytest.raises(ClusterStartError, match="not allowed to create secrets"):
         await asyncio.wait_for(sp.start(), 45)
     assert asyncio.get_running_loop().time() - started < 15
     await sp.stop()  # what JupyterHub does after a failed start
-    assert ray_objects(k8s_emu) == []
-    assert k8s_emu.get_object("pods", "jhub", "jupyter-alice") is None
+    assert ray_objects(kube) == []
+    assert kube.get_object("pods", kube.ns, "jupyter-alice") is None
