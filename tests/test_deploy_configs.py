@@ -7,7 +7,7 @@
   application, real validation into a RayClusterSpec, against the loopback API server);
 - every built-in object validates with kubernetes-validate (strict); ImageStream
   (OpenShift-only, not in kubernetes-validate) against a small schema of our own;
-- kubectl parses every file (client and server dry-run against tests/k8semu);
+- kubectl parses every file (client and server dry-run against the real test cluster);
   the ODH kustomization builds.
 """
 
@@ -427,9 +427,11 @@ def test_odh_kustomization_builds() -> None:
 
 
 @pytest.mark.parametrize("mode", ["client", "server"])
-def test_kubectl_dry_run_parses_every_file(mode: str, emu: K8sEmu) -> None:
-    """kubectl's own decoding and (openapi) validation of each file, against the loopback API server.
-    ImageStream is not served there (OpenShift-only): those files are checked by the schema above."""
+def test_kubectl_dry_run_parses_every_file(mode: str, kube_factory) -> None:
+    """kubectl's own decoding and the real API server's validation (server: full admission and
+    strict field validation) of each file. ImageStream is not served there (OpenShift-only): those
+    files are checked by the schema above."""
+    kube = kube_factory(rbac=[])  # an empty namespace: every object is new there
     checked = 0
     for path in _yaml_files():
         if path.name in NOT_OBJECTS:
@@ -439,21 +441,26 @@ def test_kubectl_dry_run_parses_every_file(mode: str, emu: K8sEmu) -> None:
         if not served:
             continue
         text = path.read_text() if len(served) == len(docs) else yaml.safe_dump_all(served)
-        r = _kubectl("apply", f"--dry-run={mode}", "-n", "jhub", "-f", "-", emu=emu, stdin=text)
+        r = _kubectl("apply", f"--dry-run={mode}", "-n", kube.ns, "-f", "-", emu=kube.cluster, stdin=text)
         assert r.returncode == 0, f"{path.relative_to(ROOT)}: {r.stderr}"
         assert r.stdout.count("created") == len(served), r.stdout
         checked += 1
     assert checked >= 3
-    # and kubectl does reject a broken manifest here (the loopback server's openapi is a stub:
-    # field-level checking is kubernetes-validate's job above)
+    # and a broken manifest is rejected: no kind, and (server side) an unknown field
     r = _kubectl(
         "apply",
         f"--dry-run={mode}",
         "-n",
-        "jhub",
+        kube.ns,
         "-f",
         "-",
-        emu=emu,
+        emu=kube.cluster,
         stdin="apiVersion: v1\nmetadata: {name: x}\ndata: {a: b}\n",
     )
     assert r.returncode != 0 and "kind" in r.stderr.lower(), r.stderr
+    if mode == "server":
+        typo = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndatta: {a: b}\n"
+        r = _kubectl(
+            "apply", "--dry-run=server", "--validate=strict", "-n", kube.ns, "-f", "-", emu=kube.cluster, stdin=typo
+        )
+        assert r.returncode != 0 and 'unknown field "datta"' in r.stderr, r.stderr

@@ -151,3 +151,16 @@ def _via_proxy(kube, method: str, path: str):
     conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
     resp = conn.getresponse()
     return resp.status, json.loads(resp.read())
+
+
+def test_kubectl_apply_get_logs_delete_through_the_node_agent(kube, tmp_path):
+    """What an admin runs while debugging (README's troubleshooting): kubectl against the real API
+    server, whose pods/log is proxied to the node agent's kubelet port."""
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(json.dumps(pod("debug")))
+    kubectl(kube.cluster, "apply", "-n", kube.ns, "-f", str(manifest))
+    kubectl(kube.cluster, "wait", "-n", kube.ns, "--for=condition=Ready", "pod/debug", "--timeout=30s")
+    assert "debug" in kubectl(kube.cluster, "get", "pods", "-n", kube.ns)
+    assert "simulated log of debug/c" in kubectl(kube.cluster, "logs", "-n", kube.ns, "debug", "-c", "c")
+    kubectl(kube.cluster, "delete", "-n", kube.ns, "pod/debug", "--timeout=30s")
+    assert kube.get_object("pods", kube.ns, "debug") is None
