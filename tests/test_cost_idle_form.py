@@ -68,7 +68,7 @@ AUTOSCALING = {
 
 
 # ------------------------------------------------------------------ Kubernetes
-async def test_pods_fixed_and_kuberay_autoscaling_say_what_an_idle_cluster_holds(k8s_emu, ray_spawner_factory) -> None:
+async def test_pods_fixed_and_kuberay_autoscaling_say_what_an_idle_cluster_holds(kube, ray_spawner_factory) -> None:
     plist = [
         {"display_name": "Plain", "slug": "plain", "default": True, "description": "No Ray."},
         {**profile("fixed", ray_backend="pods", ray_worker_replicas=2), "description": "Two <b>workers</b>."},
@@ -77,7 +77,7 @@ async def test_pods_fixed_and_kuberay_autoscaling_say_what_an_idle_cluster_holds
         profile("auto-either", ray_backend="auto", **AUTOSCALING),
         profile("fixed-kuberay", ray_backend="kuberay", ray_worker_replicas=2),  # KubeRay, min = max
     ]
-    form = ray_spawner_factory(k8s_emu, profile_list=plist, **profiles.LIMITS).options_form
+    form = ray_spawner_factory(kube, profile_list=plist, **profiles.LIMITS).options_form
     assert idle_of(form, "plain") is None and "<p>No Ray.</p>" in form
     # next to the admin's own description, which stays as written
     assert '<p>Two <b>workers</b>.<br><span class="rayspawner-idle"' in form
@@ -91,22 +91,22 @@ async def test_pods_fixed_and_kuberay_autoscaling_say_what_an_idle_cluster_holds
     assert either.endswith("Without KubeRay (plain pods), " + one_worker[0].lower() + one_worker[1:]), either
 
 
-async def test_the_numbers_follow_the_settings_the_spawn_uses(k8s_emu, ray_spawner_factory) -> None:
+async def test_the_numbers_follow_the_settings_the_spawn_uses(kube, ray_spawner_factory) -> None:
     plist = [profile("p", ray_backend="kuberay", **{**AUTOSCALING, "ray_worker_min_replicas": 1})]
     # the profile's value wins over the admin's; without it, the admin's counts
     form = ray_spawner_factory(
-        k8s_emu, profile_list=plist, ray_autoscaler_idle_timeout_seconds=45, **profiles.LIMITS
+        kube, profile_list=plist, ray_autoscaler_idle_timeout_seconds=45, **profiles.LIMITS
     ).options_form
     text = idle_of(form, "p")[0]
     assert "idle for 300 s" in text and "down to 2 CPU, 2 GiB (head 1 CPU, 1 GiB · 1 worker × 1 CPU, 1 GiB)" in text
     plist[0]["kubespawner_override"].pop("ray_autoscaler_idle_timeout_seconds")
     form = ray_spawner_factory(
-        k8s_emu, profile_list=plist, ray_autoscaler_idle_timeout_seconds=45, **profiles.LIMITS
+        kube, profile_list=plist, ray_autoscaler_idle_timeout_seconds=45, **profiles.LIMITS
     ).options_form
     assert "idle for 45 s" in idle_of(form, "p")[0]
     # a profile the spawn would refuse (over the admin's worker limit) gets no sentence
     plist[0]["kubespawner_override"]["ray_worker_max_replicas"] = 9
-    assert idle_of(ray_spawner_factory(k8s_emu, profile_list=plist, **profiles.LIMITS).options_form, "p") is None
+    assert idle_of(ray_spawner_factory(kube, profile_list=plist, **profiles.LIMITS).options_form, "p") is None
 
 
 # ------------------------------------------------------------------ local mode

@@ -152,8 +152,8 @@ async def test_a_callable_profile_list_renders_with_limits_and_choices() -> None
     assert "(0–4)" in form and '"workers": "2"' in form
 
 
-async def test_the_kubernetes_spawner_renders_the_same_form(k8s_emu, ray_spawner_factory) -> None:
-    s = ray_spawner_factory(k8s_emu, profile_list=profiles.visible_profiles(), **profiles.LIMITS)
+async def test_the_kubernetes_spawner_renders_the_same_form(kube, ray_spawner_factory) -> None:
+    s = ray_spawner_factory(kube, profile_list=profiles.visible_profiles(), **profiles.LIMITS)
     label, attrs = unlisted_input(s.options_form)
     assert label == "Number of workers (0–4)" and "0 to 4" in attrs["title"]
     s.user_options = {"profile": "ray-large", "workers": "3"}
@@ -218,15 +218,15 @@ def test_cluster_summary_of_a_spawner() -> None:
     assert named["dashboard_url"] == "/user/alice/big/ray-dashboard/" and named["server_label"] == "big"
 
 
-async def test_kubernetes_spawner_keeps_the_size_in_its_state(k8s_emu, ray_spawner_factory) -> None:
+async def test_kubernetes_spawner_keeps_the_size_in_its_state(kube, ray_spawner_factory) -> None:
     from rayspawner.spec import ClusterRef
 
-    first = ray_spawner_factory(k8s_emu)
+    first = ray_spawner_factory(kube)
     first.ray_session.spec = _spec(ray_worker_replicas=2)
     first.ray_session.ref = ClusterRef("ray-alice", "jhub", "pods")
     state = first.get_state()
     assert state["ray_size"] == spec_size(first.ray_session.spec)
-    second = ray_spawner_factory(k8s_emu)
+    second = ray_spawner_factory(kube)
     second.load_state(state)  # a restarted hub
     assert second.get_state() == state
     assert "2 workers" in cluster_summary(_fake_spawner(size=second.ray_session.stored_size))["text"]
