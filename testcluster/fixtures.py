@@ -7,7 +7,8 @@
   enforced, with the hub's ServiceAccount ``hub`` bound to the shipped Roles
   (``jupyterhub_config/rbac/``), and a fault proxy in front of the API server whose
   ``kubeconfig_path`` authenticates as that ServiceAccount. Tests isolate by namespace.
-- ``kube_factory(node="sim", rbac=(...), pss="restricted")``: the same with choices.
+- ``kube_factory(node="sim", rbac=[...], pss="restricted")``: the same with choices;
+  ``kube_module``: one for a whole module.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class TestCluster:
     @property
     def kubeconfig_path(self) -> Path:
         return self.root / "kubeconfig"
+
+    @property
+    def kubectl(self) -> str:
+        """The kubectl built with this control plane (v1.37.2), whatever else is on PATH."""
+        return str(Path(json.loads((self.root / "state.json").read_text())["bin"]) / "kubectl")
 
 
 def open_cluster(root: Path) -> TestCluster:
@@ -131,28 +137,50 @@ def _bind_hub(client: Client, ns: str, docs: list[dict[str, Any]]) -> None:
         client.create_object(doc)
 
 
+def make_kube(
+    cluster: TestCluster,
+    workdir: Path,
+    node: str = "sim",
+    rbac: list[dict[str, Any]] | None = None,
+    pss: str = "restricted",
+) -> Kube:
+    """A fresh namespace, the hub's account in it (``rbac``: its Roles and RoleBindings; default the
+    shipped ones, for both backends) and a fault proxy. :func:`drop_kube` undoes it."""
+    c = cluster.client
+    ns = c.create_namespace("jhub", pss=pss, node=node)
+    _bind_hub(c, ns, hub_rbac_documents() if rbac is None else rbac)
+    token = c.service_account_token(ns, "hub")
+    proxy = FaultProxy(cluster.server, ssl_context(cluster.pki.ca.cert)).start()
+    kc = c.token_kubeconfig(workdir / f"hub-{ns}.kubeconfig", token, server=proxy.url, namespace=ns)
+    return Kube(cluster, ns, proxy, kc, f"system:serviceaccount:{ns}:hub")
+
+
+def drop_kube(kube: Kube) -> None:
+    kube.proxy.stop()
+    kube.cluster.client.delete_namespace(kube.ns)
+
+
 @pytest.fixture
 def kube_factory(test_cluster: TestCluster, tmp_path: Path) -> Iterator[Callable[..., Kube]]:
     made: list[Kube] = []
 
-    def make(node: str = "sim", rbac: list[dict[str, Any]] | None = None, pss: str = "restricted") -> Kube:
-        """``rbac``: the hub's Roles and RoleBindings (default: the shipped ones, for both backends)."""
-        c = test_cluster.client
-        ns = c.create_namespace("jhub", pss=pss, node=node)
-        _bind_hub(c, ns, hub_rbac_documents() if rbac is None else rbac)
-        token = c.service_account_token(ns, "hub")
-        proxy = FaultProxy(test_cluster.server, ssl_context(test_cluster.pki.ca.cert)).start()
-        kc = c.token_kubeconfig(tmp_path / f"hub-{ns}.kubeconfig", token, server=proxy.url, namespace=ns)
-        kube = Kube(test_cluster, ns, proxy, kc, f"system:serviceaccount:{ns}:hub")
-        made.append(kube)
-        return kube
+    def make(**kwargs: Any) -> Kube:
+        made.append(make_kube(test_cluster, tmp_path, **kwargs))
+        return made[-1]
 
     yield make
     for kube in made:
-        kube.proxy.stop()
-        test_cluster.client.delete_namespace(kube.ns)
+        drop_kube(kube)
 
 
 @pytest.fixture
 def kube(kube_factory: Callable[..., Kube]) -> Kube:
     return kube_factory()
+
+
+@pytest.fixture(scope="module")
+def kube_module(test_cluster: TestCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    """One namespace for a whole module (a hub process the module's tests share)."""
+    kube = make_kube(test_cluster, tmp_path_factory.mktemp("kube"))
+    yield kube
+    drop_kube(kube)

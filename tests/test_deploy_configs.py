@@ -407,8 +407,9 @@ def test_rbac_grants_only_what_rayspawner_uses() -> None:
 
 
 # ------------------------------------------------------------------- kubectl
-def _kubectl(*args: str, emu: K8sEmu | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    cmd = ["kubectl", *(["--kubeconfig", str(emu.kubeconfig_path)] if emu else []), *args]
+def _kubectl(*args: str, emu: Any = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    kubectl = emu.kubectl if emu else "kubectl"  # the test cluster's own, where there is one
+    cmd = [kubectl, *(["--kubeconfig", str(emu.kubeconfig_path)] if emu else []), *args]
     return subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=60, cwd=ROOT)
 
 

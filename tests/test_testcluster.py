@@ -31,7 +31,7 @@ def pod(name: str, **spec_extra: object) -> dict:
 
 def kubectl(cluster, *args: str) -> str:
     out = subprocess.run(
-        ["kubectl", f"--kubeconfig={cluster.kubeconfig_path}", *args], capture_output=True, text=True, timeout=60
+        [cluster.kubectl, f"--kubeconfig={cluster.kubeconfig_path}", *args], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
