@@ -226,6 +226,7 @@ class FaultProxy:
         self._ssl = upstream_ssl
         self.faults = Faults()
         self.request_log: list[tuple[str, str, str | None, str | None]] = []
+        self.discovery_log: list[tuple[str, str]] = []  # ("discovery", path): /version, /api, /apis/...
         self.open_watches = WatchCounter()
         self.url = ""
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -236,6 +237,7 @@ class FaultProxy:
 
     def reset_request_log(self) -> None:
         self.request_log.clear()
+        self.discovery_log.clear()
 
     def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self._run, name="testcluster-faultproxy", daemon=True)
@@ -284,6 +286,8 @@ class FaultProxy:
         if info is not None:
             self.request_log.append((info.verb, info.resource, info.namespace, info.name))
             fault = self.faults.take(info)
+        else:
+            self.discovery_log.append(("discovery", request.path))
         if fault is not None:
             if fault.latency:
                 await asyncio.sleep(fault.latency)

@@ -7,7 +7,7 @@ Callers of a KubeSpawner (JupyterHub, upstream's tests, admins' hooks) rely on:
 - every ``progress()`` event carrying an integer ``progress`` that never decreases;
 - ``get_state``/``load_state`` round-tripping;
 - with Ray off (no Ray profile, ``ray_enabled`` false), exactly KubeSpawner's API
-  requests: measured at the loopback API server, discovery included.
+  requests: measured at the fault proxy in front of the real API server, discovery included.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from tornado import web
 from rayspawner.registry import hub_process
 from rayspawner.errors import InvalidOptions
 
-from .spawner_fixtures import NOTEBOOK_IMAGE, RAY, user
+from testcluster.node.kubelet_sim import SIM_DELAYS
+
+from .spawner_fixtures import NOTEBOOK_IMAGE, RAY, RESTRICTED_TRAITS, user
 
 REGEX_PROFILES = [
     {"display_name": "Plain", "slug": "plain", "default": True},
@@ -58,8 +60,8 @@ BAD_OPTIONS = [
 
 # ------------------------------------------------------------------ options
 @pytest.mark.parametrize("case,options,fragment", BAD_OPTIONS, ids=[b[0] for b in BAD_OPTIONS])
-async def test_bad_options_raise_value_error(k8s_emu_session, ray_spawner_factory, caplog, case, options, fragment):
-    emu = k8s_emu_session
+async def test_bad_options_raise_value_error(kube, ray_spawner_factory, caplog, case, options, fragment):
+    emu = kube
     emu.reset_request_log()
     sp = ray_spawner_factory(emu, profile_list=REGEX_PROFILES, ray_max_workers=4)
     sp.user_options = dict(options)
@@ -76,8 +78,8 @@ async def test_bad_options_raise_value_error(k8s_emu_session, ray_spawner_factor
     assert emu.request_log == []  # refused before any API request
 
 
-async def test_good_options_still_load(k8s_emu_session, ray_spawner_factory):
-    sp = ray_spawner_factory(k8s_emu_session, profile_list=REGEX_PROFILES, ray_orphan_sweep_interval=0)
+async def test_good_options_still_load(kube, ray_spawner_factory):
+    sp = ray_spawner_factory(kube, profile_list=REGEX_PROFILES, ray_orphan_sweep_interval=0)
     sp.user_options = {"profile": "ray", "workers--unlisted-choice": "3"}
     await sp.load_user_options()
     assert sp.ray_session.spec is not None and sp.ray_session.spec.desired_workers == 3
@@ -102,17 +104,23 @@ def _check_shape(events: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("options", [RAY, {"profile": "plain"}], ids=["ray", "plain"])
-async def test_progress_events_have_monotonic_integer_progress(k8s_emu_factory, ray_spawner_factory, options):
+async def test_progress_events_have_monotonic_integer_progress(kube, ray_spawner_factory, options):
     # a slow pull makes KubeSpawner emit its slow-spawn message, which has no progress of its own
-    emu = k8s_emu_factory(sim_delays={"pull": 1.5})
-    sp = ray_spawner_factory(emu, slow_spawn_message_threshold=1, slow_spawn_message_frequency=1)
+    slow = {SIM_DELAYS: "pull=1.5"}
+    sp = ray_spawner_factory(
+        kube,
+        slow_spawn_message_threshold=1,
+        slow_spawn_message_frequency=1,
+        extra_annotations=slow,
+        ray_extra_annotations=slow,
+    )
     events = await _progress_of(sp, options)
     _check_shape(events)
     messages = [e["message"] for e in events]
     assert any("Your server is starting up" in m or "patience" in m.lower() or "seconds" in m for m in messages), (
         messages
     )
-    assert "Notebook scheduled on node k8semu-node" in messages
+    assert "Notebook scheduled on node sim-node" in messages
     assert "Notebook container started" in messages
     if options is RAY:
         assert "is ready" in messages[-1] and "ray-alice" in messages[-1]
@@ -123,9 +131,9 @@ async def test_progress_events_have_monotonic_integer_progress(k8s_emu_factory, 
     await sp.stop()
 
 
-async def test_progress_says_when_the_notebook_joined_its_cluster(k8s_emu, ray_spawner_factory):
+async def test_progress_says_when_the_notebook_joined_its_cluster(kube, ray_spawner_factory):
     """Driver mode: the notebook pod's Ray node sidecar turning ready is a step of its own."""
-    sp = ray_spawner_factory(k8s_emu)
+    sp = ray_spawner_factory(kube)
     events = await _progress_of(sp, RAY)
     _check_shape(events)
     messages = [e["message"] for e in events]
@@ -134,23 +142,23 @@ async def test_progress_says_when_the_notebook_joined_its_cluster(k8s_emu, ray_s
     await sp.stop()
 
 
-async def test_progress_without_events_still_reports_steps(k8s_emu, ray_spawner_factory):
+async def test_progress_without_events_still_reports_steps(kube, ray_spawner_factory):
     """KubeSpawner's progress() returns at once when events are off; the steps must not."""
-    sp = ray_spawner_factory(k8s_emu, events_enabled=False)
+    sp = ray_spawner_factory(kube, events_enabled=False)
     events = await _progress_of(sp, RAY)
     _check_shape(events)
     await sp.stop()
 
 
 # ------------------------------------------------------------------ state
-async def test_state_round_trips_with_a_cluster(k8s_emu, ray_spawner_factory):
-    first = ray_spawner_factory(k8s_emu)
+async def test_state_round_trips_with_a_cluster(kube, ray_spawner_factory):
+    first = ray_spawner_factory(kube)
     first.user_options = dict(RAY)
     await asyncio.wait_for(first.start(), 30)
     state = first.get_state()
-    assert state["ray_cluster"] == {"name": "ray-alice", "namespace": "jhub", "backend": "pods"}
+    assert state["ray_cluster"] == {"name": "ray-alice", "namespace": kube.ns, "backend": "pods"}
     hub_process.sweepers.clear()  # a new hub process: no sweep yet
-    second = ray_spawner_factory(k8s_emu)
+    second = ray_spawner_factory(kube)
     second.load_state(state)
     assert second.get_state() == state
     assert hub_process.sweepers, "a stored server with a Ray cluster starts the orphan sweep"
@@ -160,13 +168,13 @@ async def test_state_round_trips_with_a_cluster(k8s_emu, ray_spawner_factory):
     await asyncio.wait_for(second.stop(), 20)
 
 
-async def test_state_round_trips_without_a_cluster(k8s_emu, ray_spawner_factory):
-    first = ray_spawner_factory(k8s_emu)
+async def test_state_round_trips_without_a_cluster(kube, ray_spawner_factory):
+    first = ray_spawner_factory(kube)
     first.user_options = {"profile": "plain"}
     await asyncio.wait_for(first.start(), 30)
     state = first.get_state()
     assert "ray_cluster" not in state and state.get("pod_name") == first.pod_name
-    second = ray_spawner_factory(k8s_emu)
+    second = ray_spawner_factory(kube)
     second.load_state(state)
     assert second.get_state() == state
     assert await second.poll() is None
@@ -175,21 +183,6 @@ async def test_state_round_trips_without_a_cluster(k8s_emu, ray_spawner_factory)
 
 
 # ------------------------------------------------------- Ray off == KubeSpawner
-def _record_discovery(emu: Any) -> list[tuple[str, str]]:
-    """Discovery (/version, /apis, ...) is answered before the request log: record it too."""
-    seen: list[tuple[str, str]] = []
-    original = emu.api.discovery
-
-    def discovery(parts: list[str]):
-        resp = original(parts)
-        if resp is not None:
-            seen.append(("discovery", "/" + "/".join(parts)))
-        return resp
-
-    emu.api.discovery = discovery
-    return seen
-
-
 async def _spawn_poll_stop(sp: Any) -> None:
     await asyncio.wait_for(sp.start(), 30)
     assert await sp.poll() is None
@@ -209,9 +202,10 @@ def _requests(emu: Any, discovery: list) -> Counter:
     return Counter([(verb, resource, ns, name) for verb, resource, ns, name in emu.request_log] + discovery)
 
 
-async def test_ray_off_makes_exactly_kubespawners_requests(k8s_emu_factory, ray_spawner_factory, monkeypatch):
+async def test_ray_off_makes_exactly_kubespawners_requests(kube, ray_spawner_factory, monkeypatch):
     common = dict(
-        namespace="jhub",
+        namespace=kube.ns,
+        **RESTRICTED_TRAITS,
         start_timeout=30,
         http_timeout=5,
         image=NOTEBOOK_IMAGE,
@@ -221,19 +215,18 @@ async def test_ray_off_makes_exactly_kubespawners_requests(k8s_emu_factory, ray_
     )
 
     # one API server for both: kubespawner caches its API clients (and their host) per process
-    emu = k8s_emu_factory()
-    discovery = _record_discovery(emu)
+    emu = kube
+    discovery = emu.proxy.discovery_log
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(emu.kubeconfig_path))
     load_config.cache_clear()
     orm = SimpleNamespace(name="", server=None, user_options={}, state=None)
-    kube = KubeSpawner(_mock=True, user=user("alice"), orm_spawner=orm, k8s_api_host=emu.url, **common)
-    kube.user_options = {}
-    await _spawn_poll_stop(kube)
+    plain = KubeSpawner(_mock=True, user=user("alice"), orm_spawner=orm, k8s_api_host=emu.url, **common)
+    plain.user_options = {}
+    await _spawn_poll_stop(plain)
     await _stop_reflectors()  # class-wide (shared with RaySpawner): the next spawner lists and watches anew
     expected = _requests(emu, discovery)
 
-    emu.reset_request_log()
-    discovery.clear()
+    emu.reset_request_log()  # the discovery log too
     # the production defaults: a sweep interval of 300 s (not the tests' 0), no profiles, ray_enabled False
     sp = ray_spawner_factory(emu, profile_list=[], ray_enabled=False, **common)
     assert sp.ray_orphan_sweep_interval > 0
@@ -241,6 +234,6 @@ async def test_ray_off_makes_exactly_kubespawners_requests(k8s_emu_factory, ray_
     await _spawn_poll_stop(sp)
     got = _requests(emu, discovery)
 
-    assert ("create", "pods", "jhub", None) in expected and ("delete", "pods", "jhub", "jupyter-alice") in expected
+    assert ("create", "pods", kube.ns, None) in expected and ("delete", "pods", kube.ns, "jupyter-alice") in expected
     assert got == expected, f"RaySpawner extra: {got - expected}; missing: {expected - got}"
     assert not hub_process.sweepers
