@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .controlplane import ControlPlane, bin_dir
-from .client import NODE_LABEL  # noqa: F401 - the label nodes carry
 from .kubeconfig import https_request
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +64,7 @@ def up(
     root: Path, kuberay: bool = False, nodes: tuple[str, ...] = ("process",), progress: Callable[[str], None] = _log
 ) -> Path:
     """Start a cluster in ``root`` with one node agent per mode in ``nodes`` ("process",
-    "sim"); returns the admin kubeconfig's path. A node is labelled ``NODE_LABEL=<mode>``."""
+    "sim"); returns the admin kubeconfig's path. A node is labelled ``client.NODE_LABEL=<mode>``."""
     root = root.resolve()
     if is_up(root):
         raise RuntimeError(f"a test cluster is already up in {root}: run 'python -m testcluster down --dir {root}'")

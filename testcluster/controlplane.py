@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .kubeconfig import write_kubeconfig
+from .kubeconfig import https_get, write_kubeconfig
 from .pki import Pki
 
 log = logging.getLogger("testcluster")
@@ -170,8 +170,6 @@ class ControlPlane:
         return {"server": server, "pids": {k: v.pid for k, v in self.procs.items()}}
 
     def _wait_ready(self, server: str, admin: Any, timeout: float = 120.0) -> None:
-        from .kubeconfig import https_get  # noqa: PLC0415
-
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ import copy
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -87,7 +87,6 @@ class Kube:
     proxy: FaultProxy
     kubeconfig_path: Path
     hub_user: str
-    _cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
