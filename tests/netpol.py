@@ -111,20 +111,25 @@ class Network:
             self.ns_labels[name] = {**_labels(ns), "kubernetes.io/metadata.name": name}
 
     @classmethod
-    def from_emu(cls, emu: Any, extra_policies: Iterable[Obj] = ()) -> Network:
-        """Everything in a k8semu API server (all namespaces), plus policies not stored there.
+    def from_cluster(cls, api: Any, namespaces: Iterable[str], extra_policies: Iterable[Obj] = ()) -> Network:
+        """The pods and policies of ``namespaces`` as an API server holds them (``api``: the test
+        cluster's admin client), every namespace's labels, plus policies not stored there. A policy
+        acts on the pods of its own namespace only, so the other namespaces' change no answer here.
 
-        The sim kubelet gives pods loopback addresses (127.244.a.b) so that nothing a test does
+        The sim node gives pods loopback addresses (127.244.a.b) so that nothing a test does
         leaves the machine; for ipBlock rules they stand for a real cluster's pod network,
         10.244.a.b (a private range, as z2jh's privateIPs rules expect).
         """
-        pods = []
-        for pod in emu.list_objects("pods"):
-            ip = (pod.get("status") or {}).get("podIP") or ""
-            if ip.startswith("127.244."):
-                pod = {**pod, "status": {**pod["status"], "podIP": "10.244." + ip[len("127.244.") :]}}
-            pods.append(pod)
-        return cls(pods, [*emu.list_objects("networkpolicies"), *extra_policies], emu.list_objects("namespaces"))
+        pods: list[Obj] = []
+        policies: list[Obj] = []
+        for ns in namespaces:
+            for pod in api.list_objects("pods", ns):
+                ip = (pod.get("status") or {}).get("podIP") or ""
+                if ip.startswith("127.244."):
+                    pod = {**pod, "status": {**pod["status"], "podIP": "10.244." + ip[len("127.244.") :]}}
+                pods.append(pod)
+            policies += api.list_objects("networkpolicies", ns)
+        return cls(pods, [*policies, *extra_policies], api.list_objects("namespaces"))
 
     def pod(self, namespace: str, name: str) -> Obj:
         for p in self.pods:

@@ -4,7 +4,8 @@
 - the hub config it embeds (singleuser.profileList + hub.extraConfig), and the ODH
   ConfigMap's config, load in JupyterHub's config loader with rayspawner and give
   the documented profiles (a subprocess: real config loading, real profile
-  application, real validation into a RayClusterSpec, against the loopback API server);
+  application, real validation into a RayClusterSpec, against the real test cluster as the
+  hub's ServiceAccount);
 - every built-in object validates with kubernetes-validate (strict); ImageStream
   (OpenShift-only, not in kubernetes-validate) against a small schema of our own;
 - kubectl parses every file (client and server dry-run against the real test cluster);
@@ -27,7 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.k8semu import K8sEmu
+from testcluster.fixtures import Kube
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "jupyterhub_config"
@@ -176,14 +177,14 @@ LOADER = textwrap.dedent(
 )
 
 
-def _z2jh_config_py(values: dict[str, Any]) -> str:
+def _z2jh_config_py(values: dict[str, Any], namespace: str) -> str:
     """What the chart's jupyterhub_config.py does with these values (the parts that matter here):
     singleuser.* -> c.KubeSpawner.*, then each hub.extraConfig snippet in key order."""
     su = values["singleuser"]
     lines = [
         "c = get_config()  # noqa",
         "c.JupyterHub.spawner_class = 'kubespawner.KubeSpawner'",
-        "c.KubeSpawner.namespace = 'jhub'",
+        f"c.KubeSpawner.namespace = {namespace!r}",
         f"c.KubeSpawner.image = {su['image']['name'] + ':' + su['image']['tag']!r}",
         f"c.KubeSpawner.uid = {su.get('uid')!r}",
         f"c.KubeSpawner.profile_list = {su['profileList']!r}",
@@ -193,8 +194,8 @@ def _z2jh_config_py(values: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load_in_jupyterhub(config_py: Path, emu: K8sEmu, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    env = {**os.environ, "KUBECONFIG": str(emu.kubeconfig_path), **(extra_env or {})}
+def _load_in_jupyterhub(config_py: Path, kube: Kube, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig_path), **(extra_env or {})}
     try:
         r = subprocess.run(
             [sys.executable, "-c", LOADER, str(config_py)],
@@ -222,7 +223,7 @@ def _check_documented_profiles(result: dict[str, Any]) -> None:
         if not enabled:
             assert "groups" not in default
             continue
-        assert default["backend"] == "pods"  # the loopback API server serves no KubeRay: "auto" chose pods
+        assert default["backend"] == "kuberay"  # the test cluster runs KubeRay: "auto" chose it
         assert default["auth"] and default["netpol"], f"{slug}: token auth and NetworkPolicy must stay on"
         assert default["groups"]["workers"][:3] == [workers, cpu, memory], (slug, default)
         assert default["groups"].get("gpu-workers", [0])[0] == gpu_workers, (slug, default)
@@ -236,16 +237,10 @@ def _check_documented_profiles(result: dict[str, Any]) -> None:
     assert "InvalidOptions" in result["bad_option"] and "64" in result["bad_option"], result["bad_option"]
 
 
-@pytest.fixture(scope="module")
-def emu() -> Iterator[K8sEmu]:
-    with K8sEmu() as e:
-        yield e
-
-
-def test_z2jh_hub_config_loads_in_jupyterhub_and_gives_the_documented_profiles(tmp_path: Path, emu: K8sEmu) -> None:
+def test_z2jh_hub_config_loads_in_jupyterhub_and_gives_the_documented_profiles(tmp_path: Path, kube: Kube) -> None:
     config_py = tmp_path / "jupyterhub_config.py"
-    config_py.write_text(_z2jh_config_py(_values()))
-    result = _load_in_jupyterhub(config_py, emu)
+    config_py.write_text(_z2jh_config_py(_values(), kube.ns))
+    result = _load_in_jupyterhub(config_py, kube)
     _check_documented_profiles(result)
     su = _values()["singleuser"]
     assert result["image"] == f"{su['image']['name']}:{su['image']['tag']}"
@@ -253,7 +248,7 @@ def test_z2jh_hub_config_loads_in_jupyterhub_and_gives_the_documented_profiles(t
     assert result["profiles"]["ray"]["cases"][0]["image"].endswith("rayspawner-ray:2.60.0-py311")
 
 
-def test_odh_hub_config_loads_in_jupyterhub_and_gives_the_documented_profiles(tmp_path: Path, emu: K8sEmu) -> None:
+def test_odh_hub_config_loads_in_jupyterhub_and_gives_the_documented_profiles(tmp_path: Path, kube: Kube) -> None:
     cm = next(doc for path, doc in _objects() if doc.get("kind") == "ConfigMap" and "odh" in path.parts)
     confdir = tmp_path / "etc-rayspawner"
     confdir.mkdir()
@@ -261,11 +256,9 @@ def test_odh_hub_config_loads_in_jupyterhub_and_gives_the_documented_profiles(tm
         (confdir / key).write_text(text)
     config_py = tmp_path / "jupyterhub_config.py"
     config_py.write_text(f"c = get_config()  # noqa\nload_subconfig({str(confdir / 'rayspawner_config.py')!r})\n")
-    result = _load_in_jupyterhub(
-        config_py, emu, {"RAYSPAWNER_CONFIG_DIR": str(confdir), "POD_NAMESPACE": "opendatahub"}
-    )
+    result = _load_in_jupyterhub(config_py, kube, {"RAYSPAWNER_CONFIG_DIR": str(confdir), "POD_NAMESPACE": kube.ns})
     _check_documented_profiles(result)
-    internal = "image-registry.openshift-image-registry.svc:5000/opendatahub/"
+    internal = f"image-registry.openshift-image-registry.svc:5000/{kube.ns}/"  # the hub's own namespace
     assert result["image"] == internal + "rayspawner-notebook:2.60.0-py311"
     assert result["ray_image"] == internal + "rayspawner-ray:2.60.0-py311"
 
@@ -407,9 +400,9 @@ def test_rbac_grants_only_what_rayspawner_uses() -> None:
 
 
 # ------------------------------------------------------------------- kubectl
-def _kubectl(*args: str, emu: Any = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    kubectl = emu.kubectl if emu else "kubectl"  # the test cluster's own, where there is one
-    cmd = [kubectl, *(["--kubeconfig", str(emu.kubeconfig_path)] if emu else []), *args]
+def _kubectl(*args: str, cluster: Any = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    kubectl = cluster.kubectl if cluster else "kubectl"  # the test cluster's own, where there is one
+    cmd = [kubectl, *(["--kubeconfig", str(cluster.kubeconfig_path)] if cluster else []), *args]
     return subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=60, cwd=ROOT)
 
 
@@ -442,7 +435,7 @@ def test_kubectl_dry_run_parses_every_file(mode: str, kube_factory) -> None:
         if not served:
             continue
         text = path.read_text() if len(served) == len(docs) else yaml.safe_dump_all(served)
-        r = _kubectl("apply", f"--dry-run={mode}", "-n", kube.ns, "-f", "-", emu=kube.cluster, stdin=text)
+        r = _kubectl("apply", f"--dry-run={mode}", "-n", kube.ns, "-f", "-", cluster=kube.cluster, stdin=text)
         assert r.returncode == 0, f"{path.relative_to(ROOT)}: {r.stderr}"
         assert r.stdout.count("created") == len(served), r.stdout
         checked += 1
@@ -455,13 +448,13 @@ def test_kubectl_dry_run_parses_every_file(mode: str, kube_factory) -> None:
         kube.ns,
         "-f",
         "-",
-        emu=kube.cluster,
+        cluster=kube.cluster,
         stdin="apiVersion: v1\nmetadata: {name: x}\ndata: {a: b}\n",
     )
     assert r.returncode != 0 and "kind" in r.stderr.lower(), r.stderr
     if mode == "server":
         typo = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndatta: {a: b}\n"
         r = _kubectl(
-            "apply", "--dry-run=server", "--validate=strict", "-n", kube.ns, "-f", "-", emu=kube.cluster, stdin=typo
+            "apply", "--dry-run=server", "--validate=strict", "-n", kube.ns, "-f", "-", cluster=kube.cluster, stdin=typo
         )
         assert r.returncode != 0 and 'unknown field "datta"' in r.stderr, r.stderr

@@ -1,8 +1,8 @@
 """A real JupyterHub process with rayspawner reports Ray cluster metrics at /hub/metrics.
 
-The hub runs RaySpawner against the loopback API server (sim kubelet, pods
-backend). Its notebook pods get simulated IPs that answer no HTTP, so after the
-Ray cluster is ready JupyterHub gives up waiting for the notebook (http_timeout)
+The hub runs RaySpawner against the real test cluster (its own namespace and hub
+account, the sim node, pods backend). Its notebook pods get simulated IPs that answer
+no HTTP, so after the Ray cluster is ready JupyterHub gives up waiting for the notebook (http_timeout)
 and stops the server: one cluster spawn and one teardown, as a hub sees them.
 A second profile whose Ray image cannot be pulled gives a spawn failure.
 (Local mode, LocalRaySpawner, reports into the same metrics; it is not used here.)
@@ -17,10 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.k8semu import K8sEmu
+from testcluster.fixtures import Kube
 
 from .hubproc import HubProcess
-from .spawner_fixtures import ray_objects
+from .spawner_fixtures import RESTRICTED_TRAITS, ray_objects
 
 pytestmark = pytest.mark.slow
 
@@ -46,25 +46,23 @@ PROFILES = [
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[K8sEmu]:
-    with K8sEmu() as e:
-        yield e
-
-
-@pytest.fixture(scope="module")
-def hub(emu: K8sEmu) -> Iterator[HubProcess]:
+def hub(kube_module: Kube) -> Iterator[HubProcess]:
+    # the namespace enforces the restricted Pod Security Standard: the notebook pod must comply
+    restricted = "\n".join(f"c.KubeSpawner.{k} = {v!r}" for k, v in RESTRICTED_TRAITS.items())
     config = f"""
 c.JupyterHub.spawner_class = "ray"
-c.KubeSpawner.namespace = "jhub"
-c.KubeSpawner.k8s_api_host = "{emu.url}"
+c.KubeSpawner.namespace = "{kube_module.ns}"
+c.KubeSpawner.k8s_api_host = "{kube_module.url}"
 c.KubeSpawner.image = "quay.io/rayspawner/notebook:2.60.0"
 c.KubeSpawner.profile_list = {PROFILES!r}
 c.KubeSpawner.start_timeout = 20
 c.KubeSpawner.http_timeout = 3
 c.RaySpawner.ray_orphan_sweep_interval = 0
 c.RaySpawner.ray_stop_timeout = 10
+c.RaySpawner.ray_backend = "pods"
+{restricted}
 """
-    h = HubProcess(config, env={"KUBECONFIG": str(emu.kubeconfig_path)}).start()
+    h = HubProcess(config, env={"KUBECONFIG": str(kube_module.kubeconfig_path)}).start()
     for name in ("alice", "bob"):
         h.api("POST", f"/users/{name}")
     yield h
@@ -131,7 +129,7 @@ def test_metrics_are_exposed_and_need_auth(hub: HubProcess) -> None:
     assert status in (302, 403), status
 
 
-def test_spawn_and_teardown_move_the_metrics(hub: HubProcess, emu: K8sEmu) -> None:
+def test_spawn_and_teardown_move_the_metrics(hub: HubProcess, kube_module: Kube) -> None:
     _, before = metrics(hub)
     spawns = sample(before, "rayspawner_cluster_spawn_duration_seconds_count", backend="pods")
     teardowns = sample(before, "rayspawner_cluster_teardown_duration_seconds_count", backend="pods")
@@ -153,11 +151,11 @@ def test_spawn_and_teardown_move_the_metrics(hub: HubProcess, emu: K8sEmu) -> No
     )
     assert sample(text, "rayspawner_clusters_running", backend="pods") == 0
     wait_server_gone(hub, "alice")
-    assert ray_objects(emu) == []
+    assert ray_objects(kube_module) == []
     assert "rayspawner_cluster_spawn_duration_seconds_bucket" in text
 
 
-def test_failed_spawn_is_counted_by_reason(hub: HubProcess, emu: K8sEmu) -> None:
+def test_failed_spawn_is_counted_by_reason(hub: HubProcess, kube_module: Kube) -> None:
     _, before = metrics(hub)
     failures = sample(before, "rayspawner_cluster_spawn_failures_total", backend="pods", reason="image")
     status, body = hub.api("POST", "/users/bob/server", {"profile": "ray-broken"})
@@ -168,4 +166,4 @@ def test_failed_spawn_is_counted_by_reason(hub: HubProcess, emu: K8sEmu) -> None
     )
     assert sample(text, "rayspawner_clusters_running", backend="pods") == 0
     wait_server_gone(hub, "bob")
-    assert ray_objects(emu) == []
+    assert ray_objects(kube_module) == []

@@ -23,9 +23,7 @@ from rayspawner import naming
 from rayspawner.config import RayConfig
 from rayspawner.errors import ClusterStartError, ConfigError
 
-from .spawner_fixtures import ray_objects, start, wait_until
-
-NS = "jhub"
+from .spawner_fixtures import RESTRICTED_TRAITS, ray_objects, start, wait_until
 
 
 @pytest.mark.parametrize(
@@ -142,15 +140,15 @@ def test_no_object_name_is_shared_by_two_clusters():
 
 
 # ---------------------------------------------------------------- against the API server
-def snapshot(emu, cluster: str) -> dict:
+def snapshot(kube, cluster: str) -> dict:
     """(resource, name) -> (uid, resourceVersion, user label) of every object of one cluster (objects
     KubeRay makes carry no user label)."""
     out = {}
     resources = ["pods", "services", "secrets", "deployments", "networkpolicies"]
-    if getattr(emu, "kuberay", False):
+    if kube.kuberay:
         resources.append("rayclusters")
     for resource in resources:
-        for obj in emu.list_objects(resource, NS, label_selector=f"ray.io/cluster={cluster}"):
+        for obj in kube.list_objects(resource, kube.ns, label_selector=f"ray.io/cluster={cluster}"):
             meta = obj["metadata"]
             out[(resource, meta["name"])] = (
                 meta["uid"],
@@ -161,59 +159,74 @@ def snapshot(emu, cluster: str) -> dict:
 
 
 @pytest.mark.parametrize("backend", ["pods", "kuberay"])
-async def test_a_colliding_spawn_fails_and_leaves_the_first_cluster_alone(
-    k8s_emu_factory, ray_spawner_factory, backend
-):
+async def test_a_colliding_spawn_fails_and_leaves_the_first_cluster_alone(kube, ray_spawner_factory, backend):
     """The admin changes the template from ray-{user_server} to {user_server} while alice's server
     runs; user "ray-alice" then gets the name of alice's cluster. His spawn fails, saying so; alice's
     objects keep their uid and resourceVersion (nothing deleted, replaced or patched)."""
-    emu = k8s_emu_factory(kuberay=backend == "kuberay")
-    alice = ray_spawner_factory(emu, "alice", ray_backend=backend)
+    alice = ray_spawner_factory(kube, "alice", ray_backend=backend)
     await start(alice)
-    await wait_until(lambda: len(snapshot(emu, "ray-alice")) >= (3 if backend == "kuberay" else 5))
+    await wait_until(lambda: len(snapshot(kube, "ray-alice")) >= (3 if backend == "kuberay" else 5))
     await asyncio.sleep(0.5)  # the controllers settle (worker pods, status)
-    before = snapshot(emu, "ray-alice")
+    before = snapshot(kube, "ray-alice")
     assert {v[2] for v in before.values()} == {"alice"}
+    # worker pods' status moves on; the head pod (KubeRay's is named ray-alice-head-<suffix>) has settled
+    heads = {
+        ("pods", p["metadata"]["name"])
+        for p in kube.list_objects(
+            "pods", kube.ns, label_selector=f"ray.io/cluster=ray-alice,{naming.LABEL_COMPONENT}={naming.COMPONENT_HEAD}"
+        )
+    }
+    assert len(heads) == 1 and heads <= before.keys(), heads
 
-    mallory = ray_spawner_factory(emu, "ray-alice", ray_backend=backend, ray_cluster_name_template="{user_server}")
+    mallory = ray_spawner_factory(kube, "ray-alice", ray_backend=backend, ray_cluster_name_template="{user_server}")
     with pytest.raises(ClusterStartError, match=r"already belongs to another server \(user 'alice', default server\)"):
         await start(mallory)
     assert mallory.ray_session.spec is None or mallory.ray_session.spec.name == "ray-alice"
     await asyncio.sleep(0.5)
-    after = snapshot(emu, "ray-alice")
-    stable = {k: v for k, v in before.items() if k[0] != "pods" or k[1] == "ray-alice-head"}
+    after = snapshot(kube, "ray-alice")
+    stable = {k: v for k, v in before.items() if k[0] != "pods" or k in heads}
     assert {k: after.get(k) for k in stable} == stable
     assert all(v[2] == "alice" for v in after.values())
     st = await alice.poll()
     assert st is None, st  # alice's server (and cluster) are still fine
 
     await alice.stop()
-    await wait_until(lambda: not ray_objects(emu), timeout=20)
+    await wait_until(lambda: not ray_objects(kube), timeout=20)
 
 
-async def test_kube_client_never_replaces_or_deletes_another_servers_object(k8s_emu, ray_spawner_factory):
+async def test_kube_client_never_replaces_or_deletes_another_servers_object(kube, ray_spawner_factory):
     from rayspawner.backends.kube import KubeClient
 
-    ray_spawner_factory(k8s_emu)  # points the shared client at the emulator
+    ns = kube.ns
+    ray_spawner_factory(kube)  # points the shared client at the test cluster
     uids = {}
     for pod in ("jupyter-alice--x", "jupyter-x"):  # owners, so the API server's GC keeps the Secrets
-        k8s_emu.create_object(
+        kube.create_object(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": pod, "namespace": NS},
-                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+                "metadata": {"name": pod, "namespace": ns},
+                "spec": {
+                    "securityContext": RESTRICTED_TRAITS["pod_security_context"],
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "busybox",
+                            "securityContext": {**RESTRICTED_TRAITS["container_security_context"], "runAsUser": 1000},
+                        }
+                    ],
+                },
             }
         )
-        uids[pod] = k8s_emu.get_object("pods", NS, pod)["metadata"]["uid"]
+        uids[pod] = kube.get_object("pods", ns, pod)["metadata"]["uid"]
     labels = naming.cluster_labels("ray-x", "alice", "x")
-    k8s_emu.create_object(
+    kube.create_object(
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {
                 "name": "ray-x-ray-token",
-                "namespace": NS,
+                "namespace": ns,
                 "labels": labels,
                 "ownerReferences": [
                     {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice--x", "uid": uids["jupyter-alice--x"]}
@@ -222,26 +235,26 @@ async def test_kube_client_never_replaces_or_deletes_another_servers_object(k8s_
             "data": {"auth_token": "YWxpY2U="},
         }
     )
-    theirs = k8s_emu.get_object("secrets", NS, "ray-x-ray-token")["metadata"]
-    kube = KubeClient(retry_timeout=5)
+    theirs = kube.get_object("secrets", ns, "ray-x-ray-token")["metadata"]
+    client = KubeClient(retry_timeout=5)
     mine = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": "ray-x-ray-token",
-            "namespace": NS,
+            "namespace": ns,
             "labels": naming.cluster_labels("ray-x", "x", ""),
             "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "jupyter-x", "uid": uids["jupyter-x"]}],
         },
         "stringData": {"auth_token": "mallory"},
     }
     with pytest.raises(ClusterStartError, match="belongs to another server") as e:
-        await kube.create(mine)
+        await client.create(mine)
     assert e.value.reason_label == "name_conflict"
     # this spawn's cleanup deletes by name: it must leave the other server's objects alone
-    assert await kube.delete("Secret", NS, "ray-x-ray-token") is False
-    assert await kube.delete("Pod", NS, "ray-x-head") is False
-    now = k8s_emu.get_object("secrets", NS, "ray-x-ray-token")
+    assert await client.delete("Secret", ns, "ray-x-ray-token") is False
+    assert await client.delete("Pod", ns, "ray-x-head") is False
+    now = kube.get_object("secrets", ns, "ray-x-ray-token")
     assert (now["metadata"]["uid"], now["metadata"]["resourceVersion"]) == (theirs["uid"], theirs["resourceVersion"])
     assert now["data"]["auth_token"] == "YWxpY2U="
 
@@ -249,7 +262,7 @@ async def test_kube_client_never_replaces_or_deletes_another_servers_object(k8s_
     stale = dict(
         mine, metadata=dict(mine["metadata"], name="ray-y-ray-token", labels=naming.cluster_labels("ray-y", "x", ""))
     )
-    k8s_emu.create_object(stale)
+    kube.create_object(stale)
     fresh = dict(
         stale,
         metadata=dict(
@@ -260,5 +273,5 @@ async def test_kube_client_never_replaces_or_deletes_another_servers_object(k8s_
         ),
     )
     await KubeClient(retry_timeout=5).create(fresh)
-    owners = k8s_emu.get_object("secrets", NS, "ray-y-ray-token")["metadata"]["ownerReferences"]
+    owners = kube.get_object("secrets", ns, "ray-y-ray-token")["metadata"]["ownerReferences"]
     assert [o["uid"] for o in owners] == [uids["jupyter-alice--x"]]

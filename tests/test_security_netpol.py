@@ -1,11 +1,12 @@
 """Who can reach whom: the per-cluster NetworkPolicy, evaluated (tests/netpol.py) over
-the pods and policies in the loopback API server after real spawns, for both backends.
+the pods and policies the real test cluster holds after real spawns, for both backends (the
+KubeRay operator makes its pods from our pod templates, labels included). There is no CNI on the
+test cluster: the evaluator answers as a conforming one would.
 
 Users: alice@example.org (default server, plus a second named server "dev") and bob, each with
 a Ray cluster of a head and two workers; bystanders: another pod in the namespace, a pod in
 another namespace, cluster DNS (kube-system, port 53) and OpenShift's DNS (openshift-dns,
-pods listen on 5353 behind the 53 Service). KubeRay pods are made by the emulator's KubeRay
-simulation from our pod templates (labels included). The Zero-to-JupyterHub singleuser policy
+pods listen on 5353 behind the 53 Service). The Zero-to-JupyterHub singleuser policy
 is rendered from ``jupyterhub_config/z2jh/values.yaml`` and evaluated together with ours.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -31,10 +32,13 @@ from rayspawner.spec import (
     RUNTIME_ENV_AGENT_PORT,
 )
 
+from testcluster.client import NODE_LABEL, ApiError
+from testcluster.fixtures import Kube
+
 from .netpol import Network, selector_matches
-from .spawner_fixtures import wait_until
+from .spawner_fixtures import RESTRICTED_TRAITS, wait_until
 
-
+#: the namespace of the evaluator's own tests (no cluster)
 NS = "jhub"
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "jupyterhub_config" / "z2jh" / "values.yaml"
@@ -68,27 +72,94 @@ OTHER_PORTS = [22, 80, 443, 8888]
 Z2JH_LABELS = {"app": "jupyterhub", "heritage": "jupyterhub", "release": "jhub", "chart": "jupyterhub-4.3.1"}
 
 
-def bystanders(emu: Any) -> None:
-    def pod(ns: str, name: str, labels: dict[str, str], ports: list[dict[str, Any]] | None = None) -> None:
-        c: dict[str, Any] = {"name": "c", "image": "busybox"}
-        if ports:
-            c["ports"] = ports
-        emu.create_object(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": ns, "labels": labels},
-                "spec": {"containers": [c]},
-            }
-        )
+def pod_doc(ns: str, name: str, labels: dict[str, str], ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A pod that passes the restricted Pod Security Standard, on the sim node wherever it is."""
+    c: dict[str, Any] = {
+        "name": "c",
+        "image": "busybox",
+        "securityContext": {**RESTRICTED_TRAITS["container_security_context"], "runAsUser": 1000},
+    }
+    if ports:
+        c["ports"] = ports
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "nodeSelector": {NODE_LABEL: "sim"},
+            "securityContext": RESTRICTED_TRAITS["pod_security_context"],
+            "containers": [c],
+        },
+    }
 
-    pod(NS, "random", {"app": "random"})
+
+class World:
+    """The test's namespaces and bystander pods: ``places[role] = (namespace, pod name)``. kube-system
+    and openshift-dns are cluster-wide names (DNS policies select them by name), shared with other
+    tests: pods there carry the test namespace in their names and are deleted afterwards."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.namespaces = [kube.ns]
+        self.places: dict[str, tuple[str, str]] = {}
+        self._made_namespaces: list[str] = []
+        self._shared_pods: list[tuple[str, str]] = []
+
+    def namespace(self, prefix: str, labels: dict[str, str] | None = None) -> str:
+        ns = self.kube.create_namespace(prefix)
+        self._made_namespaces.append(ns)
+        if labels:
+            self.kube.patch_object("namespaces", None, ns, {"metadata": {"labels": labels}})
+        self.namespaces.append(ns)
+        return ns
+
+    def shared_namespace(self, name: str) -> str:
+        if self.kube.get_object("namespaces", None, name) is None:
+            try:
+                self.kube.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+            except ApiError as e:
+                if e.code != 409:  # another test made it meanwhile
+                    raise
+        self.namespaces.append(name)
+        return name
+
+    def pod(self, role: str, ns: str, labels: dict[str, str], ports: list[dict[str, Any]] | None = None) -> None:
+        shared = ns not in self._made_namespaces and ns != self.kube.ns
+        name = f"{role}-{self.kube.ns}" if shared else role
+        self.kube.create_object(pod_doc(ns, name, labels, ports))
+        if shared:
+            self._shared_pods.append((ns, name))
+        self.places[role] = (ns, name)
+
+    def network(self) -> Network:
+        return Network.from_cluster(self.kube, self.namespaces)
+
+    def cleanup(self) -> None:
+        for ns, name in self._shared_pods:
+            self.kube.delete_object("pods", ns, name, grace_period_seconds=0)
+        for ns in self._made_namespaces:
+            self.kube.delete_namespace(ns)
+
+
+@pytest.fixture
+def world(kube: Kube) -> Iterator[World]:
+    w = World(kube)
+    try:
+        yield w
+    finally:
+        w.cleanup()
+
+
+def bystanders(world: World) -> None:
+    ns, elsewhere = world.kube.ns, world.namespace("elsewhere")
+    kube_system, openshift_dns = world.shared_namespace("kube-system"), world.shared_namespace("openshift-dns")
+    world.pod("random", ns, {"app": "random"})
     # a pod that copies the Ray labels but belongs to no user (e.g. someone's own "ray-head")
-    pod(NS, "lookalike", {naming.LABEL_MANAGED_BY: "someone-else", naming.LABEL_COMPONENT: naming.COMPONENT_HEAD})
-    pod("elsewhere", "intruder", {"app": "x"})
-    pod(
-        NS,
+    world.pod("lookalike", ns, {naming.LABEL_MANAGED_BY: "someone-else", naming.LABEL_COMPONENT: naming.COMPONENT_HEAD})
+    world.pod("intruder", elsewhere, {"app": "x"})
+    world.pod(
         "hub",
+        ns,
         {"app": "jupyterhub", "release": "jhub", "component": "hub"},
         [{"name": "http", "containerPort": 8081}],
     )
@@ -96,21 +167,21 @@ def bystanders(emu: Any) -> None:
         {"name": "dns", "containerPort": 53, "protocol": "UDP"},
         {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
     ]
-    pod("kube-system", "coredns", {"k8s-app": "kube-dns"}, dns)
+    world.pod("coredns", kube_system, {"k8s-app": "kube-dns"}, dns)
     odns = [
         {"name": "dns", "containerPort": 5353, "protocol": "UDP"},
         {"name": "dns-tcp", "containerPort": 5353, "protocol": "TCP"},
     ]
-    pod("openshift-dns", "dns-default", {"dns.operator.openshift.io/daemonset-dns": "default"}, odns)
-    pod("elsewhere", "fake-dns", {"k8s-app": "kube-dns"}, dns)  # the DNS label, in a namespace anyone may use
-    pod("kube-system", "kube-other", {"k8s-app": "metrics-server"}, dns)
+    world.pod("dns-default", openshift_dns, {"dns.operator.openshift.io/daemonset-dns": "default"}, odns)
+    world.pod("fake-dns", elsewhere, {"k8s-app": "kube-dns"}, dns)  # the DNS label, in a namespace anyone may use
+    world.pod("kube-other", kube_system, {"k8s-app": "metrics-server"}, dns)
 
 
-async def spawn_all(emu: Any, factory: Any, backend: str, **traits: Any) -> dict[str, Any]:
+async def spawn_all(kube: Kube, factory: Any, backend: str, **traits: Any) -> dict[str, Any]:
     made = {
-        "A": factory(emu, "alice@example.org", ray_backend=backend, **traits),
-        "A2": factory(emu, "alice@example.org", "dev", ray_backend=backend, **traits),
-        "B": factory(emu, "bob", ray_backend=backend, **traits),
+        "A": factory(kube, "alice@example.org", ray_backend=backend, **traits),
+        "A2": factory(kube, "alice@example.org", "dev", ray_backend=backend, **traits),
+        "B": factory(kube, "bob", ray_backend=backend, **traits),
     }
     for sp in made.values():
         sp.user_options = dict(RAY)
@@ -119,14 +190,15 @@ async def spawn_all(emu: Any, factory: Any, backend: str, **traits: Any) -> dict
 
 
 def cluster_pods(net: Network, sp: Any, component: str) -> list[dict[str, Any]]:
-    return net.select({naming.LABEL_CLUSTER: sp.ray_session.spec.name, naming.LABEL_COMPONENT: component}, NS)
+    labels = {naming.LABEL_CLUSTER: sp.ray_session.spec.name, naming.LABEL_COMPONENT: component}
+    return net.select(labels, sp.namespace)
 
 
-async def settled(emu: Any, spawners: dict[str, Any]) -> Network:
+async def settled(world: World, spawners: dict[str, Any]) -> Network:
     """Wait until every Ray pod (head + 2 workers per cluster) and bystander has an IP."""
     deadline = asyncio.get_running_loop().time() + 30
     while True:
-        net = Network.from_emu(emu)
+        net = world.network()
         counts = [len(cluster_pods(net, sp, naming.COMPONENT_WORKER)) for sp in spawners.values()]
         ips = all((p.get("status") or {}).get("podIP") for p in net.pods)
         heads = [len(cluster_pods(net, sp, naming.COMPONENT_HEAD)) for sp in spawners.values()]
@@ -136,24 +208,15 @@ async def settled(emu: Any, spawners: dict[str, Any]) -> Network:
         await asyncio.sleep(0.1)
 
 
-def who(net: Network, spawners: dict[str, Any]) -> dict[str, Any]:
+def who(net: Network, spawners: dict[str, Any], world: World) -> dict[str, Any]:
     roles: dict[str, Any] = {}
     for key, sp in spawners.items():
-        roles[f"{key}.notebook"] = net.pod(NS, sp.pod_name)
+        roles[f"{key}.notebook"] = net.pod(sp.namespace, sp.pod_name)
         roles[f"{key}.head"] = cluster_pods(net, sp, naming.COMPONENT_HEAD)[0]
         for i, w in enumerate(cluster_pods(net, sp, naming.COMPONENT_WORKER)):
             roles[f"{key}.worker{i}"] = w
-    for ns, name in (
-        (NS, "random"),
-        (NS, "lookalike"),
-        ("elsewhere", "intruder"),
-        (NS, "hub"),
-        ("kube-system", "coredns"),
-        ("openshift-dns", "dns-default"),
-        ("elsewhere", "fake-dns"),
-        ("kube-system", "kube-other"),
-    ):
-        roles[name] = net.pod(ns, name)
+    for role, (ns, name) in world.places.items():
+        roles[role] = net.pod(ns, name)
     return roles
 
 
@@ -169,12 +232,11 @@ def backend(request: Any) -> str:
 
 
 @pytest.mark.asyncio
-async def test_cluster_policy_semantics(backend, k8s_emu_factory, ray_spawner_factory):
-    emu = k8s_emu_factory(kuberay=backend == "kuberay")
-    bystanders(emu)
-    spawners = await spawn_all(emu, ray_spawner_factory, backend, ray_orphan_sweep_interval=0)
-    net = await settled(emu, spawners)
-    r = who(net, spawners)
+async def test_cluster_policy_semantics(backend, kube, world, ray_spawner_factory):
+    bystanders(world)
+    spawners = await spawn_all(kube, ray_spawner_factory, backend, ray_orphan_sweep_interval=0)
+    net = await settled(world, spawners)
+    r = who(net, spawners, world)
     ray_pods = {k for k in r if k.split(".")[-1].startswith(("head", "worker"))}
 
     # the notebook selector really matches the notebook pod KubeSpawner made (escaped user name)
@@ -240,24 +302,11 @@ async def test_cluster_policy_semantics(backend, k8s_emu_factory, ray_spawner_fa
 
 
 @pytest.mark.asyncio
-async def test_extra_ingress_peer_only_opens_what_it_says(k8s_emu_factory, ray_spawner_factory):
-    """ray_network_policy_extra_ingress: Prometheus (namespace "monitoring") may scrape 8080, nothing else."""
-    emu = k8s_emu_factory()
-    emu.create_object(
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": "monitoring", "labels": {"purpose": "monitoring"}},
-        }
-    )
-    emu.create_object(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "prometheus", "namespace": "monitoring", "labels": {"app": "prometheus"}},
-            "spec": {"containers": [{"name": "c", "image": "prom"}]},
-        }
-    )
+async def test_extra_ingress_peer_only_opens_what_it_says(kube, world, ray_spawner_factory):
+    """ray_network_policy_extra_ingress: Prometheus (a namespace labelled purpose=monitoring) may
+    scrape 8080, nothing else."""
+    monitoring = world.namespace("monitoring", {"purpose": "monitoring"})
+    world.pod("prometheus", monitoring, {"app": "prometheus"})
     extra = [
         {
             "from": [
@@ -269,16 +318,16 @@ async def test_extra_ingress_peer_only_opens_what_it_says(k8s_emu_factory, ray_s
             "ports": [{"protocol": "TCP", "port": 8080}],
         }
     ]
-    sp = ray_spawner_factory(emu, "alice", ray_network_policy_extra_ingress=extra, ray_orphan_sweep_interval=0)
+    sp = ray_spawner_factory(kube, "alice", ray_network_policy_extra_ingress=extra, ray_orphan_sweep_interval=0)
     sp.user_options = dict(RAY)
     await asyncio.wait_for(sp.start(), 30)
-    net = await settled(emu, {"A": sp})
-    head, prom = cluster_pods(net, sp, naming.COMPONENT_HEAD)[0], net.pod("monitoring", "prometheus")
+    net = await settled(world, {"A": sp})
+    head, prom = cluster_pods(net, sp, naming.COMPONENT_HEAD)[0], net.pod(*world.places["prometheus"])
     assert [p for p in ALL_RAY_PORTS if net.allowed(prom, head, p)] == [8080]
 
 
 # ----------------------------------------------------------------- Zero-to-JupyterHub
-def z2jh_singleuser_policy(values: dict[str, Any], release: str = "jhub", namespace: str = NS) -> dict[str, Any]:
+def z2jh_singleuser_policy(values: dict[str, Any], namespace: str, release: str = "jhub") -> dict[str, Any]:
     """The NetworkPolicy z2jh (chart 3.x/4.x, templates/singleuser/netpol.yaml and
     _helpers-netpol.tpl) renders for singleuser pods from these values, with the chart's defaults."""
     np = {
@@ -391,18 +440,17 @@ def own_ray_traffic(src: str, dst: str, port: int) -> bool:
 
 @pytest.mark.parametrize("backend", ["pods", "kuberay"])
 @pytest.mark.asyncio
-async def test_z2jh_singleuser_policy_with_ours(backend, k8s_emu_factory, ray_spawner_factory):
-    z2jh = z2jh_singleuser_policy(shipped_values())
-    emu = k8s_emu_factory(kuberay=backend == "kuberay")
-    bystanders(emu)
-    emu.create_object(z2jh)  # there before the spawns: the spawner sees the notebook pods isolated
+async def test_z2jh_singleuser_policy_with_ours(backend, kube, world, ray_spawner_factory):
+    z2jh = z2jh_singleuser_policy(shipped_values(), namespace=kube.ns)
+    bystanders(world)
+    kube.create_object(z2jh)  # there before the spawns: the spawner sees the notebook pods isolated
     spawners = await spawn_all(
-        emu, ray_spawner_factory, backend, ray_orphan_sweep_interval=0, common_labels=dict(Z2JH_LABELS)
+        kube, ray_spawner_factory, backend, ray_orphan_sweep_interval=0, common_labels=dict(Z2JH_LABELS)
     )
-    both = await settled(emu, spawners)
-    namespaces = emu.list_objects("namespaces")
+    both = await settled(world, spawners)
+    namespaces = kube.list_objects("namespaces")
     chart_only = Network(both.pods, [p for p in both.policies if p["metadata"]["name"] == "singleuser"], namespaces)
-    r = who(both, spawners)
+    r = who(both, spawners, world)
     mine = [p for p in both.policies if p["metadata"]["name"] == f"{spawners['A'].ray_session.spec.name}-notebook"]
     assert len(mine) == 1 and mine[0]["spec"]["policyTypes"] == ["Ingress", "Egress"], mine
     assert z2jh["metadata"]["name"] in [p["metadata"]["name"] for p in both.selecting(r["A.notebook"], "Egress")]
@@ -436,20 +484,19 @@ async def test_z2jh_singleuser_policy_with_ours(backend, k8s_emu_factory, ray_sp
 
 
 @pytest.mark.asyncio
-async def test_client_mode_opens_only_the_client_ports(k8s_emu_factory, ray_spawner_factory):
+async def test_client_mode_opens_only_the_client_ports(kube, world, ray_spawner_factory):
     """ray_connect_mode = "client": no notebook node, so the cluster never connects back to
     the notebook, and the notebook reaches only GCS, Ray Client and the dashboard."""
-    z2jh = z2jh_singleuser_policy(shipped_values())
-    emu = k8s_emu_factory()
-    bystanders(emu)
-    emu.create_object(z2jh)
+    z2jh = z2jh_singleuser_policy(shipped_values(), namespace=kube.ns)
+    bystanders(world)
+    kube.create_object(z2jh)
     sp = ray_spawner_factory(
-        emu, "alice", ray_connect_mode="client", ray_orphan_sweep_interval=0, common_labels=dict(Z2JH_LABELS)
+        kube, "alice", ray_connect_mode="client", ray_orphan_sweep_interval=0, common_labels=dict(Z2JH_LABELS)
     )
     sp.user_options = dict(RAY)
     await asyncio.wait_for(sp.start(), 30)
-    net = await settled(emu, {"A": sp})
-    r = who(net, {"A": sp})
+    net = await settled(world, {"A": sp})
+    r = who(net, {"A": sp}, world)
     mine = [p for p in net.policies if p["metadata"]["name"] == f"{sp.ray_session.spec.name}-notebook"]
     assert len(mine) == 1 and mine[0]["spec"]["policyTypes"] == ["Egress"], mine
     assert reachable(net, r, "A.notebook", "A.head", ALL_RAY_PORTS) == sorted(CLIENT_NOTEBOOK_PORTS)
@@ -521,31 +568,30 @@ def test_evaluator_semantics():
 
 
 @pytest.mark.asyncio
-async def test_kuberay_autoscaling_egress_to_the_api_server_is_the_heads_alone(k8s_emu_factory, ray_spawner_factory):
+async def test_kuberay_autoscaling_egress_to_the_api_server_is_the_heads_alone(kube, world, ray_spawner_factory):
     """With autoscaling, the head pod (where KubeRay's autoscaler sidecar runs) may reach the API
     server's ports, TCP 443/6443, through a policy of its own: at any address by default (A), only at
     ray_autoscaler_api_server_cidrs when set (B; the "hub" pod's IP stands in for the API server).
     Workers never can; no Ray port opens; other users' Ray pods still refuse A's pods."""
-    emu = k8s_emu_factory(kuberay=True)
-    bystanders(emu)
-    api_ip = await wait_until(lambda: (emu.get_object("pods", NS, "hub").get("status") or {}).get("podIP"))
-    api_ip = api_ip.replace("127.244.", "10.244.", 1)  # as Network.from_emu sees it
+    bystanders(world)
+    api_ip = await wait_until(lambda: (kube.get_object("pods", kube.ns, "hub").get("status") or {}).get("podIP"))
+    api_ip = api_ip.replace("127.244.", "10.244.", 1)  # as Network.from_cluster sees it
     traits = dict(ray_orphan_sweep_interval=0, ray_worker_min_replicas=2, ray_worker_max_replicas=3)
     spawners = {
-        "A": ray_spawner_factory(emu, "alice", ray_backend="kuberay", **traits),
+        "A": ray_spawner_factory(kube, "alice", ray_backend="kuberay", **traits),
         "B": ray_spawner_factory(
-            emu, "bob", ray_backend="kuberay", ray_autoscaler_api_server_cidrs=[f"{api_ip}/32"], **traits
+            kube, "bob", ray_backend="kuberay", ray_autoscaler_api_server_cidrs=[f"{api_ip}/32"], **traits
         ),
     }
     for sp in spawners.values():
         sp.user_options = dict(RAY)
     await asyncio.wait_for(asyncio.gather(*(sp.start() for sp in spawners.values())), 60)
     assert spawners["A"].ray_session.spec.autoscaling
-    net = await settled(emu, spawners)
+    net = await settled(world, spawners)
     head_a = cluster_pods(net, spawners["A"], naming.COMPONENT_HEAD)[0]
     head_b = cluster_pods(net, spawners["B"], naming.COMPONENT_HEAD)[0]
     workers = [w for sp in spawners.values() for w in cluster_pods(net, sp, naming.COMPONENT_WORKER)]
-    random, hub = net.pod(NS, "random"), net.pod(NS, "hub")
+    random, hub = net.pod(kube.ns, "random"), net.pod(kube.ns, "hub")
     assert [p for p in (443, 6443, 6379, 10001) if net.allowed(head_a, random, p)] == [443, 6443]
     assert [p for p in (443, 6443, 6379) if net.allowed(head_b, hub, p)] == [443, 6443]
     assert [p for p in (443, 6443) if net.allowed(head_b, random, p)] == []

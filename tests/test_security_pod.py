@@ -2,15 +2,16 @@
 ``restricted-v2`` SecurityContextConstraints (and Pod Security "restricted"), plus the
 project's own rules (limits everywhere, no service-account token in Ray containers).
 
-Checked on the manifests of both backends over a matrix of options, on the pods the
-emulator actually creates from them (Deployment and KubeRay simulation), and on the init
-container RaySpawner adds to the notebook pod.
+Checked on the manifests of both backends over a matrix of options, on the pods the real
+test cluster creates from them (the Deployment controller, the KubeRay operator) under the
+restricted Pod Security admission, and on the init container RaySpawner adds to the notebook pod.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pytest
 
@@ -164,15 +165,15 @@ MATRIX: dict[str, dict[str, Any]] = {
 OWNER = common.owner_reference("jupyter-alice", "00000000-0000-0000-0000-000000000001")
 
 
-async def spec_for(factory: Any, emu: Any, traits: dict[str, Any]) -> Any:
-    sp = factory(emu, ray_enabled=True, profile_list=[], ray_orphan_sweep_interval=0, **traits)
+async def spec_for(factory: Any, kube: Any, traits: dict[str, Any]) -> Any:
+    sp = factory(kube, ray_enabled=True, profile_list=[], ray_orphan_sweep_interval=0, **traits)
     return sp, await sp.load_ray_options()
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("case", list(MATRIX))
-async def test_every_ray_pod_manifest_is_restricted_v2(case, k8s_emu, ray_spawner_factory):
-    sp, spec = await spec_for(ray_spawner_factory, k8s_emu, MATRIX[case])
+async def test_every_ray_pod_manifest_is_restricted_v2(case, kube, ray_spawner_factory):
+    sp, spec = await spec_for(ray_spawner_factory, kube, MATRIX[case])
     for backend in (pods, kuberay):
         objs = backend.cluster_objects(spec, OWNER)
         found = ray_pod_specs(objs)
@@ -202,28 +203,73 @@ async def test_every_ray_pod_manifest_is_restricted_v2(case, k8s_emu, ray_spawne
         assert _container_violations(ApiClient().sanitize_for_serialization(c), {}, "notebook pod") == []
 
 
-@pytest.mark.asyncio
-@pytest.mark.parametrize("kuberay_on", [False, True])
-async def test_pods_created_in_the_api_server_are_restricted_v2(kuberay_on, k8s_emu_factory, ray_spawner_factory):
-    """What the Deployment controller / KubeRay simulation make from our manifests keeps the settings."""
-    emu = k8s_emu_factory(kuberay=kuberay_on)
-    sp = ray_spawner_factory(
-        emu,
-        ray_backend="kuberay" if kuberay_on else "pods",
-        ray_orphan_sweep_interval=0,
-        **MATRIX["volumes-and-extras"],
+@contextmanager
+def bound_claim(kube: Any, claim: str) -> Iterator[None]:
+    """A PersistentVolumeClaim ``claim`` in the test's namespace, bound to a PersistentVolume made
+    for it (the scheduler keeps a pod whose claim is missing or unbound Pending)."""
+    pv = f"{kube.ns}-{claim}"
+    kube.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": f"/var/tmp/{pv}"},
+                "claimRef": {"namespace": kube.ns, "name": claim},
+            },
+        }
     )
+    try:
+        kube.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": kube.ns},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        )
+        kube.wait_for(
+            lambda: (
+                (kube.get_object("persistentvolumeclaims", kube.ns, claim).get("status") or {}).get("phase") == "Bound"
+            ),
+            what=f"claim {claim} bound",
+        )
+        yield
+    finally:
+        kube.delete_object("persistentvolumes", None, pv)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["pods", "kuberay"])
+async def test_pods_created_in_the_api_server_are_restricted_v2(backend, kube, ray_spawner_factory):
+    """What the Deployment controller / the KubeRay operator make from our manifests keeps the
+    settings, and the restricted Pod Security admission lets every one of them in."""
+    sp = ray_spawner_factory(kube, ray_backend=backend, ray_orphan_sweep_interval=0, **MATRIX["volumes-and-extras"])
     sp.user_options = {"profile": "ray", "workers": "2"}
-    await asyncio.wait_for(sp.start(), 30)
-    name = sp.ray_session.spec.name
-    deadline = asyncio.get_running_loop().time() + 20
-    while len(emu.list_objects("pods", "jhub", f"ray.io/cluster={name}")) < 3:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.1)
-    created = emu.list_objects("pods", "jhub", f"ray.io/cluster={name}")
-    problems = [p for pod in created for p in restricted_v2_violations(pod["spec"], f"pod {pod['metadata']['name']}")]
-    assert problems == []
-    await asyncio.wait_for(sp.stop(), 30)
+    with bound_claim(kube, VOLUME["persistentVolumeClaim"]["claimName"]):
+        await asyncio.wait_for(sp.start(), 30)
+        name = sp.ray_session.spec.name
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(kube.list_objects("pods", kube.ns, f"ray.io/cluster={name}")) < 3:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+        created = kube.list_objects("pods", kube.ns, f"ray.io/cluster={name}")
+        assert len(created) == 3, [p["metadata"]["name"] for p in created]
+        problems = [
+            p for pod in created for p in restricted_v2_violations(pod["spec"], f"pod {pod['metadata']['name']}")
+        ]
+        assert problems == []
+        assert all(VOLUME in pod["spec"]["volumes"] for pod in created)
+        await asyncio.wait_for(sp.stop(), 30)
 
 
 def test_checker_catches_each_rule():
