@@ -9,12 +9,16 @@ included, are streamed back. Along the way it
   or ``pods/status``-style for subresources; discovery is not logged);
 - counts open watches (``open_watches.current`` / ``.peak``);
 - injects faults from :class:`Faults`: an error status with the API server's own ``Status``
-  body shape (429 with ``Retry-After``), added latency, or a watch cut mid-stream.
+  body shape (429 with ``Retry-After``), added latency, or a watch cut mid-stream;
+- hides whole API groups (``hidden_groups``): every path under ``/apis/<group>`` answers 404 and
+  ``/apis`` leaves the group out, as an API server where that group's CRDs are not installed
+  (KubeRay absent, on a control plane whose operator other tests share).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import threading
@@ -228,6 +232,7 @@ class FaultProxy:
         self.request_log: list[tuple[str, str, str | None, str | None]] = []
         self.discovery_log: list[tuple[str, str]] = []  # ("discovery", path): /version, /api, /apis/...
         self.open_watches = WatchCounter()
+        self.hidden_groups: set[str] = set()
         self.url = ""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -280,7 +285,35 @@ class FaultProxy:
         if self._thread is not None:
             self._thread.join(10)
 
+    def _hidden(self, path: str) -> bool:
+        parts = [p for p in path.split("/") if p]
+        return len(parts) >= 2 and parts[0] == "apis" and parts[1] in self.hidden_groups
+
+    async def _apis_without_hidden(self, request: web.Request) -> web.Response:
+        """``GET /apis`` as JSON, the hidden groups left out (the client is asked for plain
+        APIGroupList JSON, not the aggregated form, which would need the same filtering)."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS | {"accept"}}
+        headers["Accept"] = "application/json"
+        assert self._session is not None
+        async with self._session.get(self.upstream + "/apis", headers=headers) as upstream:
+            doc = json.loads(await upstream.read())
+        if upstream.status == 200:
+            doc["groups"] = [g for g in doc.get("groups", []) if g.get("name") not in self.hidden_groups]
+        return web.json_response(doc, status=upstream.status)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.hidden_groups:
+            if request.method == "GET" and request.path.rstrip("/") == "/apis":
+                self.discovery_log.append(("discovery", request.path))
+                return await self._apis_without_hidden(request)
+            if self._hidden(request.path):
+                info = classify(request.method, request.path, parse_qs(request.query_string))
+                if info is not None:
+                    self.request_log.append((info.verb, info.resource, info.namespace, info.name))
+                else:
+                    self.discovery_log.append(("discovery", request.path))
+                # the API server's answer (its mux's NotFound handler) for a path no group serves
+                return web.Response(status=404, text="404 page not found\n", content_type="text/plain", charset="utf-8")
         info = classify(request.method, request.path, parse_qs(request.query_string))
         fault = None
         if info is not None:

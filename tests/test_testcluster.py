@@ -141,7 +141,23 @@ def test_fault_proxy_classifies_requests_and_injects_faults(kube):
     assert kube.request_log[-2:] == [("list", "pods", kube.ns, None)] * 2
 
 
-def _via_proxy(kube, method: str, path: str):
+def test_a_hidden_api_group_looks_as_an_uninstalled_one_does(kube):
+    """The proxy's answer for a hidden group is the real API server's for a group it does not serve."""
+    real = _via_proxy_raw(kube, "GET", "/apis/nosuch.rayspawner.test/v1")
+    assert real[0] == 404, real
+    kube.proxy.hidden_groups.add("ray.io")
+    try:
+        for path in ("/apis/ray.io/v1", f"/apis/ray.io/v1/namespaces/{kube.ns}/rayclusters"):
+            assert _via_proxy_raw(kube, "GET", path) == real, path
+        code, groups = _via_proxy(kube, "GET", "/apis")
+        names = {g["name"] for g in groups["groups"]}
+        assert code == 200 and "ray.io" not in names and "apps" in names, names
+    finally:
+        kube.proxy.hidden_groups.clear()
+    assert _via_proxy(kube, "GET", "/apis/ray.io/v1")[0] == 200  # installed on this cluster
+
+
+def _via_proxy_raw(kube, method: str, path: str) -> tuple[int, str, bytes]:
     import http.client
     from urllib.parse import urlsplit
 
@@ -150,7 +166,12 @@ def _via_proxy(kube, method: str, path: str):
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
     conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
     resp = conn.getresponse()
-    return resp.status, json.loads(resp.read())
+    return resp.status, resp.getheader("Content-Type") or "", resp.read()
+
+
+def _via_proxy(kube, method: str, path: str):
+    code, _, body = _via_proxy_raw(kube, method, path)
+    return code, json.loads(body)
 
 
 def test_kubectl_apply_get_logs_delete_through_the_node_agent(kube, tmp_path):
