@@ -68,6 +68,21 @@ class RayPodReflector(ResourceReflector):
         return self.resources
 
 
+def _drop_unloaded(registry: dict, key: Any, reflector: Any) -> None:
+    """Forget a reflector this start made whose first list did not succeed. KubeSpawner cancels
+    the pod reflector's start when the events reflector's fails (and JupyterHub's timeout cancels
+    both): ``ResourceReflector.start`` then never settles ``first_load_future``, so every later
+    poll and spawn of the namespace would await it for ever."""
+    first = reflector.first_load_future
+    if first.done() and not first.cancelled() and first.exception() is None:
+        return  # loaded: a later step failed, the reflector is fine
+    if not first.done():
+        first.set_exception(RuntimeError(f"the first list of {reflector.kind} was cancelled"))
+        first.exception()  # retrieved: no "exception was never retrieved" when nobody waits
+    registry.pop(key, None)
+    asyncio.ensure_future(reflector.stop())
+
+
 class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
     """KubeSpawner that also starts the user's own Ray cluster when ``ray_enabled``."""
 
@@ -323,13 +338,17 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
         registry = self.__class__.reflectors
 
         async def attempt():
+            before = registry.get(key)
             try:
                 return await super(RaySpawner, self)._start_reflector(kind, reflector_class, replace=replace, **kwargs)
-            except Exception:
+            except BaseException:
                 failed = registry.get(key)
-                first = failed.first_load_future if failed is not None else None
-                if first is not None and first.done() and (first.cancelled() or first.exception() is not None):
-                    registry.pop(key, None)  # not kept: the next attempt (or spawn) lists again
+                if failed is not None and failed is not before:
+                    _drop_unloaded(registry, key, failed)
+                elif failed is not None and failed.first_load_future.done():
+                    first = failed.first_load_future
+                    if first.cancelled() or first.exception() is not None:
+                        registry.pop(key, None)  # not kept: the next attempt (or spawn) lists again
                 raise
 
         resource = KINDS_BY_PLURAL.get(reflector_class.kind, KINDS["Pod"])
@@ -427,7 +446,10 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
 
         while True:
             try:
-                await self.sweep_orphans(SWEPT_KINDS if await kuberay_served(self.log) else BUILTIN_KINDS)
+                # a hub set to plain pods makes no RayCluster, and its Role (role-pods.yaml
+                # alone) may not list them even where KubeRay is installed
+                kuberay = self.ray_backend != "pods" and await kuberay_served(self.log)
+                await self.sweep_orphans(SWEPT_KINDS if kuberay else BUILTIN_KINDS)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a failed sweep must never hurt spawning

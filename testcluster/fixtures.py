@@ -8,7 +8,9 @@
   (``jupyterhub_config/rbac/``), and a fault proxy in front of the API server whose
   ``kubeconfig_path`` authenticates as that ServiceAccount. Tests isolate by namespace.
 - ``kube_factory(node="sim", rbac=[...], pss="restricted")``: the same with choices;
-  ``kube_module``: one for a whole module.
+  ``kube_module``: one for a whole module. ``kube.namespace_for_hub()`` adds another namespace
+  where the same hub account holds the same Roles (a hub that spawns into several namespaces,
+  as KubeSpawner's ``enable_user_namespaces``): many cases behind one fault proxy.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import copy
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -87,6 +89,18 @@ class Kube:
     proxy: FaultProxy
     kubeconfig_path: Path
     hub_user: str
+    node: str = "sim"
+    pss: str = "restricted"
+    rbac: list[dict[str, Any]] | None = None
+    extra_namespaces: list[str] = field(default_factory=list)
+
+    def namespace_for_hub(self, prefix: str = "jhub") -> str:
+        """A new namespace (same Pod Security and node) whose Roles bind this Kube's hub account."""
+        c = self.cluster.client
+        ns = c.create_namespace(prefix, pss=self.pss, node=self.node)
+        self.extra_namespaces.append(ns)
+        _bind_hub(c, ns, hub_rbac_documents() if self.rbac is None else self.rbac, subject_ns=self.ns)
+        return ns
 
     @property
     def url(self) -> str:
@@ -125,14 +139,14 @@ def hub_rbac_documents(names: tuple[str, ...] = HUB_ROLES) -> list[dict[str, Any
     return [d for name in names for d in yaml.safe_load_all((RBAC_DIR / name).read_text()) if d]
 
 
-def _bind_hub(client: Client, ns: str, docs: list[dict[str, Any]]) -> None:
-    """Create the documents in ``ns``, their ServiceAccount subjects moved there (as an admin
-    applying them with ``kubectl apply -n`` after editing the subject does)."""
+def _bind_hub(client: Client, ns: str, docs: list[dict[str, Any]], subject_ns: str | None = None) -> None:
+    """Create the documents in ``ns``, their ServiceAccount subjects moved to ``subject_ns``
+    (default ``ns``; as an admin applying them with ``kubectl apply -n`` after editing the subject does)."""
     for doc in copy.deepcopy(docs):
         doc.setdefault("metadata", {})["namespace"] = ns
         for subject in doc.get("subjects") or []:
             if subject.get("kind") == "ServiceAccount":
-                subject["namespace"] = ns
+                subject["namespace"] = subject_ns or ns
         client.create_object(doc)
 
 
@@ -151,12 +165,13 @@ def make_kube(
     token = c.service_account_token(ns, "hub")
     proxy = FaultProxy(cluster.server, ssl_context(cluster.pki.ca.cert)).start()
     kc = c.token_kubeconfig(workdir / f"hub-{ns}.kubeconfig", token, server=proxy.url, namespace=ns)
-    return Kube(cluster, ns, proxy, kc, f"system:serviceaccount:{ns}:hub")
+    return Kube(cluster, ns, proxy, kc, f"system:serviceaccount:{ns}:hub", node, pss, rbac)
 
 
 def drop_kube(kube: Kube) -> None:
     kube.proxy.stop()
-    kube.cluster.client.delete_namespace(kube.ns)
+    for ns in [*kube.extra_namespaces, kube.ns]:
+        kube.cluster.client.delete_namespace(ns)
 
 
 @pytest.fixture

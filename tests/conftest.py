@@ -25,10 +25,10 @@ REAL_RAY_MODULES = {
 }
 
 
-#: quick modules whose cases each run a whole spawn+stop under injected API faults with tight
-#: retry bounds: one worker runs them one after another, so they never load the machine together
-#: (four at once once pushed a stop past its bound)
-SERIAL_QUICK_MODULES = {"test_reliability_faults"}
+#: modules whose cases each run many spawn+stops under injected API faults: one worker runs them
+#: one after another (in the quick and in the slow phase), so they never load the machine
+#: together (four at once once pushed a stop past its bound)
+SERIAL_MODULES = {"test_reliability_faults"}
 
 
 #: real-Ray modules collected last (so run last in their group, once the niced tests beside
@@ -46,12 +46,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def group_of(nodeid: str) -> str:
     """The xdist scope of a test: "real-ray" for the real-Ray modules, the module for the
-    serial quick ones, else the test itself (spread over the workers like ``--dist load``).
+    serial ones, else the test itself (spread over the workers like ``--dist load``).
     xdist starts the biggest scope first; a scope runs in collection order."""
     module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
     if module in REAL_RAY_MODULES:
         return "real-ray"
-    if module in SERIAL_QUICK_MODULES:
+    if module in SERIAL_MODULES:
         return module
     return nodeid
 

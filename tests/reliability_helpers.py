@@ -1,6 +1,6 @@
 """Helpers for the reliability suite (tests/test_reliability_*.py).
 
-- :func:`add_nth_fault`: a fault (the test cluster's fault proxy, or k8semu) that fires on the
+- :func:`add_nth_fault`: a fault of the test cluster's fault proxy that fires on the
   *n*-th matching request, so every step of a spawn can be hit;
 - :func:`hub_stop`: what JupyterHub's ``User.stop`` does with a spawner;
 - :func:`hub_start`: what ``User.spawn`` does (start with ``start_timeout``, no
@@ -16,53 +16,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tests.k8semu.faults import Fault
 
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 RAY_SELECTOR = "app.kubernetes.io/managed-by=rayspawner"
 
 
-@dataclass
-class NthFault(Fault):
-    """A fault that lets the first ``skip`` matching requests through."""
-
-    skip: int = 0
-    seen: int = 0
-
-    def matches(self, verb: str, resource: str, namespace: str | None, name: str | None) -> bool:
-        if not super().matches(verb, resource, namespace, name):
-            return False
-        self.seen += 1
-        return self.seen > self.skip
-
-
 def add_nth_fault(
-    emu: Any, verb: str, resource: str, nth: int, namespace: str, name: str | None = None, **kw: Any
+    kube: Any, verb: str, resource: str, nth: int, namespace: str, name: str | None = None, **kw: Any
 ) -> Any:
     """Inject a fault on the ``nth`` (1-based) request ``verb resource [name]`` in ``namespace``
     (``name`` None: any name; creates and lists carry none).
 
-    ``kw`` as for ``emu.faults.add`` (status, latency, drop_watch, retry_after, count).
+    ``kw`` as for ``kube.faults.add`` (status, latency, drop_watch, retry_after, count).
     """
-    status = kw.pop("status", None if ("latency" in kw or kw.get("drop_watch")) else 500)
-    if hasattr(emu, "proxy"):  # the real test cluster's fault proxy counts matches itself
-        return emu.faults.add(verb, resource, status, name=name, namespace=namespace, skip=nth - 1, **kw)
-    fault = NthFault(
-        verb,
-        resource,
-        status,
-        kw.pop("count", 1),
-        kw.pop("retry_after", None),
-        kw.pop("latency", None),
-        kw.pop("drop_watch", False),
-        name,
-        namespace,
-        skip=nth - 1,
-    )
-    assert not kw, kw
-    with emu.faults._lock:  # Faults.add has no "n-th request" option; same list, same lock
-        emu.faults._faults.append(fault)
-    return fault
+    return kube.faults.add(verb, resource, name=name, namespace=namespace, skip=nth - 1, **kw)
 
 
 def steps_of(request_log: list[tuple], namespace: str) -> list[tuple[str, str, int, str | None]]:
@@ -86,8 +53,10 @@ def readable(e: BaseException) -> str:
     return message
 
 
-def leftovers(emu: Any, namespace: str = "jhub") -> list[tuple[str, str]]:
-    """rayspawner objects, objects of any Ray cluster (KubeRay's too) and notebook pods in ``namespace``."""
+def leftovers(emu: Any, namespace: str | None = None) -> list[tuple[str, str]]:
+    """rayspawner objects, objects of any Ray cluster (KubeRay's too) and notebook pods in
+    ``namespace`` (default: the test's own)."""
+    namespace = namespace or emu.ns
     found: set[tuple[str, str]] = set()
     resources = ["pods", "services", "secrets", "deployments", "replicasets", "networkpolicies", "configmaps"]
     if getattr(emu, "kuberay", False):
@@ -104,7 +73,7 @@ def leftovers(emu: Any, namespace: str = "jhub") -> list[tuple[str, str]]:
     return sorted(found)
 
 
-async def settle(emu: Any, namespace: str = "jhub", timeout: float = 10.0) -> list[tuple[str, str]]:
+async def settle(emu: Any, namespace: str | None = None, timeout: float = 10.0) -> list[tuple[str, str]]:
     """Wait (GC, terminating pods) until nothing is left; return what is left after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

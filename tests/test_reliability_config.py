@@ -9,7 +9,8 @@ Where it fails, and why (docs/reliability.md):
 - unknown ``ray_backend`` (any invalid trait value): HTTP 500 whose message names the
   trait and the allowed values (was "Internal Server Error" plus a traceback in the log);
 - a bad quantity in config (``ray_worker_memory = "lots"``): HTTP 400 naming the setting;
-- ``ray_backend = "kuberay"`` without the CRD: the message says KubeRay is missing and how to fix it;
+- ``ray_backend = "kuberay"`` without the CRD (the test cluster's fault proxy hides ``ray.io`` as an
+  API server without KubeRay answers): the message says KubeRay is missing and how to fix it;
 - an unreachable API server: the message says the Kubernetes API kept failing, after
   ``k8s_api_request_retry_timeout`` seconds.
 """
@@ -42,10 +43,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_config_error_fails_spawn_clearly(k8s_emu, tmp_path, case):
-    emu = k8s_emu
+def test_config_error_fails_spawn_clearly(kube, tmp_path, case):
     line, status, fragments = CASES[case]
-    host, kubeconfig = emu.url, emu.kubeconfig_path
+    host, kubeconfig = kube.url, kube.kubeconfig_path
+    if case == "kuberay-forced-without-crd":
+        kube.proxy.hidden_groups.add("ray.io")
     if case == "unreachable-api":
         host = f"http://127.0.0.1:{free_port()}"  # nothing listens there
         doc = yaml.safe_load(kubeconfig.read_text())
@@ -54,7 +56,7 @@ def test_config_error_fails_spawn_clearly(k8s_emu, tmp_path, case):
         kubeconfig.write_text(yaml.safe_dump(doc))
     config = f"""
 c.JupyterHub.spawner_class = "ray"
-c.KubeSpawner.namespace = "jhub"
+c.KubeSpawner.namespace = "{kube.ns}"
 c.KubeSpawner.k8s_api_host = "{host}"
 c.KubeSpawner.image = "{NOTEBOOK_IMAGE}"
 c.KubeSpawner.profile_list = {PROFILES!r}
@@ -67,15 +69,15 @@ c.RaySpawner.ray_orphan_sweep_interval = 0
     hub = HubProcess(config, env={"KUBECONFIG": str(kubeconfig)}).start()  # the hub starts: see module docstring
     try:
         hub.api("POST", "/users/alice")
-        emu.reset_request_log()
+        kube.reset_request_log()
         code, body = hub.api("POST", "/users/alice/server", RAY)
         assert code == status, (code, body)
         message = body["message"]
         for fragment in fragments:
             assert fragment in message, (fragment, message)
         assert "Traceback" not in message and "Internal Server Error" not in message
-        writes = [r for r in emu.request_log if r[0] in ("create", "patch", "update", "delete")]
-        assert writes == [] and emu.list_objects("pods", "jhub") == [] and emu.list_objects("secrets", "jhub") == []
+        writes = [r for r in kube.request_log if r[0] in ("create", "patch", "update", "delete")]
+        assert writes == [] and kube.list_objects("pods", kube.ns) == [] and kube.list_objects("secrets", kube.ns) == []
         code, user = hub.api("GET", "/users/alice")
         assert user["servers"] == {} and not user.get("pending"), user  # nothing pending or running
         assert fragments[0] in hub.log()  # and the admin sees it in the log

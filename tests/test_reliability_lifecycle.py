@@ -10,6 +10,9 @@ import asyncio
 
 import pytest
 
+from testcluster.node.agent import EVICT
+from testcluster.node.kubelet_sim import SIM_DELAYS
+
 from .spawner_fixtures import wait_until
 
 from .reliability_helpers import hub_start, hub_stop, leftovers, readable, settle
@@ -54,63 +57,65 @@ def cases():
 
 
 @pytest.mark.parametrize("backend,verb,resource", cases(), ids=[f"{b}-{v}-{r}" for b, v, r in cases()])
-async def test_stop_during_start(k8s_emu_factory, ray_spawner_factory, backend, verb, resource):
+async def test_stop_during_start(kube, ray_spawner_factory, backend, verb, resource):
     """JupyterHub's stop of a pending server (REST DELETE while pending, or start_timeout):
     it does not cancel the start. Nothing may be created after stop() returned; a request
     the API server was already processing lands later and is ownerless or owned by the
     gone notebook pod: GC or the orphan sweep removes it."""
     slow = verb == "wait"
-    emu = k8s_emu_factory(kuberay=backend == "kuberay", sim_delays={"pull": 3.0} if slow else None)
     if not slow:
-        emu.faults.add(verb, resource, latency=1.0, namespace="jhub")
-    sp = ray_spawner_factory(emu, "alice", ray_backend=backend, **TRAITS)
+        kube.faults.add(verb, resource, latency=1.0, namespace=kube.ns)
+    # "wait": every pod's images take 3 s to pull, so the start is waiting for the head
+    pull = {SIM_DELAYS: "pull=3.0"} if slow else {}
+    sp = ray_spawner_factory(
+        kube, "alice", ray_backend=backend, extra_annotations=pull, ray_extra_annotations=pull, **TRAITS
+    )
     sp.user_options = dict(RAY)
     start = asyncio.ensure_future(sp.start())
     if slow:
         await wait_until(
-            lambda: any(r[0] == "create" and r[1] in ("deployments", "rayclusters") for r in emu.request_log)
+            lambda: any(r[0] == "create" and r[1] in ("deployments", "rayclusters") for r in kube.request_log)
         )
     else:
-        await wait_until(lambda: (verb, resource) in {(r[0], r[1]) for r in emu.request_log})
+        await wait_until(lambda: (verb, resource) in {(r[0], r[1]) for r in kube.request_log})
     assert not start.done()
     assert await hub_stop(sp) is None
     assert start.done(), "stop() returned while the start still runs"
-    created_after = [r for r in emu.request_log if r[0] == "create"]
+    created_after = [r for r in kube.request_log if r[0] == "create"]
     await asyncio.sleep(1.2)  # requests in flight land
-    assert [r for r in emu.request_log if r[0] == "create"] == created_after, "created something after stop()"
-    left = await settle(emu, timeout=5)
+    assert [r for r in kube.request_log if r[0] == "create"] == created_after, "created something after stop()"
+    left = await settle(kube, kube.ns, timeout=5)
     if left:  # only an ownerless Secret whose create was in flight: the sweep's case
         assert left == [("secrets", "ray-alice-ray-token")], left
-        sweeper = ray_spawner_factory(emu, "admin", **TRAITS)
+        sweeper = ray_spawner_factory(kube, "admin", **TRAITS)
         await sweeper.sweep_orphans()
-        assert await settle(emu, timeout=5) == []
+        assert await settle(kube, kube.ns, timeout=5) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("released", [True, False], ids=["teardown-finishes", "teardown-stuck"])
-async def test_start_while_previous_stop_still_tears_down(k8s_emu_factory, ray_spawner_factory, backend, released):
+async def test_start_while_previous_stop_still_tears_down(kube, ray_spawner_factory, backend, released):
     """The previous cluster is still terminating (a finalizer holds it) when the same server
     starts again: the start waits for it and then succeeds, or fails readably; nothing leaks."""
-    emu = k8s_emu_factory(kuberay=backend == "kuberay")
-    first = ray_spawner_factory(emu, "alice", ray_backend=backend, **TRAITS)
+    first = ray_spawner_factory(kube, "alice", ray_backend=backend, **TRAITS)
     assert (await hub_start(first, RAY)).error is None
     held = ("rayclusters", "ray-alice") if backend == "kuberay" else ("pods", "ray-alice-head")
-    emu.patch_object(held[0], "jhub", held[1], {"metadata": {"finalizers": ["k8semu/test-slow-teardown"]}})
+    kube.patch_object(held[0], kube.ns, held[1], {"metadata": {"finalizers": ["rayspawner.test/slow-teardown"]}})
     assert await hub_stop(first) is None  # returns after ray_stop_timeout with a warning
-    assert emu.get_object(*held[:1], "jhub", held[1])["metadata"].get("deletionTimestamp")
+    assert kube.get_object(*held[:1], kube.ns, held[1])["metadata"].get("deletionTimestamp")
 
     async def release(after: float):
         await asyncio.sleep(after)
-        emu.patch_object(held[0], "jhub", held[1], {"metadata": {"finalizers": None}})
+        kube.patch_object(held[0], kube.ns, held[1], {"metadata": {"finalizers": None}})
 
     releaser = asyncio.ensure_future(release(1.5 if released else 5.0))
     # the same server, started again (its create retries give up after 3 s)
-    second = ray_spawner_factory(emu, "alice", ray_backend=backend, **{**TRAITS, "k8s_api_request_retry_timeout": 3})
+    second = ray_spawner_factory(kube, "alice", ray_backend=backend, **{**TRAITS, "k8s_api_request_retry_timeout": 3})
     res = await hub_start(second, RAY)
     if released:
         assert res.error is None, res.error
-        obj = emu.get_object(held[0], "jhub", held[1])
-        notebook = emu.get_object("pods", "jhub", second.pod_name)
+        obj = kube.get_object(held[0], kube.ns, held[1])
+        notebook = kube.get_object("pods", kube.ns, second.pod_name)
         assert obj["metadata"]["ownerReferences"][0]["uid"] == notebook["metadata"]["uid"]
         assert not obj["metadata"].get("deletionTimestamp")
         assert await hub_stop(second) is None
@@ -119,69 +124,46 @@ async def test_start_while_previous_stop_still_tears_down(k8s_emu_factory, ray_s
         assert "still being removed" in message and held[1] in message, message
         assert res.stop_error is None
     await releaser
-    assert await settle(emu) == []
+    assert await settle(kube, kube.ns) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("how", ["deleted", "evicted", "deleted-hub-down"])
-async def test_notebook_pod_gone_behind_the_hubs_back(k8s_emu_factory, ray_spawner_factory, backend, how):
+async def test_notebook_pod_gone_behind_the_hubs_back(kube, ray_spawner_factory, backend, how):
     """JupyterHub's poll sees the notebook gone and skips stop(): poll() and the owner GC
     remove the cluster. With no hub polling at all, GC alone does."""
-    emu = k8s_emu_factory(kuberay=backend == "kuberay")
-    sp = ray_spawner_factory(emu, "alice", ray_backend=backend, **TRAITS)
+    sp = ray_spawner_factory(kube, "alice", ray_backend=backend, **TRAITS)
     assert (await hub_start(sp, RAY)).error is None
     if how == "evicted":
-        emu.patch_object(
-            "pods",
-            "jhub",
-            sp.pod_name,
-            {
-                "status": {
-                    "phase": "Failed",
-                    "reason": "Evicted",
-                    "message": "The node was low on resource: memory.",
-                    "containerStatuses": [
-                        {
-                            "name": "notebook",
-                            "ready": False,
-                            "restartCount": 0,
-                            "image": "x",
-                            "imageID": "",
-                            "state": {"terminated": {"exitCode": 137, "reason": "Evicted"}},
-                        }
-                    ],
-                }
-            },
-            subresource="status",
-        )
-        await wait_until(
-            lambda: (sp.pod_reflector.pods.get(f"jhub/{sp.pod_name}") or {}).get("status", {}).get("phase") == "Failed"
-        )
+        # the node evicts it under memory pressure (the kubelet's eviction manager)
+        message = "The node was low on resource: memory."
+        kube.patch_object("pods", kube.ns, sp.pod_name, {"metadata": {"annotations": {EVICT: message}}})
+        key = f"{kube.ns}/{sp.pod_name}"
+        await wait_until(lambda: (sp.pod_reflector.pods.get(key) or {}).get("status", {}).get("reason") == "Evicted")
     else:
-        emu.delete_object("pods", "jhub", sp.pod_name, grace_period_seconds=0)
-        await wait_until(lambda: f"jhub/{sp.pod_name}" not in sp.pod_reflector.pods)
+        kube.delete_object("pods", kube.ns, sp.pod_name, grace_period_seconds=0)
+        await wait_until(lambda: f"{kube.ns}/{sp.pod_name}" not in sp.pod_reflector.pods)
     if how != "deleted-hub-down":
         # JupyterHub's periodic poll, then user.stop(): poll() again, no stop()
         assert await sp.poll() is not None
         assert await hub_stop(sp) is None
-    assert await settle(emu) == []
+    assert await settle(kube, kube.ns) == []
 
 
-async def test_kuberay_head_pod_deleted_is_recreated_by_the_operator(k8s_emu_kuberay, ray_spawner_factory):
+async def test_kuberay_head_pod_deleted_is_recreated_by_the_operator(kube, ray_spawner_factory):
     """KubeRay backend: the operator recreates a deleted head pod; poll keeps reporting running.
     (A deleted RayCluster fails the server: test_reliability_faults / test_kuberay_backend.)"""
-    emu = k8s_emu_kuberay
-    sp = ray_spawner_factory(emu, "alice", **TRAITS)
+    sp = ray_spawner_factory(kube, "alice", ray_backend="kuberay", **TRAITS)
     assert (await hub_start(sp, RAY)).error is None
-    head = next(n for k, n in leftovers(emu) if k == "pods" and "-head-" in n)
-    emu.delete_object("pods", "jhub", head, grace_period_seconds=0)
+    head = next(n for k, n in leftovers(kube) if k == "pods" and "-head-" in n)
+    kube.delete_object("pods", kube.ns, head, grace_period_seconds=0)
     assert await sp.poll() is None
-    await wait_until(lambda: any(k == "pods" and "-head-" in n and n != head for k, n in leftovers(emu)))
+    await wait_until(lambda: any(k == "pods" and "-head-" in n and n != head for k, n in leftovers(kube)))
     st = await wait_until_ready(sp)
     assert st.head_ready
     assert await sp.poll() is None
     assert await hub_stop(sp) is None
-    assert await settle(emu) == []
+    assert await settle(kube, kube.ns) == []
 
 
 async def wait_until_ready(sp):
@@ -193,16 +175,15 @@ async def wait_until_ready(sp):
     return st
 
 
-async def test_pods_head_deleted_beyond_the_limit_fails_and_removes_the_server(k8s_emu, ray_spawner_factory):
+async def test_pods_head_deleted_beyond_the_limit_fails_and_removes_the_server(kube, ray_spawner_factory):
     """Pods backend: recreated ray_head_restart_limit times, then the server is reported failed and,
     because JupyterHub then skips stop(), removed by poll() itself: notebook pod included."""
-    emu = k8s_emu
-    sp = ray_spawner_factory(emu, "alice", ray_head_restart_limit=1, **TRAITS)
+    sp = ray_spawner_factory(kube, "alice", ray_head_restart_limit=1, **TRAITS)
     assert (await hub_start(sp, RAY)).error is None
     for expected in (None, 1):
-        await wait_until(lambda: emu.get_object("pods", "jhub", "ray-alice-head"))
-        emu.delete_object("pods", "jhub", "ray-alice-head", grace_period_seconds=0)
-        await wait_until(lambda: "jhub/ray-alice-head" not in sp._ray_pods())
+        await wait_until(lambda: kube.get_object("pods", kube.ns, "ray-alice-head"))
+        kube.delete_object("pods", kube.ns, "ray-alice-head", grace_period_seconds=0)
+        await wait_until(lambda: f"{kube.ns}/ray-alice-head" not in sp._ray_pods())
         assert await sp.poll() == expected
-    assert await settle(emu) == []
+    assert await settle(kube, kube.ns) == []
     assert await hub_stop(sp) is None

@@ -1,7 +1,7 @@
 """Soak: spawn/stop cycles across 20 users with random injected API faults (seeded).
 
-Users alternate between the pods and the KubeRay backend (one emulator serving
-both). Each cycle: one random fault armed in the namespace (it fires on the next
+Users alternate between the pods and the KubeRay backend (the real test cluster, one
+namespace, the real KubeRay operator). Each cycle: one random fault armed in the namespace (it fires on the next
 matching request, whoever makes it), then a spawn and a stop the way JupyterHub
 drives them. At the end nothing may be left (no rayspawner object, no Ray pod, no
 notebook pod) and no start may still be running.
@@ -29,9 +29,10 @@ CYCLES = int(os.environ.get("RAYSPAWNER_SOAK_CYCLES", "40"))
 SEED = int(os.environ.get("RAYSPAWNER_SOAK_SEED", "20261125"))
 USERS = [f"user{i:02d}" for i in range(20)]
 PARALLEL = 6
+REQUEST_TIMEOUT = 3  # k8s_api_request_timeout, KubeSpawner's default (a loaded 2-core API server exceeds 1 s)
 TRAITS = dict(
-    k8s_api_request_timeout=1,
-    k8s_api_request_retry_timeout=8,
+    k8s_api_request_timeout=REQUEST_TIMEOUT,
+    k8s_api_request_retry_timeout=30,
     start_timeout=60,
     ray_stop_timeout=5,
     ray_orphan_sweep_interval=0,
@@ -58,16 +59,15 @@ TARGETS = [
 KINDS = {
     "500": (30, {"status": 500}),
     "429": (20, {"status": 429, "retry_after": 1}),
-    "timeout": (15, {"latency": 1.6}),
+    "timeout": (15, {"latency": REQUEST_TIMEOUT + 0.6}),
     "drop-watch": (10, {"drop_watch": True}),
     "409": (15, {"status": 409}),
     "403": (10, {"status": 403}),
 }
 
 
-async def test_soak(k8s_emu_factory, ray_spawner_factory):
+async def test_soak(kube, ray_spawner_factory):
     rng = random.Random(SEED)
-    emu = k8s_emu_factory(kuberay=True)
     busy: set[str] = set()
     stats = collections.Counter()
     failures: collections.Counter = collections.Counter()
@@ -93,9 +93,9 @@ async def test_soak(k8s_emu_factory, ray_spawner_factory):
             busy.add(name)
             try:
                 kind, verb, resource = pick_fault()
-                emu.faults.add(verb, resource, namespace="jhub", **KINDS[kind][1])
+                kube.faults.add(verb, resource, namespace=kube.ns, **KINDS[kind][1])
                 backend = "kuberay" if USERS.index(name) % 2 else "pods"
-                sp = ray_spawner_factory(emu, name, ray_backend=backend, **TRAITS)
+                sp = ray_spawner_factory(kube, name, ray_backend=backend, **TRAITS)
                 res = await hub_start(sp, {"profile": "ray", "workers": "1"})
                 if res.error is None:
                     stats["spawned"] += 1
@@ -117,9 +117,9 @@ async def test_soak(k8s_emu_factory, ray_spawner_factory):
                 busy.discard(name)
 
     await asyncio.gather(*(worker() for _ in range(PARALLEL)))
-    emu.faults.clear()
-    left = await settle(emu, timeout=20)
-    stats["faults_injected"] = len(emu.faults.injected)
+    kube.faults.clear()
+    left = await settle(kube, timeout=20)
+    stats["faults_injected"] = len(kube.faults.injected)
     figures = {
         "cycles": stats["cycles"],
         "users": len(USERS),

@@ -7,11 +7,13 @@ import datetime as dt
 
 import pytest
 
+from testcluster.fixtures import hub_rbac_documents
+
 from rayspawner.errors import ClusterStartError
 from rayspawner.sweep import find_orphans
 
 from .reliability_helpers import add_nth_fault
-from .spawner_fixtures import ray_objects
+from .spawner_fixtures import ray_objects, wait_until
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 OLD = "2026-11-25T11:00:00Z"
@@ -213,3 +215,26 @@ async def test_a_cluster_create_failing_meanwhile_fails_the_spawn_at_once(kube, 
     await sp.stop()  # what JupyterHub does after a failed start
     assert ray_objects(kube) == []
     assert kube.get_object("pods", kube.ns, "jupyter-alice") is None
+
+
+async def test_periodic_sweep_of_a_pods_hub_needs_no_raycluster_rule(kube_factory, ray_spawner_factory) -> None:
+    """A hub set to plain pods, with role-pods.yaml alone, on a cluster where KubeRay is
+    installed: the periodic sweep lists no RayClusters (its Role may not) and removes the
+    ownerless token Secret a crashed hub left."""
+    kube = kube_factory(rbac=hub_rbac_documents(("role-pods.yaml",)))
+    assert kube.kuberay  # installed on the test cluster: the sweep must not go by that alone
+    orphan = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "ray-carol-ray-token", "labels": {**MANAGED, "ray.io/cluster": "ray-carol"}},
+        "data": {},
+    }
+    kube.create_object(orphan, kube.ns)
+    sp = ray_spawner_factory(kube, ray_backend="pods", ray_orphan_grace_seconds=0, ray_orphan_sweep_interval=1)
+    kube.reset_request_log()
+    task = asyncio.ensure_future(sp._sweep_forever())
+    try:
+        await wait_until(lambda: kube.get_object("secrets", kube.ns, "ray-carol-ray-token") is None)
+    finally:
+        task.cancel()
+    assert not [r for r in kube.request_log if r[1] == "rayclusters"], kube.request_log

@@ -73,6 +73,31 @@ def test_a_pod_runs_on_the_node_agent_and_graceful_deletion_removes_it(kube):
     kube.wait_for(lambda: kube.get_object("pods", kube.ns, "p") is None, what="pod gone after graceful delete")
 
 
+def test_the_node_evicts_a_pod_as_a_kubelet_under_pressure_does(kube):
+    """``k8semu/evict`` asks the node to do what the kubelet's eviction manager does."""
+    from testcluster.node.agent import EVICT
+
+    kube.create_object(pod("e"), kube.ns)
+    kube.wait_for(lambda: (kube.get_object("pods", kube.ns, "e") or {}).get("status", {}).get("phase") == "Running")
+    message = "The node was low on resource: memory."
+    kube.patch_object("pods", kube.ns, "e", {"metadata": {"annotations": {EVICT: message}}})
+    evicted = kube.wait_for(
+        lambda: (p := kube.get_object("pods", kube.ns, "e")) and p["status"].get("reason") == "Evicted" and p,
+        what="pod evicted",
+    )
+    st = evicted["status"]
+    assert st["phase"] == "Failed" and st["message"] == message
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert (
+        conds["DisruptionTarget"]["status"] == "True" and conds["DisruptionTarget"]["reason"] == "TerminationByKubelet"
+    )
+    assert conds["Ready"]["status"] == "False"
+    assert [c["state"]["terminated"]["exitCode"] for c in st["containerStatuses"]] == [137]
+    events = kube.list_objects("events", kube.ns, field_selector="involvedObject.name=e")
+    assert any(e["reason"] == "Evicted" and e["type"] == "Warning" and e["message"] == message for e in events)
+    assert kube.get_object("pods", kube.ns, "e")["metadata"].get("deletionTimestamp") is None  # the object stays
+
+
 def test_controllers_run_deployments_and_garbage_collection(kube):
     labels = {"app": "w"}
     dep = {

@@ -12,6 +12,10 @@ admit for a kubelet. It
   the pod's status and Events;
 - honours graceful deletion: a pod with a ``deletionTimestamp`` is stopped within its
   grace period, then deleted for good (grace 0, UID precondition), as the kubelet does;
+- evicts a running pod as the kubelet's eviction manager does under node pressure, when a
+  test asks by annotating it ``k8semu/evict: "<message>"``: its containers are killed, the
+  pod is left ``Failed`` with reason ``Evicted`` (and a ``DisruptionTarget`` condition), and a
+  Warning ``Evicted`` event is recorded; the object stays until someone deletes it;
 - serves the kubelet API that the API server proxies ``pods/log`` (and ``/healthz``) to.
 """
 
@@ -34,6 +38,7 @@ log = logging.getLogger("testcluster.node")
 KUBELET_VERSION = "v1.37.2"
 # the conditions a kubelet owns; others (PodScheduled, DisruptionTarget, readiness gates) are kept
 KUBELET_CONDITIONS = {"Initialized", "Ready", "ContainersReady", "PodReadyToStartContainers"}
+EVICT = "k8semu/evict"  # a test's stand-in for node pressure; the value is the eviction message
 
 
 def now_micro() -> str:
@@ -127,6 +132,7 @@ class NodeAgent:
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> last pod seen
         self.running: set[str] = set()
         self.stopping: set[str] = set()
+        self.evicted: set[str] = set()
         self.hosts: Any = None  # a ServiceIndex where the runtime needs names (process pods)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
@@ -272,8 +278,13 @@ class NodeAgent:
                 self.stopping.add(uid)
                 self._spawn(self._stop(pod, int(md.get("deletionGracePeriodSeconds") or 0), delete=True))
             return
+        message = (md.get("annotations") or {}).get(EVICT)
+        if message and uid in self.running and uid not in self.evicted:
+            self.evicted.add(uid)
+            self._spawn(self._evict(pod, message))
+            return
         phase = (pod.get("status") or {}).get("phase")
-        if uid not in self.running and phase not in ("Succeeded", "Failed"):
+        if uid not in self.running and uid not in self.evicted and phase not in ("Succeeded", "Failed"):
             self.running.add(uid)
             await self.runtime.run_pod(copy.deepcopy(pod), ApiPodContext(self, pod))
 
@@ -295,6 +306,51 @@ class NodeAgent:
         finally:
             self.running.discard(uid)
             self.stopping.discard(uid)
+
+    async def _evict(self, pod: dict[str, Any], message: str) -> None:
+        """pkg/kubelet/eviction's evictPod: kill the containers, then phase Failed, reason
+        Evicted, the DisruptionTarget condition, terminated container states, an Event."""
+        md = pod["metadata"]
+        await self.runtime.kill_pod(copy.deepcopy(pod), 0)
+        self.running.discard(md["uid"])
+        current = (self.pods.get(md["uid"]) or pod).get("status") or {}
+        ts = now_sec()
+        statuses = []
+        for c in current.get("containerStatuses") or []:
+            started = ((c.get("state") or {}).get("running") or {}).get("startedAt")
+            term = {"exitCode": 137, "reason": "Error", "startedAt": started, "finishedAt": ts}
+            statuses.append({**c, "ready": False, "started": False, "state": {"terminated": term}})
+        conditions = [
+            {**c, "status": "False", "lastTransitionTime": ts, "reason": "PodFailed"}
+            if c.get("type") in ("Ready", "ContainersReady")
+            else c
+            for c in current.get("conditions") or []
+            if c.get("type") != "DisruptionTarget"
+        ]
+        conditions.append(
+            {
+                "type": "DisruptionTarget",
+                "status": "True",
+                "lastTransitionTime": ts,
+                "reason": "TerminationByKubelet",
+                "message": message,
+            }
+        )
+        status = {
+            "phase": "Failed",
+            "reason": "Evicted",
+            "message": message,
+            "conditions": conditions,
+            "containerStatuses": statuses,
+        }
+        body = {"metadata": {"uid": md["uid"]}, "status": status}
+        path = f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status"
+        try:
+            await self.api.request("PATCH", path, body, content_type="application/merge-patch+json")
+        except ApiError as e:
+            log.warning("evicting pod %s/%s: %s", md["namespace"], md["name"], e)
+            return
+        await ApiPodContext(self, pod).emit_event("Evicted", message, "Warning")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
