@@ -20,7 +20,8 @@ export PATH="$PWD/.venv/bin:$bin_dir:$PATH" RAYSPAWNER_TESTCLUSTER_BIN="$bin_dir
 mkdir -p artifacts
 
 # one real control plane for the whole run (tests isolate by namespace), with the KubeRay
-# operator and a sim node; stopped, with everything it made, however the run ends
+# operator, a sim node and a process node (real processes, for the real-Ray tests); stopped,
+# with everything it made, however the run ends
 cluster_parent=$(mktemp -d /var/tmp/rayspawner-testcluster.XXXXXX)
 export RAYSPAWNER_TESTCLUSTER_DIR="$cluster_parent/cluster"
 stop_cluster() {
@@ -29,7 +30,7 @@ stop_cluster() {
 }
 trap stop_cluster EXIT
 echo "== test cluster (Kubernetes v1.37.2, KubeRay operator)"
-.venv/bin/python -m testcluster up --dir "$RAYSPAWNER_TESTCLUSTER_DIR" --node sim --kuberay
+.venv/bin/python -m testcluster up --dir "$RAYSPAWNER_TESTCLUSTER_DIR" --node sim --node process --kuberay
 
 echo "== lint (ruff check, ruff format --check)"
 .venv/bin/ruff check .

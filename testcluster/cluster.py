@@ -90,6 +90,8 @@ def up(
             60,
             cp._check_alive,
         )
+        if "process" in nodes:
+            _bind_node_proxier(state["server"], ca, admin)
         for mode in nodes:
             progress(f"starting the node agent ({mode})")
             argv = [sys.executable, "-m", "testcluster.node", "--dir", str(root), "--mode", mode]
@@ -109,6 +111,23 @@ def up(
         raise
     progress(f"up in {time.monotonic() - t0:.1f} s: KUBECONFIG={root / 'kubeconfig'}")
     return root / "kubeconfig"
+
+
+def _bind_node_proxier(server: str, ca: Path, admin: Any) -> None:
+    """kube-proxy's ClusterRole for the nodes (group ``system:nodes``): the process node does
+    kube-proxy's and cluster DNS's part for its pods (``node/services.py``), so it reads what
+    kube-proxy reads (Services, EndpointSlices), and nothing more."""
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "testcluster:node-proxier"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-proxier"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}],
+    }
+    url = server + "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    code, body = https_request("POST", url, ca, admin, binding)
+    if code not in (201, 409):
+        raise RuntimeError(f"binding system:node-proxier to the nodes: HTTP {code}: {body[:300]!r}")
 
 
 def _node_ready(node: Any) -> bool:

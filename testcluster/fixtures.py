@@ -72,7 +72,7 @@ def test_cluster() -> Iterator[TestCluster]:
         yield open_cluster(Path(shared))
         return
     root = Path(tempfile.mkdtemp(prefix="testcluster-", dir="/var/tmp")) / "cluster"
-    up(root, nodes=("sim",))
+    up(root, kuberay=True, nodes=("sim", "process"))  # as scripts/test.sh starts it
     try:
         yield open_cluster(root)
     finally:

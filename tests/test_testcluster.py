@@ -3,6 +3,7 @@ admission, controllers and scheduler, with our node agent doing a kubelet's job.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 
@@ -210,3 +211,63 @@ def test_kubectl_apply_get_logs_delete_through_the_node_agent(kube, tmp_path):
     assert "simulated log of debug/c" in kubectl(kube.cluster, "logs", "-n", kube.ns, "debug", "-c", "c")
     kubectl(kube.cluster, "delete", "-n", kube.ns, "pod/debug", "--timeout=30s")
     assert kube.get_object("pods", kube.ns, "debug") is None
+
+
+def _process_pod(name: str, labels: dict[str, str], argv: list[str]) -> dict:
+    p = pod(name)
+    p["metadata"]["labels"] = labels
+    p["spec"]["containers"][0].update(command=argv)
+    return p
+
+
+def _ready(kube, name: str) -> dict:
+    return kube.wait_for(
+        lambda: (
+            (p := kube.get_object("pods", kube.ns, name))
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+            and p
+        ),
+        timeout=60,
+        what=f"pod {name} Ready",
+    )
+
+
+@pytest.mark.netns
+async def test_process_pods_reach_a_service_and_exec_goes_through_the_api_server(kube_factory):
+    """On the process node: a Service's name resolves in a pod to its ready endpoint (from the
+    real EndpointSlice controller), and pods/exec through the API server runs in the pod."""
+    import sys
+
+    from testcluster.execclient import pod_exec
+    from testcluster.kubeconfig import ssl_context
+
+    kube = kube_factory(node="process")
+    server = [sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0"]
+    kube.create_object(_process_pod("web", {"app": "web"}, server), kube.ns)
+    kube.create_object(_process_pod("client", {"app": "client"}, ["sleep", "600"]), kube.ns)
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web-svc"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080, "targetPort": 8080}]},
+    }
+    kube.create_object(svc, kube.ns)
+    web_ip = _ready(kube, "web")["status"]["podIP"]
+    _ready(kube, "client")
+    ctx = ssl_context(kube.cluster.pki.ca.cert, kube.cluster.client.cert)
+    url = f"http://web-svc.{kube.ns}.svc:8080/"
+    fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).status)"
+    # before its endpoint is ready the name is the ClusterIP, which refuses at once (as kube-proxy's
+    # reject rule does) rather than leaving the connection hanging
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:  # the endpoint becomes ready, then the node rewrites the hosts file
+        rc, out = await pod_exec(kube.cluster.server, ctx, kube.ns, "client", [sys.executable, "-c", fetch])
+        if rc == 0 or asyncio.get_running_loop().time() > deadline:
+            break
+        assert any(m in out for m in ("No route to host", "Connection refused", "not known")), out
+        await asyncio.sleep(0.5)
+    assert (rc, out.strip()) == (0, "200"), out
+    rc, out = await pod_exec(kube.cluster.server, ctx, kube.ns, "client", ["getent", "hosts", "web-svc"])
+    assert rc == 0 and out.split()[0] == web_ip, out
+    rc, out = await pod_exec(kube.cluster.server, ctx, kube.ns, "client", ["sh", "-c", "echo oops >&2; exit 3"])
+    assert (rc, out.strip()) == (3, "oops")

@@ -19,6 +19,7 @@ from ..kubeconfig import ssl_context
 from ..pki import Pki
 from .agent import NodeAgent
 from .apiclient import Api
+from .services import ServiceIndex
 
 DEFAULT_CAPACITY = {"cpu": "64", "memory": "256Gi", "pods": "5000", "ephemeral-storage": "500Gi"}
 
@@ -54,6 +55,8 @@ async def main_async(args: argparse.Namespace) -> None:
         capacity,
         labels={"testcluster.rayspawner.test/pods": args.mode},
     )
+    if args.mode == "process":  # its pods resolve Service names (the sim's open no connections)
+        agent.hosts = ServiceIndex(agent.api)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,13 +16,15 @@ admit for a kubelet. It
   test asks by annotating it ``k8semu/evict: "<message>"``: its containers are killed, the
   pod is left ``Failed`` with reason ``Evicted`` (and a ``DisruptionTarget`` condition), and a
   Warning ``Evicted`` event is recorded; the object stays until someone deletes it;
-- serves the kubelet API that the API server proxies ``pods/log`` (and ``/healthz``) to.
+- serves the kubelet API that the API server proxies ``pods/log``, ``pods/exec``
+  (websockets, ``exec_ws.py``) and ``/healthz`` to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import datetime as dt
 import logging
 import time
@@ -31,6 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from .apiclient import Api, ApiError
+from .exec_ws import serve_kubelet_exec
 from .kubelet_api import Kubelet
 
 log = logging.getLogger("testcluster.node")
@@ -383,6 +386,9 @@ class NodeAgent:
         app = web.Application()
         app.router.add_get("/healthz", lambda r: web.Response(text="ok"))
         app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self._logs)
+        start = getattr(self.runtime, "exec_stream", None)
+        for method in ("GET", "POST"):
+            app.router.add_route(method, "/exec/{ns}/{pod}/{container}", functools.partial(serve_kubelet_exec, start))
         extra = getattr(self.runtime, "kubelet_routes", None)
         if extra is not None:
             extra(app)
@@ -393,11 +399,15 @@ class NodeAgent:
     async def run(self) -> None:
         await self.serve()
         await self.register()
+        if self.hosts is not None:
+            self.hosts.start()
         self._tasks += [asyncio.ensure_future(self._renew_lease()), asyncio.ensure_future(self._watch_pods())]
 
     async def shutdown(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+        if self.hosts is not None:
+            await self.hosts.stop()
         await self.runtime.shutdown()
         if self._runner is not None:
             await self._runner.cleanup()

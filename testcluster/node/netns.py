@@ -54,6 +54,8 @@ from pathlib import Path
 
 import psutil
 
+from ..controlplane import SERVICE_CIDR
+
 log = logging.getLogger(__name__)
 
 LOCK_DIR = Path("/run/k8semu")
@@ -484,6 +486,9 @@ class BridgeNetwork:
                     "link set lo up",
                     "link set eth0 up",
                     f"route add default via {self.host_ip}",
+                    # a ClusterIP whose Service has no ready endpoint: kube-proxy rejects the
+                    # connection at once; without one, a SYN to nowhere would hang for minutes
+                    f"route add unreachable {SERVICE_CIDR}",
                 ],
                 netns=ns,
             )

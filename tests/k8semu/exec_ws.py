@@ -18,14 +18,13 @@ process kubelet; the simulated kubelet has none: 400).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .errors import ApiError
+from testcluster.node.exec_ws import PROTOCOLS, flag, stream
 from testcluster.node.netns import terminate_tree
 
 if TYPE_CHECKING:
@@ -33,29 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("k8semu.exec")
 
-PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
-STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
-
-
-def _flag(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true", "yes", "t")
-
 
 def _bad(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
-
-
-def exit_status(code: int, argv: list[str]) -> dict[str, Any]:
-    """The channel-3 Status of a finished command, as the kubelet writes it."""
-    if code == 0:
-        return {"metadata": {}, "status": "Success"}
-    return {
-        "metadata": {},
-        "status": "Failure",
-        "reason": "NonZeroExitCode",
-        "message": f"command terminated with non-zero exit code: error executing command {argv}, exit code {code}",
-        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
-    }
 
 
 async def serve_exec(api: ApiServer, request: web.Request, info: ReqInfo) -> web.StreamResponse:
@@ -63,7 +42,7 @@ async def serve_exec(api: ApiServer, request: web.Request, info: ReqInfo) -> web
     argv = q.getall("command", [])
     if not argv:
         raise _bad("you must specify at least 1 command")
-    stdin, stdout, stderr, tty = (_flag(q.get(k)) for k in ("stdin", "stdout", "stderr", "tty"))
+    stdin, stdout, stderr, tty = (flag(q.get(k)) for k in ("stdin", "stdout", "stderr", "tty"))
     pod = api.store.get(info.rtype, info.namespace, info.name)
     spec = pod.get("spec") or {}
     names = [c["name"] for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])]
@@ -96,46 +75,9 @@ async def serve_exec(api: ApiServer, request: web.Request, info: ReqInfo) -> web
         log.info(
             "exec %s/%s -c %s %s (%s, pid %s)", info.namespace, info.name, container, argv, ws.ws_protocol, proc.pid
         )
-        await _stream(ws, proc, argv)
+        await stream(ws, proc, argv)
     finally:
         if proc.returncode is None:
             await terminate_tree(proc.pid, 0)
             await proc.wait()
     return ws
-
-
-async def _stream(ws: web.WebSocketResponse, proc: asyncio.subprocess.Process, argv: list[str]) -> None:
-    async def pump(stream: asyncio.StreamReader | None, channel: int) -> None:
-        while stream is not None and (chunk := await stream.read(65536)):
-            await ws.send_bytes(bytes([channel]) + chunk)
-
-    async def read_client() -> None:
-        async for msg in ws:
-            if msg.type != WSMsgType.BINARY or not msg.data:
-                continue
-            channel, data = msg.data[0], msg.data[1:]
-            if channel == STDIN and proc.stdin is not None and not proc.stdin.is_closing():
-                proc.stdin.write(data)
-                await proc.stdin.drain()
-            elif channel == CLOSE and data[:1] == bytes([STDIN]) and proc.stdin is not None:
-                proc.stdin.close()
-
-    output = asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR))
-    client = asyncio.ensure_future(read_client())
-    try:
-        await asyncio.wait({output, client}, return_when=asyncio.FIRST_COMPLETED)
-        if not output.done():  # the client went away first
-            log.info("exec client disconnected; stopping %s", argv)
-            await terminate_tree(proc.pid, 0)
-            output.cancel()
-            return
-        rc = await proc.wait()
-        code = 128 - rc if rc < 0 else rc
-        await ws.send_bytes(bytes([ERROR]) + json.dumps(exit_status(code, argv)).encode())
-        await ws.close()
-    except ConnectionError:
-        log.info("exec connection lost: %s", argv)
-    finally:
-        client.cancel()
-        output.cancel()
-        await asyncio.gather(client, output, return_exceptions=True)
