@@ -1,7 +1,8 @@
 """Ray token auth with real Ray, exactly as RaySpawner generates it: checks run against the
 cluster of ``tests/test_e2e_kubernetes.py`` (one real cluster serves both).
 
-The clients below run inside the notebook pod's sandbox (``exec_in_pod``) with the notebook env
+The clients below run inside the notebook pod's sandbox (``pods/exec`` through the real API
+server to the process node) with the notebook env
 the spawner generated (RAY_ADDRESS, RAY_DASHBOARD_URL, RAY_AUTH_MODE, RAY_AUTH_TOKEN via
 secretKeyRef), so they reach the head through the head Service name, like a user's kernel.
 
@@ -22,7 +23,9 @@ import json
 import time
 from typing import Any
 
-NS = "jhub"
+from testcluster.execclient import pod_exec
+from testcluster.kubeconfig import ssl_context
+
 # A Ray Client from the notebook's env; retries only the known flaky first-connect error.
 CLIENT = r"""
 import json, logging, time
@@ -89,39 +92,37 @@ def result(output: str) -> dict[str, Any]:
     return json.loads(output.rsplit("RESULT ", 1)[1].splitlines()[0])
 
 
-async def in_pod(emu: Any, pod: str, argv: list[str], timeout: float, container: str | None = None) -> tuple[int, str]:
+async def in_pod(kube: Any, pod: str, argv: list[str], timeout: float, container: str | None = None) -> tuple[int, str]:
     """Run ``argv`` inside a pod's sandbox (netns, hosts file) with its container's env."""
-    fut = asyncio.run_coroutine_threadsafe(
-        emu.kubelet.exec_in_pod(NS, pod, argv, container=container, timeout=timeout), emu.loop
-    )
-    return await asyncio.wrap_future(fut)
+    ctx = ssl_context(kube.cluster.pki.ca.cert, kube.cluster.client.cert)
+    return await pod_exec(kube.cluster.server, ctx, kube.ns, pod, argv, container=container, timeout=timeout)
 
 
-async def check_token_auth(emu: Any, sp: Any) -> None:
+async def check_token_auth(kube: Any, sp: Any) -> None:
     """Every token case against ``sp``'s running cluster (see the module docstring)."""
     name = sp.ray_session.spec.name
-    token = base64.b64decode(emu.get_object("secrets", NS, f"{name}-ray-token")["data"]["auth_token"]).decode()
-    head = emu.get_object("pods", NS, f"{name}-head")
+    token = base64.b64decode(kube.get_object("secrets", kube.ns, f"{name}-ray-token")["data"]["auth_token"]).decode()
+    head = kube.get_object("pods", kube.ns, f"{name}-head")
     assert {e["name"]: e for e in head["spec"]["containers"][0]["env"]}["RAY_AUTH_TOKEN"]["valueFrom"]
     wrong = token[::-1] if token[::-1] != token else token + "x"
     nb = sp.pod_name
 
     py = "python"
     cases = {
-        "right": in_pod(emu, nb, [py, "-c", CLIENT], 120),
+        "right": in_pod(kube, nb, [py, "-c", CLIENT], 120),
         # the notebook's mode (RAY_AUTH_MODE=token) without a token: the client refuses to try
-        "missing": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", py, "-c", CLIENT], 60),
+        "missing": in_pod(kube, nb, ["env", "-u", "RAY_AUTH_TOKEN", py, "-c", CLIENT], 60),
         # a client with auth off (e.g. another user's plain ray.init): the server must refuse it
         "no_auth": in_pod(
-            emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", *SHORT_RETRIES, py, "-c", CLIENT], 90
+            kube, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", *SHORT_RETRIES, py, "-c", CLIENT], 90
         ),
-        "wrong": in_pod(emu, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", *SHORT_RETRIES, py, "-c", CLIENT], 90),
-        "http": in_pod(emu, nb, [py, "-c", HTTP, wrong], 60),
-        "gcs_right": in_pod(emu, nb, [py, "-c", GCS], 60),
-        "gcs_none": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", py, "-c", GCS], 60),
-        "check_ok": in_pod(emu, nb, [py, "-m", "rayspawner.raycheck"], 30),
-        "check_wrong": in_pod(emu, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", py, "-m", "rayspawner.raycheck"], 30),
-        "check_missing": in_pod(emu, nb, ["env", "-u", "RAY_AUTH_TOKEN", py, "-m", "rayspawner.raycheck"], 30),
+        "wrong": in_pod(kube, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", *SHORT_RETRIES, py, "-c", CLIENT], 90),
+        "http": in_pod(kube, nb, [py, "-c", HTTP, wrong], 60),
+        "gcs_right": in_pod(kube, nb, [py, "-c", GCS], 60),
+        "gcs_none": in_pod(kube, nb, ["env", "-u", "RAY_AUTH_TOKEN", "-u", "RAY_AUTH_MODE", py, "-c", GCS], 60),
+        "check_ok": in_pod(kube, nb, [py, "-m", "rayspawner.raycheck"], 30),
+        "check_wrong": in_pod(kube, nb, ["env", f"RAY_AUTH_TOKEN={wrong}", py, "-m", "rayspawner.raycheck"], 30),
+        "check_missing": in_pod(kube, nb, ["env", "-u", "RAY_AUTH_TOKEN", py, "-m", "rayspawner.raycheck"], 30),
     }
     t1 = time.monotonic()
     done = dict(zip(cases, await asyncio.gather(*cases.values())))

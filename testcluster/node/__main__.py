@@ -31,7 +31,8 @@ def make_runtime(mode: str, root: Path):  # noqa: ANN201 - a Kubelet
         return SimKubelet()
     from .kubelet_process import ProcessKubelet  # noqa: PLC0415
 
-    return ProcessKubelet(root_dir=root / "pods")
+    # probe delays and periods as written (time_scale 1), as a kubelet honours them
+    return ProcessKubelet(root_dir=root / "pods", time_scale=1.0)
 
 
 async def main_async(args: argparse.Namespace) -> None:
