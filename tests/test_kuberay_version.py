@@ -7,7 +7,7 @@ The spawns run on the real test cluster (KubeRay v1.6.2 installed), as the hub's
 with the ClusterRole docs/security.md documents where a test reads the CRD. A 1.5.x install is
 the installed CRD as a 1.5.x API server would answer it (:func:`as_15`): a proxy between the hub
 and the API server rewrites that one response, as the CRD is cluster-wide and the operator of
-every other test reads it. k8semu's own CRD serving is tested on k8semu."""
+every other test reads it."""
 
 from __future__ import annotations
 
@@ -170,32 +170,6 @@ def grant_crd_read(kube: Kube) -> Iterator[Any]:
     for name in made:
         kube.delete_object("clusterrolebindings", None, name)
         kube.delete_object("clusterroles", None, name)
-
-
-# k8semu's own CRD serving: a test of the emulator (a real API server serves CRDs anyway), so on k8semu
-async def test_k8semu_serves_the_crd_read_only(k8s_emu_factory, crd_17):
-    from kubernetes_asyncio import client, config
-
-    emu = k8s_emu_factory(kuberay=True, crds=[crd_17])
-    cfg = client.Configuration()
-    await config.load_kube_config(config_file=str(emu.kubeconfig_path), client_configuration=cfg)
-    async with client.ApiClient(cfg) as api:
-        ext = client.ApiextensionsV1Api(api)
-        got = await ext.read_custom_resource_definition(detect.CRD_NAME, _preload_content=False)
-        body = await got.json()
-        assert body["spec"]["names"]["kind"] == "RayCluster" and body["metadata"]["uid"]
-        assert body["spec"]["versions"] == crd_17["spec"]["versions"]
-        listed = await ext.list_custom_resource_definition(_preload_content=False)
-        assert [i["metadata"]["name"] for i in (await listed.json())["items"]] == [detect.CRD_NAME]
-        with pytest.raises(client.ApiException) as e:
-            await ext.read_custom_resource_definition("nothere.ray.io")
-        assert e.value.status == 404
-        with pytest.raises(client.ApiException) as e:
-            await ext.delete_custom_resource_definition(detect.CRD_NAME)
-        assert e.value.status == 405 and "read-only" in e.value.body
-    assert emu.get_object("customresourcedefinitions", None, detect.CRD_NAME) is not None
-    with pytest.raises(ValueError, match="not an apiextensions.k8s.io/v1 CustomResourceDefinition"):
-        k8s_emu_factory(crds=[{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}])
 
 
 async def test_old_kuberay_refuses_the_spawn_and_creates_nothing(old_kuberay, grant_crd_read, ray_spawner_factory):

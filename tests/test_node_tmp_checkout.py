@@ -36,7 +36,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 DRIVER = r"""
 import asyncio, json, sys
 from testcluster.node.kubelet_process import ProcessKubelet
-from tests.test_k8semu_process_kubelet import NS, FakeCluster, make_pod
+from tests.test_node_process_runtime import NS, FakeCluster, make_pod
 
 POD = ("import json, os, sys, ray; print('POD ' + json.dumps({'exe': sys.executable, 'prefix': sys.prefix, "
        "'ray': ray.__version__, 'tmp': sorted(os.listdir('/tmp')), 'top': sorted(os.listdir(sys.argv[1]))}))")

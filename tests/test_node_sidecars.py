@@ -1,5 +1,5 @@
 """Native sidecar init containers (``restartPolicy: Always`` in ``initContainers``, Kubernetes
->= 1.29) in both k8semu kubelets: the process kubelet runs them for real (ordering, shared
+>= 1.29) in both node runtimes: the process kubelet runs them for real (ordering, shared
 sandbox, readiness, restarts, teardown order); the sim kubelet reports them sensibly.
 """
 
@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.k8semu import K8sEmu
 from testcluster.node.kubelet_process import ProcessKubelet
 from testcluster.node.netns import netns_available
-from tests.test_k8semu_process_kubelet import NS, FakeCluster, kubelet, make_pod, status_of, wait_for  # noqa: F401
+from tests.test_node_process_runtime import NS, FakeCluster, kubelet, make_pod, status_of, wait_for  # noqa: F401
 
 
 def process_test(fn: Any) -> Any:
@@ -195,28 +194,38 @@ async def test_sidecar_stopped_when_main_completes(kubelet: ProcessKubelet) -> N
     assert stamp(main_log, "main-exit") <= stamp(side_log, "side-term")
 
 
-async def test_sim_kubelet_reports_sidecars(k8s_emu: K8sEmu) -> None:
-    k8s_emu.create_object(
+async def test_sim_node_reports_sidecars(kube: Any) -> None:
+    """The sim node behind the real API server: what a kubelet reports for a native sidecar."""
+    restricted = {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+    def container(name: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "image": "busybox", "securityContext": restricted, **extra}
+
+    kube.create_object(
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": "sc", "namespace": "default"},
+            "metadata": {"name": "sc"},
             "spec": {
-                "initContainers": [
-                    {"name": "side", "image": "busybox", "restartPolicy": "Always"},
-                    {"name": "init", "image": "busybox"},
-                ],
-                "containers": [{"name": "main", "image": "busybox"}],
+                "initContainers": [container("side", restartPolicy="Always"), container("init")],
+                "containers": [container("main")],
             },
-        }
+        },
+        kube.ns,
     )
 
     def ready() -> dict[str, Any] | None:
-        st = (k8s_emu.get_object("pods", "default", "sc") or {}).get("status") or {}
+        st = (kube.get_object("pods", kube.ns, "sc") or {}).get("status") or {}
         conds = {x["type"]: x["status"] for x in st.get("conditions", [])}
         return st if conds.get("Ready") == "True" else None
 
-    st = k8s_emu.wait_for(ready, 10)
+    st = kube.wait_for(ready, timeout=30, what="pod sc Ready")
     side, init = st["initContainerStatuses"]
     assert (side["name"], side["started"], side["ready"], list(side["state"])) == ("side", True, True, ["running"])
     assert side["containerID"] and side["restartCount"] == 0

@@ -1,4 +1,4 @@
-"""The k8semu process kubelet: real processes in per-pod network namespaces.
+"""The process node's pod runtime: real processes in per-pod network namespaces.
 
 These drive :class:`testcluster.node.kubelet_process.ProcessKubelet` directly through a small
 dict-backed :class:`PodContext` (secrets, a status recorder, a service-name map): a unit
