@@ -23,7 +23,7 @@ import asyncio
 import contextvars
 import dataclasses
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, V1Container, V1Pod, V1Volume, V1VolumeMount
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -37,12 +37,13 @@ from .backends.base import ClusterBackend, ClusterStatus
 from .backends.pods import reported_versions
 from .backends.detect import kuberay_served, select_backend
 from .backends.isolation import notebook_isolation
-from .backends.kube import KINDS, KINDS_BY_PLURAL, KubeClient, api_error, transient, with_retries
+from .backends.kube import KINDS, KubeClient, api_error, transient
 from .config import RayConfig
 from .env import notebook_env
 from .errors import ClusterStartError, ConfigError, InvalidOptions
 from .hubpages import HubPagesMixin
-from . import progress_steps
+from .kubespawner_fixes import KubeSpawnerFixes
+from .progress import ProgressMixin
 from .manifests import notebook as notebook_manifests
 from .manifests.common import owner_reference, version_init_container, wants_version_check
 from .options import check_user_options, resolve_spec
@@ -68,22 +69,7 @@ class RayPodReflector(ResourceReflector):
         return self.resources
 
 
-def _drop_unloaded(registry: dict, key: Any, reflector: Any) -> None:
-    """Forget a reflector this start made whose first list did not succeed. KubeSpawner cancels
-    the pod reflector's start when the events reflector's fails (and JupyterHub's timeout cancels
-    both): ``ResourceReflector.start`` then never settles ``first_load_future``, so every later
-    poll and spawn of the namespace would await it for ever."""
-    first = reflector.first_load_future
-    if first.done() and not first.cancelled() and first.exception() is None:
-        return  # loaded: a later step failed, the reflector is fine
-    if not first.done():
-        first.set_exception(RuntimeError(f"the first list of {reflector.kind} was cancelled"))
-        first.exception()  # retrieved: no "exception was never retrieved" when nobody waits
-    registry.pop(key, None)
-    asyncio.ensure_future(reflector.stop())
-
-
-class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
+class RaySpawner(HubPagesMixin, ProgressMixin, KubeSpawnerFixes, RayConfig, KubeSpawner):
     """KubeSpawner that also starts the user's own Ray cluster when ``ray_enabled``."""
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -321,47 +307,6 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             session.version_warning = problem
 
     # ------------------------------------------------------------- stop/poll
-    async def _make_delete_pod_request(self, pod_name, delete_options, grace_seconds, request_timeout):
-        try:
-            return await super()._make_delete_pod_request(pod_name, delete_options, grace_seconds, request_timeout)
-        except ApiException as e:  # KubeSpawner retries only timeouts: one 500 would forget a running pod
-            if transient(e) or e.status == 409:
-                self.log.warning("Deleting pod %s: HTTP %s, retrying", pod_name, e.status)
-                return False
-            raise api_error(e, "delete", KINDS["Pod"], self.namespace, pod_name) from None
-
-    async def _start_reflector(self, kind, reflector_class, replace=False, **kwargs):
-        """KubeSpawner's, except that a reflector whose first list failed is not kept
-        (KubeSpawner would fail every later spawn with that error until the hub
-        restarts), transient API errors are retried, and the error is readable."""
-        key = self._get_reflector_key(kind)
-        registry = self.__class__.reflectors
-
-        async def attempt():
-            before = registry.get(key)
-            try:
-                return await super(RaySpawner, self)._start_reflector(kind, reflector_class, replace=replace, **kwargs)
-            except BaseException:
-                failed = registry.get(key)
-                if failed is not None and failed is not before:
-                    _drop_unloaded(registry, key, failed)
-                elif failed is not None and failed.first_load_future.done():
-                    first = failed.first_load_future
-                    if first.cancelled() or first.exception() is not None:
-                        registry.pop(key, None)  # not kept: the next attempt (or spawn) lists again
-                raise
-
-        resource = KINDS_BY_PLURAL.get(reflector_class.kind, KINDS["Pod"])
-        try:
-            return await with_retries(
-                attempt,
-                what=f"list {resource.plural} in namespace {self.namespace}",
-                timeout=self.k8s_api_request_retry_timeout,
-                request_timeout=None,
-            )
-        except ApiException as e:
-            raise api_error(e, "list", resource, self.namespace, rule_verbs=["get", "list", "watch"]) from None
-
     async def _cancel_pending_start(self) -> None:
         """Stop during start: JupyterHub gives up on a start (timeout, or a stop request
         while pending) without cancelling it, so it would go on creating the notebook pod
@@ -471,98 +416,6 @@ class RaySpawner(HubPagesMixin, RayConfig, KubeSpawner):
             kinds=kinds or BUILTIN_KINDS,
             grace_seconds=self.ray_orphan_grace_seconds,
             secrets=self.ray_orphan_sweep_secrets,
-        )
-
-    # --------------------------------------------------------------- progress
-    async def progress(self) -> AsyncIterator[dict[str, Any]]:
-        """KubeSpawner's notebook events merged with the spawn's steps.
-
-        Every event carries an integer ``progress`` that never decreases (JupyterHub's
-        progress bar and upstream's tests rely on it; KubeSpawner's slow-spawn message
-        has none). Steps, in words a user understands, come from the reflectors (no API
-        requests): notebook scheduled / started / ready; the Ray head starting /
-        accepting connections; workers joined k/N; in driver mode the notebook joining
-        its cluster. Unlike KubeSpawner's, this runs until the start is done even when
-        ``events_enabled`` is off, so the steps are still shown.
-        """
-        queue: asyncio.Queue = asyncio.Queue()
-        notebook_events = super().progress()
-
-        async def pump() -> None:
-            try:
-                async for event in notebook_events:
-                    await queue.put(event)
-            finally:
-                await queue.put(None)
-
-        pump_task = asyncio.ensure_future(pump())
-        reported = 0
-        sent: dict[str, str] = {}  # step key -> the last message sent for it
-
-        def stamp(event: dict[str, Any], floor: int) -> dict[str, Any]:
-            nonlocal reported
-            value = event.get("progress")
-            own = int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-            reported = min(100, max(reported, own, floor))
-            return {**event, "progress": reported}
-
-        pump_done = False
-        try:
-            while True:
-                start = self._start_future
-                finishing = start is not None and start.done()  # one more pass after the start ends
-                try:
-                    event = await aio.wait_for(queue.get(), 0.5) if not pump_done else ...
-                except asyncio.TimeoutError:
-                    event = ...
-                if event is None:
-                    pump_done = True
-                elif event is not ...:
-                    yield stamp(event, 0)
-                steps, floor = await self._spawn_steps()
-                for key, message in steps:
-                    if sent.get(key) != message:
-                        sent[key] = message
-                        yield stamp({"message": message}, floor)
-                if finishing and pump_done:
-                    break
-                if pump_done:
-                    await asyncio.sleep(0.5)
-            if self.ray_session.failure:
-                yield stamp({"message": self.ray_session.failure}, 0)
-                return
-            final = await self._cluster_message(final=True) if self.ray_session.spec else self._notebook_final_message()
-            if final:
-                yield stamp({"message": final}, 95)
-        finally:
-            pump_task.cancel()
-
-    def _notebook_pod(self) -> dict | None:
-        reflector = self.pod_reflector
-        pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector is not None else None
-        if pod is None or pod["metadata"].get("deletionTimestamp"):
-            return None  # an earlier server's pod on its way out says nothing about this spawn
-        return pod
-
-    async def _spawn_steps(self) -> tuple[list[tuple[str, str]], int]:
-        """The steps reached so far as (key, message), and the progress they are worth."""
-        session = self.ray_session
-        st = await session.status()
-        return progress_steps.spawn_steps(self._notebook_pod(), session.spec, st, session.version_warning)
-
-    def _notebook_final_message(self) -> str:
-        return progress_steps.notebook_final_message(self._notebook_pod())
-
-    async def _cluster_message(self, final: bool = False) -> str:
-        """The cluster's state in one line; ``final``: the spawn's closing message."""
-        session = self.ray_session
-        spec, st = session.spec, await session.status()
-        if not spec or not st:
-            return ""
-        if not (final and st.head_ready):
-            return progress_steps.describe_cluster(spec, st, session.version_warning)
-        return progress_steps.ready_message(
-            spec, st, self._notebook_pod(), session.version_warning, autoscaled=session.autoscaled
         )
 
     # ------------------------------------------------------------------ state
