@@ -83,12 +83,15 @@ async def settle(emu: Any, namespace: str | None = None, timeout: float = 10.0) 
         await asyncio.sleep(0.1)
 
 
-async def hub_stop(sp: Any, timeout: float = 60) -> BaseException | None:
+async def hub_stop(sp: Any, timeout: float = 60, record: dict | None = None) -> BaseException | None:
     """JupyterHub's ``User.stop``: ``poll()``; ``stop()`` only if that says running; any
-    error is logged and the server forgotten anyway (state cleared). Returns the error."""
+    error is logged and the server forgotten anyway (state cleared). Returns the error;
+    ``record["poll"]`` gets what ``poll()`` said."""
     err: BaseException | None = None
     try:
         status = await asyncio.wait_for(sp.poll(), timeout)
+        if record is not None:
+            record["poll"] = status
         if status is None:
             await asyncio.wait_for(sp.stop(), timeout)
     except Exception as e:  # noqa: BLE001 - JupyterHub logs it and goes on

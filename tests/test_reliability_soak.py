@@ -66,6 +66,19 @@ KINDS = {
 }
 
 
+def describe(kube, left: list[tuple[str, str]]) -> list[str]:
+    """What each leaked object is doing: deletion pending (a node or a finalizer late), or live."""
+    out = []
+    for resource, name in left:
+        obj = kube.get_object(resource, kube.ns, name) or {}
+        md, st = obj.get("metadata") or {}, obj.get("status") or {}
+        out.append(
+            f"{resource}/{name}: deletionTimestamp={md.get('deletionTimestamp')} "
+            f"finalizers={md.get('finalizers')} phase={st.get('phase')} created={md.get('creationTimestamp')}"
+        )
+    return out
+
+
 async def test_soak(kube, ray_spawner_factory):
     rng = random.Random(SEED)
     busy: set[str] = set()
@@ -73,6 +86,7 @@ async def test_soak(kube, ray_spawner_factory):
     failures: collections.Counter = collections.Counter()
     problems: list[str] = []
     cycle_no = iter(range(CYCLES))
+    history: dict[str, list[dict]] = {}  # user -> their cycles, for a leak's report
     started = time.monotonic()
 
     def pick_fault():
@@ -97,9 +111,11 @@ async def test_soak(kube, ray_spawner_factory):
                 backend = "kuberay" if USERS.index(name) % 2 else "pods"
                 sp = ray_spawner_factory(kube, name, ray_backend=backend, **TRAITS)
                 res = await hub_start(sp, {"profile": "ray", "workers": "1"})
+                record: dict = {"cycle": n, "fault": f"{kind} on {verb} {resource}", "spawned": res.error is None}
+                history.setdefault(name, []).append(record)
                 if res.error is None:
                     stats["spawned"] += 1
-                    res.stop_error = await hub_stop(sp)
+                    res.stop_error = await hub_stop(sp, record=record)
                 else:
                     reason = getattr(res.error, "reason_label", type(res.error).__name__)
                     failures[f"spawn: {reason}"] += 1
@@ -133,6 +149,7 @@ async def test_soak(kube, ray_spawner_factory):
     print(f"\nsoak: {figures}")
     assert stats["cycles"] == CYCLES
     assert not problems, problems
-    assert left == [], f"leaked: {left}"
+    users = {n.removeprefix("jupyter-") for _, n in left}
+    assert left == [], f"leaked: {describe(kube, left)}; cycles: {[history.get(u) for u in users]}"
     # most cycles survive their fault (transient faults are retried)
     assert stats["spawned"] >= CYCLES * 0.6, figures
