@@ -55,7 +55,9 @@ class KubeSpawnerFixes:
                 )
             except BaseException:
                 failed = registry.get(key)
-                if failed is not None and failed is not before:
+                # KubeSpawner makes its reflectors with parent=self: one another spawner (of the
+                # same namespace) registered meanwhile is that spawner's to settle
+                if failed is not None and failed is not before and getattr(failed, "parent", None) is self:
                     _drop_unloaded(registry, key, failed)
                 elif failed is not None and failed.first_load_future.done():
                     first = failed.first_load_future

@@ -205,6 +205,19 @@ async def test_a_cancelled_first_list_does_not_hang_later_polls(kube, ray_spawne
     assert await settle(kube, kube.ns) == []
 
 
+async def test_a_shared_reflectors_failed_first_list_fails_neither_spawn(kube, ray_spawner_factory):
+    """Two servers of one namespace share its reflectors: the server that made a reflector whose
+    first list failed drops and retries it, the other waits on it, and neither spawn fails."""
+    kube.faults.add("list", "pods", latency=0.5, count=None)
+    kube.faults.add("list", "pods", status=500, count=2)
+    alice = ray_spawner_factory(kube, "alice", **TRAITS)
+    bob = ray_spawner_factory(kube, "bob", **TRAITS)
+    results = await asyncio.gather(hub_start(alice, RAY), hub_start(bob, RAY))
+    assert [r.error for r in results] == [None, None], [str(r.error) for r in results]
+    assert await hub_stop(alice) is None and await hub_stop(bob) is None
+    assert await settle(kube, kube.ns) == []
+
+
 @pytest.mark.parametrize("verb", ["list", "create", "delete"])
 async def test_notebook_pod_requests_retry_5xx_and_429(kube, ray_spawner_factory, verb):
     """KubeSpawner retried only timeouts: one 500 on the pod failed the spawn with an API dump,
