@@ -41,15 +41,17 @@ class RequestInfo:
     resource: str
     namespace: str | None
     name: str | None
+    group: str = ""  # the API group ("" for the core group)
 
 
 def classify(method: str, path: str, query: dict[str, list[str]]) -> RequestInfo | None:
     """The API verb and resource of a request (as k8s.io/apiserver's RequestInfoFactory), or None."""
     parts = [p for p in path.split("/") if p]
+    group = ""
     if parts[:1] == ["api"]:
         parts = parts[2:]
     elif parts[:1] == ["apis"] and len(parts) >= 3:
-        parts = parts[3:]
+        group, parts = parts[1], parts[3:]
     else:
         return None
     if not parts:
@@ -75,7 +77,7 @@ def classify(method: str, path: str, query: dict[str, list[str]]) -> RequestInfo
     }.get(method)
     if verb is None:
         verb = "watch" if watch else ("get" if name else "list")
-    return RequestInfo(verb, resource, namespace, name)
+    return RequestInfo(verb, resource, namespace, name, group)
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -121,7 +123,7 @@ class Fault:
         self.seen += 1
         return self.seen > self.skip
 
-    def response(self, info: RequestInfo) -> web.Response | None:
+    def response(self, info: RequestInfo, user: str = "system:anonymous") -> web.Response | None:
         if self.status is None:
             return None
         plural, _, sub = info.resource.partition("/")
@@ -132,14 +134,16 @@ class Fault:
             body = status_body(429, "TooManyRequests", "Too many requests, please try again later.")
             body["details"] = {"retryAfterSeconds": ra}
             headers["Retry-After"] = str(ra)
-        elif self.status == 403:
+        elif self.status == 403:  # as the API server's forbiddenMessage and NewForbidden write it
             where = f' in the namespace "{info.namespace}"' if info.namespace else " at the cluster scope"
             res = f"{plural}/{sub}" if sub else plural
+            qualified = f"{plural}.{info.group}" if info.group else plural
+            subject = f'{qualified} "{info.name}"' if info.name else qualified
             msg = (
-                f'{plural} "{info.name or ""}" is forbidden: User "system:anonymous" cannot {info.verb} resource '
-                f'"{res}" in API group ""{where} (injected)'
+                f'{subject} is forbidden: User "{user}" cannot {info.verb} resource "{res}" in API group '
+                f'"{info.group}"{where} (injected)'
             )
-            body = status_body(403, "Forbidden", msg, details)
+            body = status_body(403, "Forbidden", msg, {**details, **({"group": info.group} if info.group else {})})
         elif self.status == 409:
             msg = (
                 f'Operation cannot be fulfilled on {plural} "{info.name or ""}": the object has been modified; '
@@ -233,6 +237,7 @@ class FaultProxy:
         self.discovery_log: list[tuple[str, str]] = []  # ("discovery", path): /version, /api, /apis/...
         self.open_watches = WatchCounter()
         self.hidden_groups: set[str] = set()
+        self._users: dict[str, str] = {}  # Authorization header -> user name
         self.url = ""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -285,6 +290,19 @@ class FaultProxy:
         if self._thread is not None:
             self._thread.join(10)
 
+    async def _user_of(self, request: web.Request) -> str:
+        """Who the request authenticates as (a SelfSubjectReview with its own credentials), so an
+        injected 403 names the user as the API server's own does."""
+        auth = request.headers.get("Authorization", "")
+        if auth not in self._users:
+            review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+            assert self._session is not None
+            url = self.upstream + "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+            async with self._session.post(url, json=review, headers={"Authorization": auth} if auth else {}) as r:
+                doc = await r.json(content_type=None) if r.status == 201 else {}
+            self._users[auth] = ((doc.get("status") or {}).get("userInfo") or {}).get("username", "system:anonymous")
+        return self._users[auth]
+
     def _hidden(self, path: str) -> bool:
         parts = [p for p in path.split("/") if p]
         return len(parts) >= 2 and parts[0] == "apis" and parts[1] in self.hidden_groups
@@ -324,7 +342,8 @@ class FaultProxy:
         if fault is not None:
             if fault.latency:
                 await asyncio.sleep(fault.latency)
-            err = fault.response(info)  # type: ignore[arg-type]
+            user = await self._user_of(request) if fault.status == 403 else ""
+            err = fault.response(info, user)  # type: ignore[arg-type]
             if err is not None:
                 return err
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}

@@ -183,6 +183,22 @@ def test_a_hidden_api_group_looks_as_an_uninstalled_one_does(kube):
     assert _via_proxy(kube, "GET", "/apis/ray.io/v1")[0] == 200  # installed on this cluster
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/namespaces/kube-system/secrets", "/apis/ray.io/v1/namespaces/kube-system/rayclusters/x", "/api/v1/nodes"],
+)
+def test_an_injected_403_reads_as_the_api_servers_own(kube, path):
+    """What the hub's error messages are built from: the same words, user and API group."""
+    code, real = _via_proxy(kube, "GET", path)
+    assert code == 403, real
+    verb = "get" if path.endswith("/x") else "list"
+    resource = path.rstrip("/").split("/")[-2 if verb == "get" else -1]
+    kube.faults.add(verb, resource, status=403)
+    code, injected = _via_proxy(kube, "GET", path)
+    assert code == 403 and injected["message"] == real["message"] + " (injected)", (injected, real)
+    assert injected["details"] == real["details"] and injected["reason"] == real["reason"] == "Forbidden"
+
+
 def _via_proxy_raw(kube, method: str, path: str) -> tuple[int, str, bytes]:
     import http.client
     from urllib.parse import urlsplit
