@@ -4,11 +4,14 @@
 
 Two parts, both on this machine:
 
-``k8s`` — RaySpawner (driver mode, the default) against the loopback API server
-(``tests.k8semu``) with the **process kubelet**: a head (1 CPU), 2 workers (1 CPU each) and the
-notebook pod (its ``ray-node`` sidecar: a 0-CPU node of the cluster), each pod real processes
-in its own network + PID namespace. One cluster serves three kinds of driver, each a fresh
-``python`` process per repeat (order rotated per repeat):
+``k8s`` — RaySpawner (driver mode, the default; pods backend, restricted Pod Security) against
+the real test cluster (``testcluster/``: the one in ``$RAYSPAWNER_TESTCLUSTER_DIR`` if up, else
+one started for the run), in a fresh namespace on its **process node**, through a fault proxy
+with the hub's ServiceAccount token: a head (1 CPU), 2 workers (1 CPU each) and the notebook pod
+(its ``ray-node`` sidecar: a 0-CPU node of the cluster), each pod real processes in its own
+network + PID namespace. Commands run in the pods through ``pods/exec`` of the real API server
+(``testcluster.execclient``). One cluster serves three kinds of driver, each a fresh ``python``
+process per repeat (order rotated per repeat):
 
 - ``driver``: in the notebook container's sandbox and env, a bare ``ray.init()``
   (``RAY_ADDRESS=<head-svc>:6379``; the driver attaches to the notebook's own node);
@@ -35,7 +38,8 @@ ray.get(ray.remote(f).remote())``. Broken down into spawn (POST → server ready
 start, import, ``ray.init()`` and the first ``ray.get``.
 
 Cleanup, also on failure or SIGTERM/SIGINT: the server is stopped through the spawner, the
-emulator stops its kubelet (every pod's processes, netns, veth and the bridge); the hub is
+namespace is deleted (the process node stops every pod's processes and removes its netns and
+veth; a cluster started for the run is stopped, bridge included); the hub is
 stopped with SIGTERM (``cleanup_servers``), then every process carrying this run's temp root,
 state dir or marker in its environment is killed. ``ray stop`` is never used.
 """
@@ -50,106 +54,17 @@ import platform
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import psutil
 
-from benchmarks.connect_local import ROOT, LocalHub, parse_result, run_in_kernel
-from rayspawner.registry import hub_process
-
-NS = "jhub"
-MODES = ("driver", "client", "head")
-MB = 2**20
-
-# One driver process. argv: mode address tasks. Prints one "RESULT {json}" line.
-DRIVER = r"""
-import json, os, platform, sys, time
-from collections import Counter
-t0 = time.perf_counter()
-import numpy as np
-import ray
-import ray.data
-import_s = time.perf_counter() - t0
-import signal
-mode, address, tasks = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])  # None: RAY_ADDRESS from the env
-out = {"mode": mode, "import_s": import_s, "errors": {}}
-
-def _alarm(*_):
-    raise TimeoutError("step took over 240 s")
-signal.signal(signal.SIGALRM, _alarm)
-
-def step(name, fn):
-    t = time.perf_counter()
-    signal.alarm(240)
-    try:
-        value = fn()
-        out[name + "_s"] = time.perf_counter() - t
-        return value
-    except BaseException as e:  # noqa: BLE001 - recorded, the next step runs
-        out["errors"][name] = (type(e).__name__ + ": " + str(e))[:600]
-        out[name + "_s"] = None
-        return None
-    finally:
-        signal.alarm(0)
-        print("RESULT " + json.dumps(out), flush=True)  # partial results survive a later hang
-
-step("init", lambda: ray.init(address=address, logging_level="ERROR", log_to_driver=False))
-if "init" in out["errors"]:
-    print("RESULT " + json.dumps(out), flush=True)
-    sys.exit(0)
-ctx = ray.get_runtime_context()
-out["client"] = ray.util.client.ray.is_connected()
-if not out["client"]:
-    out["driver_node"] = ctx.get_node_id()
-deadline = time.time() + 120
-while ray.cluster_resources().get("CPU", 0) < 3 and time.time() < deadline:
-    time.sleep(0.5)
-out["cpus"] = ray.cluster_resources().get("CPU", 0)
-nodes = [n for n in ray.nodes() if n["Alive"]]
-out["nodes"] = len(nodes)
-notebook = [n["NodeID"] for n in nodes if (n.get("Labels") or {}).get("rayspawner/role") == "notebook"]
-out["notebook_node"] = notebook[0] if notebook else None
-
-@ray.remote
-def f(x):
-    s = 0
-    for i in range(20000):
-        s += i * i
-    return platform.node()
-
-@ray.remote
-def size(a):
-    return int(a.nbytes), platform.node()
-
-ray.get([f.remote(0), size.remote(np.zeros(8, dtype=np.uint8))])  # export both functions, untimed
-
-hosts = step("smoke", lambda: Counter(ray.get([f.remote(i) for i in range(tasks)])))
-if hosts is not None:
-    out["smoke_hosts"] = dict(hosts)
-big = np.ones(50 * 2**20, dtype=np.uint8)
-back = step("put_get", lambda: ray.get(ray.put(big)))
-out["put_get_ok"] = back is not None and int(back.nbytes) == big.nbytes
-del back
-moved = step("put_to_worker", lambda: ray.get(size.remote(ray.put(big))))
-if moved is not None:
-    out["put_to_worker_bytes"], out["put_to_worker_host"] = moved
-total = step("data", lambda: ray.data.range(20000).map_batches(lambda b: {"id": b["id"] * 2}).sum("id"))
-out["data_ok"] = total is not None and int(total) == 2 * sum(range(20000))
-out["host"] = platform.node()
-try:
-    ray.shutdown()
-except Exception:
-    pass
-out["done"] = True
-print("RESULT " + json.dumps(out), flush=True)
-"""
+from benchmarks.connect_k8s import DRIVER, MODES, STEPS, k8s_part, log, ratios, stats, summarize  # noqa: F401
+from benchmarks.connect_local import ROOT, LocalHub, parse_result, run_in_kernel  # noqa: F401 - re-exported
 
 # Executed in a real kernel (local part): what a user does first.
 FIRST_RESULT = r"""
@@ -166,8 +81,6 @@ print("FIRST " + _json.dumps({"import_s": _t1 - _t0, "init_s": _t2 - _t1, "first
                               "ray_address": __import__("os").environ.get("RAY_ADDRESS")}))
 """
 
-STEPS = ("init", "smoke", "put_get", "put_to_worker", "data")
-
 
 # ----------------------------------------------------------------------------- helpers
 class Interrupted(BaseException):
@@ -176,13 +89,6 @@ class Interrupted(BaseException):
 
 def _raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(f"signal {signum}")
-
-
-def stats(values: list[float]) -> dict[str, Any] | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def machine() -> dict[str, Any]:
@@ -223,164 +129,6 @@ def versions() -> dict[str, Any]:
         )
     except Exception:  # noqa: BLE001
         pass
-    return out
-
-
-def summarize(samples: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: stats([s.get(k + "_s") for s in samples]) for k in keys}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- k8s part
-K8S_PROFILE = [
-    {
-        "display_name": "Ray",
-        "slug": "ray",
-        "default": True,
-        "kubespawner_override": {
-            "ray_enabled": True,
-            "ray_worker_replicas": 2,
-            "ray_head_memory": "1Gi",
-            "ray_worker_memory": "1Gi",
-            "ray_head_cpu": "1",
-            "ray_worker_cpu": "1",
-        },
-    }
-]
-
-
-async def _k8s(repeats: int, tasks: int, result: dict[str, Any]) -> None:
-    from kubernetes_asyncio.config import kube_config
-    from kubespawner.clients import load_config
-
-    from rayspawner import RaySpawner
-    from rayspawner.backends import detect
-    from tests.k8semu import K8sEmu
-    from testcluster.node.kubelet_process import ProcessKubelet
-
-    emu = K8sEmu(kubelet=ProcessKubelet(time_scale=1.0)).start()
-    sp = None
-    try:
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(emu.kubeconfig_path)
-        load_config.cache_clear()
-        detect.forget()
-        sp = RaySpawner(
-            _mock=True,
-            user=SimpleNamespace(name="alice", id=1, url="/user/alice/", escaped_name="alice"),
-            orm_spawner=SimpleNamespace(name="", server=None, user_options={}, state=None),
-            k8s_api_host=emu.url,
-            namespace=NS,
-            start_timeout=300,
-            http_timeout=5,
-            image="quay.io/rayspawner/notebook:2.60.0",
-            api_token="bench-token",
-            oauth_client_id="unused",
-            profile_list=K8S_PROFILE,
-            ray_stop_timeout=90,
-            k8s_api_request_retry_timeout=10,
-            ray_orphan_sweep_interval=0,
-            cmd=["/bin/sh", "-c", "exec sleep 36000", "notebook"],
-            ray_extra_env={"RAY_raylet_start_wait_time_s": "180"},
-        )
-        sp.user_options = {"profile": "ray"}
-        t0 = time.monotonic()
-        log("k8s: spawning (head + 2 workers + notebook node)")
-        await asyncio.wait_for(sp.start(), 320)
-        result["spawn_s"] = time.monotonic() - t0
-        result["connect_mode"] = sp.ray_connect_mode
-        name = sp.ray_session.spec.name
-        head_pod = f"{name}-head"
-        gcs = sp.ray_session.spec.head_host + ":6379"
-        addresses = {"driver": "", "client": f"ray://{sp.ray_session.spec.head_host}:10001", "head": gcs}
-        pods = {"driver": sp.pod_name, "client": sp.pod_name, "head": head_pod}
-        containers = {"driver": None, "client": None, "head": "ray-head"}
-        result["cluster"] = {
-            "name": name,
-            "head_host": sp.ray_session.spec.head_host,
-            "pods": sorted(p["metadata"]["name"] for p in emu.list_objects("pods", NS)),
-        }
-        log(f"k8s: spawned in {result['spawn_s']:.1f}s; pods {result['cluster']['pods']}")
-
-        async def run(mode: str, n_tasks: int, timeout: float = 420) -> dict[str, Any]:
-            # driver: "" = a bare ray.init() (RAY_ADDRESS from the notebook container's env)
-            argv = ["python", "-c", DRIVER, mode, addresses[mode], str(n_tasks)]
-            t = time.monotonic()
-            fut = asyncio.run_coroutine_threadsafe(
-                emu.kubelet.exec_in_pod(NS, pods[mode], argv, container=containers[mode], timeout=timeout), emu.loop
-            )
-            rc, out = await asyncio.wrap_future(fut)
-            r = parse_result(out) or {"mode": mode, "errors": {"process": f"rc={rc}: {out[-1500:]}"}}
-            r["process_s"] = time.monotonic() - t
-            r["rc"] = rc
-            return r
-
-        # warm-up (not reported): workers' first tasks, and the first Ray Client connect to a fresh
-        # head, which FIELD-NOTES saw fail ("Starting Ray client server failed")
-        warm: list[dict[str, Any]] = []
-        for mode in ("head", "driver", "client"):
-            w = await run(mode, 50)
-            warm.append({k: w.get(k) for k in ("mode", "init_s", "errors", "process_s", "cpus", "nodes")})
-            log(f"k8s warm-up {mode}: init {w.get('init_s')} errors {list(w.get('errors', {}))}")
-        result["warmup"] = warm
-
-        samples: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-        for rep in range(repeats):
-            order = MODES[rep % 3 :] + MODES[: rep % 3]
-            for mode in order:
-                r = await run(mode, tasks)
-                r["rep"], r["load"] = rep, os.getloadavg()[0]
-                samples[mode].append(r)
-                log(
-                    f"k8s rep {rep} {mode}: "
-                    + " ".join(
-                        f"{k} {r.get(k + '_s'):.2f}" if r.get(k + "_s") is not None else f"{k} FAIL" for k in STEPS
-                    )
-                )
-        result["samples"] = samples
-        result["summary"] = {m: summarize(samples[m], STEPS + ("process",)) for m in MODES}
-        result["errors_by_mode"] = {m: sorted({e for s in samples[m] for e in s.get("errors", {})}) for m in MODES}
-        result["error_samples"] = {m: {k: v for s in samples[m] for k, v in s.get("errors", {}).items()} for m in MODES}
-        result["ratios"] = ratios(samples)
-    finally:
-        if sp is not None:
-            try:
-                t0 = time.monotonic()
-                await asyncio.wait_for(sp.stop(), 150)
-                result["stop_s"] = time.monotonic() - t0
-            except BaseException as e:  # noqa: BLE001
-                result.setdefault("cleanup_errors", []).append(f"stop: {e!r}")
-            hub_process.reset()  # as a new hub process: no sweeps, no local backends
-            for key, refl in list(RaySpawner.reflectors.items()):
-                try:
-                    await refl.stop()
-                except BaseException:  # noqa: BLE001
-                    pass
-                RaySpawner.reflectors.pop(key, None)
-        left = [k for k in emu.kubelet.pods] if emu.kubelet is not None else []
-        result["pods_left_after_stop"] = [f"{a}/{b}" for a, b in left]
-        emu.stop()  # kills any pod still running, removes every netns, veth and the bridge
-        detect.forget()
-
-
-def ratios(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Median of medians and the per-repeat ratio (same repeat, adjacent in time)."""
-    out: dict[str, Any] = {}
-    for a, b in (("driver", "head"), ("client", "head"), ("client", "driver")):
-        for k in STEPS:
-            ma = stats([s.get(k + "_s") for s in samples[a]])
-            mb = stats([s.get(k + "_s") for s in samples[b]])
-            per = []
-            for sa in samples[a]:
-                sb = next((x for x in samples[b] if x["rep"] == sa["rep"]), None)
-                if sb and sa.get(k + "_s") and sb.get(k + "_s"):
-                    per.append(sa[k + "_s"] / sb[k + "_s"])
-            out[f"{k}:{a}/{b}"] = {
-                "median_of_medians": ma["median"] / mb["median"] if ma and mb else None,
-                "per_repeat": stats(per),
-            }
     return out
 
 
@@ -468,7 +216,7 @@ def table(data: dict[str, Any]) -> str:
     k8s = data.get("k8s", {})
     if "summary" in k8s:
         lines.append(
-            "k8s (process kubelet, one cluster: head 1 CPU + 2 workers 1 CPU + notebook 0-CPU node), "
+            "k8s (real API server, process node, one cluster: head 1 CPU + 2 workers 1 CPU + notebook 0-CPU node), "
             f"median [min-max] s over {data['config']['repeats']} repeats"
         )
         lines.append(f"{'':8s} " + " ".join(f"{k:>22s}" for k in STEPS))
@@ -536,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if "k8s" in a.parts:
             data["k8s"] = {}
             try:
-                asyncio.run(_k8s(a.repeats, a.tasks, data["k8s"]))
+                asyncio.run(k8s_part(a.repeats, a.tasks, data["k8s"]))
             except Exception as e:  # noqa: BLE001
                 data["k8s"]["failed"] = f"{type(e).__name__}: {str(e)[-1500:]}"
                 log(f"k8s part failed: {data['k8s']['failed'][-500:]}")

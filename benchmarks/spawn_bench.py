@@ -4,11 +4,13 @@
 
 For every N and repetition, two phases run back to back, alternating which kind
 goes first: ``plain`` (kubespawner.KubeSpawner) and ``ray`` (RaySpawner, Ray
-profile, 2 workers, pods backend). Each phase gets a fresh loopback API server
-process (``benchmarks.emu_proc``: k8semu with the sim kubelet and a stats
-endpoint) and a fresh hub-like process (``benchmarks.hub_worker``), so the hub
-side's CPU time and RSS are its own. See benchmarks/README.md for what is
-simulated and what the columns mean.
+profile, 2 workers, pods backend unless ``--backend kuberay``). The phases run on the real test
+cluster (``testcluster/``: kube-apiserver, etcd, controller manager and scheduler v1.37.2, the
+KubeRay operator, the sim node): the one in ``$RAYSPAWNER_TESTCLUSTER_DIR`` if it is up, else
+one started for the whole run and stopped at the end. Each phase gets a fresh namespace with
+its own fault proxy and stats endpoint (``benchmarks.cluster_proc``) and a fresh hub-like
+process (``benchmarks.hub_worker``), so the hub side's CPU time and RSS are its own. See
+benchmarks/README.md for what is simulated and what the columns mean.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,71 +29,54 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cluster_proc import shared_cluster
+
 ROOT = Path(__file__).resolve().parent.parent
-#: base seconds per sim-kubelet stage; every stage also gets uniform [0, jitter] added.
-#: 5 stages for a one-container pod (schedule, pull, create, start, ready):
-#: 2.0 s + 5 × U(0, 0.6) → 2–5 s, mean 3.5 s, for the notebook, the head and each worker alike.
-SIM_DELAYS = {"schedule": 0.5, "pull": 1.0, "create": 0.1, "start": 0.2, "ready": 0.2}
+#: base seconds per sim-node stage; every stage of every pod also gets uniform [0, jitter] added
+#: (drawn by the hub worker, per pod). 4 stages for a one-container pod (pull, create, start,
+#: ready): 2.0 s + 4 × U(0, 0.6) → 2.0–4.4 s, mean 3.2 s, for the notebook, the head and each
+#: worker alike. The emulator's 0.5 s "schedule" stage is in "pull": the real kube-scheduler
+#: binds a pod in milliseconds.
+SIM_DELAYS = {"pull": 1.5, "create": 0.1, "start": 0.2, "ready": 0.2}
 JITTER = 0.6
 SPAWN_VERBS = ("create", "get", "patch", "update", "delete", "deletecollection")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_phase(kind: str, users: int, args: argparse.Namespace, workdir: Path, tag: str) -> dict[str, Any]:
-    """One fresh emulator process + one fresh hub process; returns the hub's JSON plus context."""
-    kubeconfig = workdir / f"kubeconfig-{tag}"
-    stats_port = free_port()
-    emu_cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.emu_proc",
-        "--stats-port",
-        str(stats_port),
-        "--kubeconfig",
-        str(kubeconfig),
-        "--sim-delays",
-        json.dumps(args.sim_delays),
-        "--jitter",
-        str(args.jitter),
-    ]
-    emu = subprocess.Popen(
-        emu_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(workdir / f"emu-{tag}.log", "w"), text=True
+def start_cluster_proc(workdir: Path, tag: str) -> tuple[subprocess.Popen, dict[str, Any]]:
+    """A fresh namespace + fault proxy + stats endpoint for one phase; its JSON line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cluster_proc", "--workdir", str(workdir / tag)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(workdir / f"cluster-{tag}.log", "w"),  # noqa: SIM115 - the child keeps it
+        text=True,
     )
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line:
+        proc.wait(30)
+        raise RuntimeError(f"cluster_proc did not start; see {workdir / f'cluster-{tag}.log'}")
+    return proc, json.loads(line)
+
+
+def hub_command(kind: str, users: int, args: argparse.Namespace, info: dict[str, Any], out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "benchmarks.hub_worker", "--kind", kind, "--users", str(users)]
+    cmd += ["--api", info["url"], "--kubeconfig", info["kubeconfig"], "--namespace", info["namespace"]]
+    cmd += ["--stats", info["stats"], "--out", str(out), "--hold", str(args.hold), "--backend", args.backend]
+    cmd += ["--sim-delays", json.dumps(args.sim_delays), "--jitter", str(args.jitter)]
+    cmd += ["--progress" if args.progress else "--no-progress"]
+    return cmd
+
+
+def run_phase(kind: str, users: int, args: argparse.Namespace, workdir: Path, tag: str) -> dict[str, Any]:
+    """One fresh namespace (cluster_proc) + one fresh hub process; returns the hub's JSON plus context."""
+    proc, info = start_cluster_proc(workdir, tag)
     try:
-        line = emu.stdout.readline() if emu.stdout else ""
-        if not line:
-            raise RuntimeError(f"emulator did not start; see {workdir / f'emu-{tag}.log'}")
-        info = json.loads(line)
         out = workdir / f"hub-{tag}.json"
-        hub_cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.hub_worker",
-            "--kind",
-            kind,
-            "--users",
-            str(users),
-            "--api",
-            info["url"],
-            "--kubeconfig",
-            str(kubeconfig),
-            "--stats",
-            info["stats"],
-            "--out",
-            str(out),
-            "--hold",
-            str(args.hold),
-            "--progress" if args.progress else "--no-progress",
-        ]
+        hub_cmd = hub_command(kind, users, args, info, out)
         if args.profile_dir:
             hub_cmd += ["--profile", str(Path(args.profile_dir) / f"profile-{tag}.html")]
         load_before = loadavg()
@@ -107,12 +91,12 @@ def run_phase(kind: str, users: int, args: argparse.Namespace, workdir: Path, ta
         result.update(tag=tag, wall_s=time.monotonic() - t, load_before=load_before, load_after=loadavg())
         return result
     finally:
-        emu.terminate()
+        proc.terminate()  # it drops the namespace and waits (≤ 60 s) until it is gone
         try:
-            emu.wait(30)
+            proc.wait(120)
         except subprocess.TimeoutExpired:
-            emu.kill()
-            emu.wait(10)
+            proc.kill()
+            proc.wait(10)
 
 
 # ------------------------------------------------------------------ aggregation
@@ -136,28 +120,37 @@ def dist(values: list[float]) -> dict[str, Any]:
     }
 
 
-def summarize(phases: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pool the repetitions of one (kind, N)."""
-    kind, users = phases[0]["kind"], phases[0]["users"]
-    servers = [s for p in phases for s in p["servers"]]
-    ok = [s for s in servers if s.get("ok")]
-    spawn = [s["spawn_s"] for s in ok]
-    # the simulated floor: when the pods the spawn waits for were Ready at the API server
+def floors(kind: str, servers: list[dict[str, Any]]) -> tuple[list[float], list[float], list[float]]:
+    """The simulated floor (when the pods a spawn waits for were Ready at the API server, from
+    the start call), the hub's overhead over it, and (ray) the head's Ready after the notebook's."""
     floor, overhead, head_after_nb = [], [], []
-    for s in ok:
+    for s in servers:
         ready = [s.get("nb_ready_wall")] + ([s.get("head_ready_wall")] if kind == "ray" else [])
-        if all(ready):
+        if s.get("ok") and all(ready):
             f = max(ready) - s["start_wall"]
             floor.append(f)
             overhead.append(s["spawn_s"] - f)
             if kind == "ray":
                 head_after_nb.append(s["head_ready_wall"] - s["nb_ready_wall"])
+    return floor, overhead, head_after_nb
+
+
+def teardowns(kind: str, servers: list[dict[str, Any]]) -> tuple[list[float], int]:
+    """stop() called → the server's last object gone (ray: its cluster's; plain: the pod), and how many never went."""
     if kind == "ray":
         teardown = [s["cluster_gone_wall"] - s["stop_wall"] for s in servers if s.get("cluster_gone_wall")]
-        not_gone = sum(1 for s in servers if s.get("cluster") and not s.get("cluster_gone_wall"))
-    else:
-        teardown = [s["nb_gone_wall"] - s["stop_wall"] for s in servers if s.get("nb_gone_wall")]
-        not_gone = sum(1 for s in servers if not s.get("nb_gone_wall"))
+        return teardown, sum(1 for s in servers if s.get("cluster") and not s.get("cluster_gone_wall"))
+    teardown = [s["nb_gone_wall"] - s["stop_wall"] for s in servers if s.get("nb_gone_wall")]
+    return teardown, sum(1 for s in servers if not s.get("nb_gone_wall"))
+
+
+def summarize(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool the repetitions of one (kind, N)."""
+    kind, users = phases[0]["kind"], phases[0]["users"]
+    servers = [s for p in phases for s in p["servers"]]
+    spawn = [s["spawn_s"] for s in servers if s.get("ok")]
+    floor, overhead, head_after_nb = floors(kind, servers)
+    teardown, not_gone = teardowns(kind, servers)
     n_total = len(servers)
     reqs: Counter = Counter()
     relist: Counter = Counter()
@@ -185,7 +178,11 @@ def summarize(phases: list[dict[str, Any]]) -> dict[str, Any]:
         "watches_peak": max(p["watches"]["peak"] for p in phases),
         "cpu_s_per_spawn": cpu_total / n_total,
         "cpu_s_per_spawn_by_rep": [p["cpu_s"]["total"] / p["users"] for p in phases],
-        "emu_cpu_s_per_spawn": statistics.fmean(p["emu_cpu_s"] / p["users"] for p in phases),
+        # the whole control plane (API server, etcd, controllers, scheduler, nodes, operator)
+        "api_cpu_s_per_spawn": statistics.fmean(p["api_cpu_s"] / p["users"] for p in phases),
+        "apiserver_cpu_s_per_spawn": statistics.fmean(
+            p["api_cpu_s_by_process"].get("kube-apiserver", 0.0) / p["users"] for p in phases
+        ),
         "rss_peak_mb": max(p["rss_mb"]["peak"] for p in phases),
         "rss_growth_mb": max(p["rss_mb"]["peak"] - p["rss_mb"]["baseline"] for p in phases),
         "hub_loop_lag_p99_s": max((p.get("loop_lag_s") or {}).get("p99") or 0 for p in phases),
@@ -288,6 +285,7 @@ def table(summary: dict[str, Any]) -> str:
             "req/srv",
             "watch pk",
             "CPU ms/spawn",
+            "API CPU ms/spawn",
             "RSS pk MB (+grow)",
             "err",
             "teardown p50/p95/max s",
@@ -306,6 +304,7 @@ def table(summary: dict[str, Any]) -> str:
                 fmt(s["requests_per_server"], ".1f"),
                 str(s["watches_peak"]),
                 fmt(s["cpu_s_per_spawn"] * 1000, ".1f"),
+                f"{fmt(s['apiserver_cpu_s_per_spawn'] * 1000, '.0f')} ({fmt(s['api_cpu_s_per_spawn'] * 1000, '.0f')})",
                 f"{fmt(s['rss_peak_mb'], '.0f')} (+{fmt(s['rss_growth_mb'], '.0f')})",
                 str(s["errors"]),
                 f"{fmt(td['p50'])}/{fmt(td['p95'])}/{fmt(td['max'])}",
@@ -326,8 +325,7 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    today = dt.date.today().isoformat()
+def parse_args(argv: list[str] | None, today: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.spawn_bench",
         description=__doc__,
@@ -337,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2, help="repetitions per N (each runs both kinds)")
     ap.add_argument("--kinds", nargs="+", default=["plain", "ray"], choices=["plain", "ray"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{today}.json"))
-    ap.add_argument("--sim-delays", type=json.loads, default=SIM_DELAYS, help="JSON map of sim kubelet delays")
+    ap.add_argument("--sim-delays", type=json.loads, default=SIM_DELAYS, help="JSON map of sim-node delays")
     ap.add_argument("--jitter", type=float, default=JITTER)
+    ap.add_argument("--backend", choices=["pods", "kuberay"], default="pods", help="the Ray kind's backend")
     ap.add_argument("--hold", type=float, default=1.0, help="seconds between the last start and the stops")
     ap.add_argument(
         "--progress",
@@ -349,22 +348,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phase-timeout", type=float, default=900)
     ap.add_argument("--profile-dir", default=None, help="pyinstrument profiles of each hub phase go here")
     ap.add_argument("--keep", action="store_true", help="keep the per-phase logs (printed path)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    workdir = Path(tempfile.mkdtemp(prefix="spawn-bench-"))
+
+def run_phases(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     phases: list[dict[str, Any]] = []
+    # one cluster for the whole run (the shared one if up): its start-up is not the bench's business
+    with shared_cluster():
+        for users in args.users:
+            for rep in range(args.reps):
+                order = list(args.kinds) if (rep + args.users.index(users)) % 2 == 0 else list(reversed(args.kinds))
+                for kind in order:
+                    tag = f"{users}-{rep}-{kind}"
+                    print(
+                        f"[{time.strftime('%H:%M:%S')}] N={users} rep={rep} {kind} (load {loadavg()[0]})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    phases.append(run_phase(kind, users, args, workdir, tag))
+    return phases
+
+
+def main(argv: list[str] | None = None) -> int:
+    today = dt.date.today().isoformat()
+    args = parse_args(argv, today)
+    workdir = Path(tempfile.mkdtemp(prefix="spawn-bench-"))
     started = time.time()
-    for users in args.users:
-        for rep in range(args.reps):
-            order = list(args.kinds) if (rep + args.users.index(users)) % 2 == 0 else list(reversed(args.kinds))
-            for kind in order:
-                tag = f"{users}-{rep}-{kind}"
-                print(
-                    f"[{time.strftime('%H:%M:%S')}] N={users} rep={rep} {kind} (load {loadavg()[0]})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                phases.append(run_phase(kind, users, args, workdir, tag))
+    phases = run_phases(args, workdir)
     by_kind: dict[str, Any] = {}
     for users in args.users:
         for kind in args.kinds:
@@ -390,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             "reps": args.reps,
             "kinds": args.kinds,
             "ray_profile": {"profile": "ray", "workers": "2"},
+            "backend": args.backend,
+            "cluster": "testcluster: Kubernetes v1.37.2 control plane, KubeRay operator, sim node",
         },
         "by_kind": by_kind,
         "ratios": ratios,

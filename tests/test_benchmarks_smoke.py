@@ -1,6 +1,8 @@
 """The spawn benchmark harness at tiny scale: it runs, and its JSON has every field with sane values.
 
-Not a timed test: no assertion on latencies or ratios (see benchmarks/README.md for numbers).
+It runs on the session's test cluster (``test_cluster``: the one scripts/test.sh started, never a
+second one), one namespace per phase. Not a timed test: no assertion on latencies or ratios
+(see benchmarks/README.md for numbers).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ SUMMARY_FIELDS = {
     "watches_peak",
     "cpu_s_per_spawn",
     "cpu_s_per_spawn_by_rep",
-    "emu_cpu_s_per_spawn",
+    "api_cpu_s_per_spawn",
+    "apiserver_cpu_s_per_spawn",
     "rss_peak_mb",
     "rss_growth_mb",
     "errors",
@@ -56,7 +59,9 @@ RATIO_FIELDS = {
 
 
 @pytest.mark.timeout(240)
-def test_spawn_bench_tiny(tmp_path, capsys):
+def test_spawn_bench_tiny(tmp_path, capsys, monkeypatch, test_cluster):
+    # the bench and its child processes use this cluster (they start their own only without one)
+    monkeypatch.setenv("RAYSPAWNER_TESTCLUSTER_DIR", str(test_cluster.root))
     out = tmp_path / "bench.json"
     rc = spawn_bench.main(
         [
@@ -71,7 +76,7 @@ def test_spawn_bench_tiny(tmp_path, capsys):
             "--jitter",
             "0.05",
             "--sim-delays",
-            json.dumps({"schedule": 0.05, "pull": 0.1, "start": 0.05}),
+            json.dumps({"pull": 0.15, "start": 0.05}),
         ]
     )
     assert rc == 0
@@ -95,6 +100,8 @@ def test_spawn_bench_tiny(tmp_path, capsys):
         assert s["floor_s"]["n"] == 3 and s["floor_s"]["mean"] > 0
         assert s["teardown_s"]["n"] == 3 and s["teardown_not_done"] == 0 and s["teardown_s"]["max"] < 60
         assert s["cpu_s_per_spawn"] > 0 and s["rss_peak_mb"] > 0 and s["rss_growth_mb"] >= 0
+        # the control plane's CPU for the phase, the API server's part of it included
+        assert 0 < s["apiserver_cpu_s_per_spawn"] <= s["api_cpu_s_per_spawn"]
         assert s["watches_peak"] >= 2
         assert s["warmup_requests"].get("list pods", 0) >= 1  # the one-off reflector start, reported apart
 
@@ -109,6 +116,9 @@ def test_spawn_bench_tiny(tmp_path, capsys):
     assert RATIO_FIELDS <= set(r) and r["users"] == 3
     assert all(r[k] > 0 for k in RATIO_FIELDS - {"users"})
     assert len(data["phases"]) == 2 and {p["kind"] for p in data["phases"]} == {"plain", "ray"}
+    for p in data["phases"]:
+        assert {"kube-apiserver", "etcd", "node-agent-sim"} <= set(p["api_cpu_s_by_process"]), p["api_cpu_s_by_process"]
+    assert data["config"]["backend"] == "pods"
 
 
 # --- benchmarks/connect_modes_bench.py: no Ray, no hub, no pods (a real run is minutes; see benchmarks/README.md)
