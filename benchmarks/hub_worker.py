@@ -14,7 +14,7 @@ unmodified ``kubespawner.KubeSpawner``; ``ray`` is ``rayspawner.RaySpawner`` wit
 profile and 2 workers (``--backend``, default pods). Both kinds import both packages so the
 baseline RSS is the same.
 
-Sim-node delays are per pod (annotation ``k8semu/sim-delays``, ``extra_annotations`` for the
+Sim-node delays are per pod (annotation ``testcluster.rayspawner.test/sim-delays``, ``extra_annotations`` for the
 notebook pod, ``ray_extra_annotations`` for a cluster's Ray pods): each pod's stages get the
 base delays plus uniform [0, jitter] each, drawn here (the shared node has no jitter of its own).
 
@@ -73,7 +73,7 @@ def _user(name: str, uid: int) -> SimpleNamespace:
 
 
 def sim_delays(base: dict[str, float], jitter: float, rng: random.Random, once: tuple[str, ...] = ()) -> str:
-    """One pod's ``k8semu/sim-delays`` value ("pull=1.234,start=0.25"; no braces: KubeSpawner
+    """One pod's ``testcluster.rayspawner.test/sim-delays`` value ("pull=1.234,start=0.25"; no braces: KubeSpawner
     formats annotation values). ``once``: stages the sim node runs twice for this pod (a native
     sidecar of the same image) but a kubelet pays once; each of the two gets half."""
     parts = []

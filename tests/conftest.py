@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["testcluster.fixtures", "tests.k8semu.fixtures", "tests.spawner_fixtures", "tests.local_hub"]
+pytest_plugins = ["testcluster.fixtures", "tests.spawner_fixtures", "tests.local_hub"]
 
 #: modules whose tests boot real Ray clusters. Under pytest-xdist (``--dist loadgroup``) they run
 #: on one worker, one test after another ("real-ray"): two Ray tests at once on 2 cores made

@@ -17,7 +17,7 @@ from rayspawner import naming
 from rayspawner.backends.kuberay import KubeRayBackend
 from rayspawner.errors import ClusterStartError
 
-from testcluster.node.kubelet_sim import SIM_DELAYS
+from testcluster.node.kubelet_sim import IMAGE_PULL, SIM_DELAYS
 
 from .spawner_fixtures import ray_objects
 from .spawner_fixtures import RAY, env_of, start, wait_until
@@ -229,7 +229,7 @@ async def test_forbidden_create_rayclusters_names_rule_and_leaves_nothing(kube, 
 
 
 async def test_head_that_cannot_pull_fails_spawn_readably(kube, ray_spawner_factory):
-    sp = ray_spawner_factory(kube, ray_backend="kuberay", ray_extra_annotations={"k8semu/image-pull": "fail"})
+    sp = ray_spawner_factory(kube, ray_backend="kuberay", ray_extra_annotations={IMAGE_PULL: "fail"})
     with pytest.raises(ClusterStartError) as err:
         await start(sp)
     assert "cannot be pulled" in err.value.message and "ray-alice" in err.value.message

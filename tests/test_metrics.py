@@ -39,7 +39,7 @@ PROFILES = [
         "kubespawner_override": {
             "ray_enabled": True,
             "ray_worker_replicas": 1,
-            "ray_extra_annotations": {"k8semu/image-pull": "fail"},
+            "ray_extra_annotations": {"testcluster.rayspawner.test/image-pull": "fail"},
         },
     },
 ]

@@ -10,7 +10,7 @@ import pytest
 from rayspawner import naming
 from rayspawner.errors import ClusterStartError, InvalidOptions
 from rayspawner.manifests.notebook import NOTEBOOK_NODE_CONTAINER, node_ready
-from testcluster.node.kubelet_sim import SIM_DELAYS
+from testcluster.node.kubelet_sim import NOT_READY_CONTAINERS, SIM_DELAYS
 
 from .bad_inputs import BAD_INPUTS, LIMITS
 from .bad_inputs import PROFILES as BAD_PROFILES
@@ -169,7 +169,7 @@ async def test_progress_reports_cluster_until_ready(kube, ray_spawner_factory):
 
 
 async def test_failing_head_fails_spawn_readably_and_cleans_up(kube, ray_spawner_factory):
-    sp = ray_spawner_factory(kube, ray_extra_annotations={"k8semu/image-pull": "fail"})
+    sp = ray_spawner_factory(kube, ray_extra_annotations={"testcluster.rayspawner.test/image-pull": "fail"})
     sp.user_options = dict(RAY)
     fut = sp.start()
     messages = []
@@ -257,7 +257,7 @@ def test_api_errors_become_readable_reasons():
 
 async def test_start_without_waiting_for_the_head(kube, ray_spawner_factory):
     """ray_wait_for_head=False: start returns with the notebook even while the head is not ready."""
-    never_ready = {"k8semu/not-ready": "true"}
+    never_ready = {"testcluster.rayspawner.test/not-ready": "true"}
     sp = ray_spawner_factory(kube, ray_wait_for_head=False, ray_extra_annotations=never_ready)
     await start(sp)
     assert not (await sp.ray_session.backend.status(sp.ray_session.spec)).head_ready
@@ -301,9 +301,7 @@ async def test_driver_mode_adds_the_notebook_node_and_client_mode_does_not(kube,
 async def test_a_notebook_that_cannot_join_fails_the_spawn_readably(kube, ray_spawner_factory):
     """Driver mode: the head is ready but the notebook's Ray node never is (a NetworkPolicy in the
     way, say): the spawn fails with a message saying so, and nothing is left behind."""
-    sp = ray_spawner_factory(
-        kube, start_timeout=6, extra_annotations={"k8semu/not-ready-containers": NOTEBOOK_NODE_CONTAINER}
-    )
+    sp = ray_spawner_factory(kube, start_timeout=6, extra_annotations={NOT_READY_CONTAINERS: NOTEBOOK_NODE_CONTAINER})
     sp.user_options = dict(RAY)
     with pytest.raises(ClusterStartError) as err:
         await asyncio.wait_for(sp.start(), 30)

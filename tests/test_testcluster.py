@@ -75,7 +75,7 @@ def test_a_pod_runs_on_the_node_agent_and_graceful_deletion_removes_it(kube):
 
 
 def test_the_node_evicts_a_pod_as_a_kubelet_under_pressure_does(kube):
-    """``k8semu/evict`` asks the node to do what the kubelet's eviction manager does."""
+    """``testcluster.rayspawner.test/evict`` asks the node to do what the kubelet's eviction manager does."""
     from testcluster.node.agent import EVICT
 
     kube.create_object(pod("e"), kube.ns)

@@ -13,7 +13,7 @@ admit for a kubelet. It
 - honours graceful deletion: a pod with a ``deletionTimestamp`` is stopped within its
   grace period, then deleted for good (grace 0, UID precondition), as the kubelet does;
 - evicts a running pod as the kubelet's eviction manager does under node pressure, when a
-  test asks by annotating it ``k8semu/evict: "<message>"``: its containers are killed, the
+  test asks by annotating it ``testcluster.rayspawner.test/evict: "<message>"``: its containers are killed, the
   pod is left ``Failed`` with reason ``Evicted`` (and a ``DisruptionTarget`` condition), and a
   Warning ``Evicted`` event is recorded; the object stays until someone deletes it;
 - serves the kubelet API that the API server proxies ``pods/log``, ``pods/exec``
@@ -41,7 +41,7 @@ log = logging.getLogger("testcluster.node")
 KUBELET_VERSION = "v1.37.2"
 # the conditions a kubelet owns; others (PodScheduled, DisruptionTarget, readiness gates) are kept
 KUBELET_CONDITIONS = {"Initialized", "Ready", "ContainersReady", "PodReadyToStartContainers"}
-EVICT = "k8semu/evict"  # a test's stand-in for node pressure; the value is the eviction message
+EVICT = "testcluster.rayspawner.test/evict"  # a test's stand-in for node pressure; the value is the eviction message
 
 
 def now_micro() -> str:

@@ -65,7 +65,7 @@ class Container:
         self.probe_tasks: list[asyncio.Task[None]] = []
 
     def status(self) -> dict[str, Any]:
-        image = self.spec.get("image", "k8semu/none")
+        image = self.spec.get("image", "testcluster.rayspawner.test/none")
         return {
             "name": self.name,
             "image": image,

@@ -198,7 +198,7 @@ class PodRunner(PodEnv, Probes):
                 c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
                 await self.push()
                 await asyncio.sleep(max(0.2, self.k.backoff_base))
-        image = c.spec.get("image", "k8semu/none")
+        image = c.spec.get("image", "testcluster.rayspawner.test/none")
         await self.event("Pulled", f'Container image "{image}" already present on machine')
         if c.log_path.exists() and c.log_path.stat().st_size:
             c.log_path.replace(c.log_path.with_suffix(".previous.log"))

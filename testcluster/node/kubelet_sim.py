@@ -4,12 +4,13 @@ Behaviour is steered by delays (``schedule`` is the scheduler's; ``pull``, ``cre
 ``start``, ``ready``, ``init``, ``restart`` are this kubelet's) and by pod annotations
 understood only by the emulator (see README.md):
 
-- ``k8semu/image-pull: fail``   -> ErrImagePull, then ImagePullBackOff (Warning events)
-- ``k8semu/exit-after: "<s>"``  -> containers terminate after <s> seconds of running
-- ``k8semu/exit-code: "<n>"``   -> with that exit code (default 0); restartPolicy honoured
-- ``k8semu/not-ready: "true"``  -> containers run but never become ready
-- ``k8semu/not-ready-containers: "a,b"`` -> those sidecar init containers run but never become ready
-- ``k8semu/sim-delays: "pull=1.0,start=0.2"`` -> this pod's delays (seconds), over the node's
+- ``testcluster.rayspawner.test/image-pull: fail``   -> ErrImagePull, then ImagePullBackOff (Warning events)
+- ``testcluster.rayspawner.test/exit-after: "<s>"``  -> containers terminate after <s> seconds of running
+- ``testcluster.rayspawner.test/exit-code: "<n>"``   -> with that exit code (default 0); restartPolicy honoured
+- ``testcluster.rayspawner.test/not-ready: "true"``  -> containers run but never become ready
+- ``testcluster.rayspawner.test/not-ready-containers: "a,b"`` -> those sidecar init containers
+  run but never become ready
+- ``testcluster.rayspawner.test/sim-delays: "pull=1.0,start=0.2"`` -> this pod's delays (seconds), over the node's
 
 Native sidecars (init containers with ``restartPolicy: Always``) are reported started,
 ready and running as soon as they start; the next init container follows at once; they
@@ -31,12 +32,12 @@ from .kubelet_api import HOST_IP
 log = logging.getLogger("testcluster.node.sim")
 
 DEFAULT_DELAYS = {"pull": 0.02, "create": 0.0, "start": 0.02, "ready": 0.0, "init": 0.02, "restart": 0.05}
-IMAGE_PULL = "k8semu/image-pull"
-EXIT_AFTER = "k8semu/exit-after"
-EXIT_CODE = "k8semu/exit-code"
-NOT_READY = "k8semu/not-ready"
-NOT_READY_CONTAINERS = "k8semu/not-ready-containers"
-SIM_DELAYS = "k8semu/sim-delays"
+IMAGE_PULL = "testcluster.rayspawner.test/image-pull"
+EXIT_AFTER = "testcluster.rayspawner.test/exit-after"
+EXIT_CODE = "testcluster.rayspawner.test/exit-code"
+NOT_READY = "testcluster.rayspawner.test/not-ready"
+NOT_READY_CONTAINERS = "testcluster.rayspawner.test/not-ready-containers"
+SIM_DELAYS = "testcluster.rayspawner.test/sim-delays"
 
 
 def _cid() -> str:

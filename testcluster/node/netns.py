@@ -5,7 +5,7 @@ Design (see also ``kubelet_process``):
 
 - Each :class:`ProcessKubelet` instance owns one *node network*: a Linux bridge
   ``k8semu<N>`` with address ``10.244.<N>.1/24`` in the root namespace, where ``N``
-  (0..254) is taken under an ``flock`` on ``/run/k8semu/net-<N>.lock`` so that several
+  (0..254) is taken under an ``flock`` on ``/run/testcluster.rayspawner.test/net-<N>.lock`` so that several
   kubelets (parallel test sessions, other engineers) never share a bridge or a subnet.
   A lock file whose holder died is taken over and the leftovers of that holder
   (netns ``k8semu-<N>-*``, processes inside them, the bridge) are removed first.
