@@ -58,6 +58,7 @@ RATIO_FIELDS = {
 }
 
 
+@pytest.mark.slow  # two hub processes and two namespaces' spawns: about 30 s
 @pytest.mark.timeout(240)
 def test_spawn_bench_tiny(tmp_path, capsys, monkeypatch, test_cluster):
     # the bench and its child processes use this cluster (they start their own only without one)
