@@ -46,9 +46,6 @@ from testcluster.node.kubelet_sim import SIM_DELAYS
 
 NOTEBOOK_IMAGE = "quay.io/rayspawner/notebook:2.60.0"
 RAY_OPTIONS = {"profile": "ray", "workers": "2"}
-#: Ray pod sizes: the sim node (64 CPU, 256Gi) would fit ~20 Ray servers at the defaults
-#: (1 CPU, 2Gi each); 512Mi is the least rayspawner accepts
-RAY_SIZES = {"ray_head_cpu": "10m", "ray_worker_cpu": "10m", "ray_head_memory": "512Mi", "ray_worker_memory": "512Mi"}
 
 
 def _http(url: str, method: str = "GET") -> dict[str, Any]:
@@ -102,7 +99,7 @@ def spawner_factory(a: argparse.Namespace) -> tuple[Any, Any]:
     )
     if a.kind == "ray":
         cls: Any = RaySpawner
-        common.update(profile_list=PROFILES, ray_stop_timeout=30, ray_backend=a.backend, **RAY_SIZES)
+        common.update(profile_list=PROFILES, ray_stop_timeout=30, ray_backend=a.backend)  # the spawner's default sizes
     else:
         cls = KubeSpawner
     rng = random.Random(a.seed)
