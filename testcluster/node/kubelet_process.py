@@ -165,11 +165,16 @@ class PodRunner(PodEnv, Probes):
             names = {}
         text = render_hosts(self.name, self.net.ip, names)
         if text != self._hosts_text:
-            # In place (same inode): the bind mounts in running containers see the change.
-            with open(self.hosts_path, "a+") as f:
-                f.seek(0)
-                f.truncate()
-                f.write(text)
+            # In place (same inode: the bind mounts in running containers see the change), in one
+            # write and never truncated: a resolver reading between a truncate and a write saw an
+            # empty file. A shorter text is padded with blank lines to the old length instead.
+            data = text.encode()
+            fd = os.open(self.hosts_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                data += b"\n" * max(0, os.fstat(fd).st_size - len(data))
+                os.pwrite(fd, data, 0)
+            finally:
+                os.close(fd)
             self._hosts_text = text
 
     async def _refresh_hosts(self) -> None:
