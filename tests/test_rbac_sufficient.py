@@ -161,7 +161,11 @@ async def test_removing_any_rule_fails_naming_it_and_leaves_nothing(
         await asyncio.wait_for(sp.stop(), 30)  # what JupyterHub does after a failed start
     except Exception:  # noqa: BLE001 - stop may be refused too; what counts is what is left
         pass
-    assert _leftovers(emu) == [], f"left behind without the {resource} rule"
+    # the garbage collector removes owned objects (the workers' ReplicaSet and pods) in the background
+    deadline = asyncio.get_running_loop().time() + 30
+    while (left := _leftovers(emu)) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+    assert left == [], f"left behind without the {resource} rule"
     if resource not in message and resource in KUBESPAWNER_REFLECTED:
         pytest.xfail(
             f"KubeSpawner's {resource} reflector raises a bare ApiException (403) without the body, "
