@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.spawner_fixtures import RESTRICTED_TRAITS
+
 from testcluster.node.kubelet_process import ProcessKubelet
 from testcluster.node.netns import netns_available
 from tests.test_node_process_runtime import NS, FakeCluster, kubelet, make_pod, status_of, wait_for  # noqa: F401
@@ -196,13 +198,7 @@ async def test_sidecar_stopped_when_main_completes(kubelet: ProcessKubelet) -> N
 
 async def test_sim_node_reports_sidecars(kube: Any) -> None:
     """The sim node behind the real API server: what a kubelet reports for a native sidecar."""
-    restricted = {
-        "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    restricted = {**RESTRICTED_TRAITS["container_security_context"], "runAsUser": 1000}
 
     def container(name: str, **extra: Any) -> dict[str, Any]:
         return {"name": name, "image": "busybox", "securityContext": restricted, **extra}

@@ -59,23 +59,25 @@ class ServiceIndex:
                 log.warning("watching %s: %s; relisting", path, e)
                 await asyncio.sleep(1)
 
-    def ready_addresses(self, namespace: str, service: str) -> list[str]:
-        out: list[str] = []
+    def ready_addresses(self) -> dict[tuple[str, str], list[str]]:
+        """(namespace, service) -> its ready endpoints' addresses, in one pass over the slices
+        (the hosts files are rendered from this every half second for every process pod)."""
+        out: dict[tuple[str, str], list[str]] = {}
         for (ns, _), sl in sorted(self.slices.items()):
-            if ns != namespace or (sl["metadata"].get("labels") or {}).get(SERVICE_LABEL) != service:
-                continue
-            for ep in sl.get("endpoints") or []:
+            service = (sl["metadata"].get("labels") or {}).get(SERVICE_LABEL)
+            for ep in sl.get("endpoints") or [] if service else []:
                 if (ep.get("conditions") or {}).get("ready") is not False:  # nil counts as ready
-                    out += ep.get("addresses") or []
+                    out.setdefault((ns, service), []).extend(ep.get("addresses") or [])
         return out
 
     def hosts_for(self, namespace: str) -> dict[str, str]:
         """DNS names -> IP for every Service, short names for ``namespace``'s own."""
+        ready = self.ready_addresses()
         hosts: dict[str, str] = {}
         for (ns, name), svc in sorted(self.services.items()):
-            ready = self.ready_addresses(ns, name)
             cluster_ip = (svc.get("spec") or {}).get("clusterIP")
-            ip = ready[0] if ready else (cluster_ip if cluster_ip and cluster_ip != "None" else None)
+            addresses = ready.get((ns, name))
+            ip = addresses[0] if addresses else (cluster_ip if cluster_ip and cluster_ip != "None" else None)
             if ip is None:
                 continue
             for host in (f"{name}.{ns}.svc.cluster.local", f"{name}.{ns}.svc", f"{name}.{ns}"):
