@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what rayspawner's demo and tests need on a fresh Debian-like machine:
 # a venv with rayspawner and its test extras, configurable-http-proxy (npm),
-# and (for tests) Chromium + ChromeDriver and iproute2 (apt). Idempotent.
+# and (for tests) Chromium + ChromeDriver, iproute2 and iptables (apt). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
@@ -12,8 +12,10 @@ command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ "$want_test" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
-  # runc/iptables are not needed; openssl makes the test cluster's certificates
+  # openssl makes the test cluster's certificates; iptables the process node's rule that
+  # sends a pod's `kubernetes` Service connections to the API server (kube-proxy's part)
   command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+  command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

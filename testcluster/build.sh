@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries from their Go modules into a cache keyed by
 # version: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
-# (Kubernetes v1.37.2) and the KubeRay operator with its CRDs. The operator is
+# (Kubernetes v1.37.2), the node's kubelet-streams helper and the KubeRay operator with its CRDs. The operator is
 # v1.6.2: the module proxy refuses ray-operator/v1.7.0 ("not available", 403).
 # Skips whatever is already built. Prints the cache's bin directory on stdout.
 set -euo pipefail
@@ -46,6 +46,10 @@ build "$here/gobuild" kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build "$here/gobuild" kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 build "$here/gobuild" kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build "$here/gobuild" kubectl k8s.io/kubernetes/cmd/kubectl
+# the node's kubelet streaming port (its own module, keyed by its own sources: seconds to build)
+streams_key="$(cat "$here"/gostreams/go.* "$here"/gostreams/cmd/kubelet-streams/*.go | sha256sum | cut -c1-12)"
+build "$here/gostreams" "kubelet-streams-$streams_key" ./cmd/kubelet-streams
+ln -sfn "kubelet-streams-$streams_key" "$bin/kubelet-streams"
 if [ ! -x "$bin/kuberay-operator" ]; then
   log "building kuberay-operator (github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION)"
   t0=$SECONDS

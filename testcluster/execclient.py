@@ -2,7 +2,7 @@
 
 A websocket with subprotocol ``v4.channel.k8s.io`` to ``/api/v1/namespaces/{ns}/pods/{name}/exec``;
 the API server authorizes it (``create pods/exec``) and proxies the upgrade to the node's kubelet
-port (``node/exec_ws.py``). Used by tests to run commands in a process-node pod's sandbox.
+port (``node/kubelet_server.py``). Used by tests to run commands in a process-node pod's containers.
 """
 
 from __future__ import annotations

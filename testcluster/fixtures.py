@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,55 @@ class Kube:
     pss: str = "restricted"
     rbac: list[dict[str, Any]] | None = None
     extra_namespaces: list[str] = field(default_factory=list)
+    volumes: list[tuple[str, Path]] = field(default_factory=list)
+
+    def shared_claim(self, claim: str, node: str = "process", size: str = "1Gi") -> Path:
+        """A ReadWriteMany PersistentVolumeClaim ``claim`` in the namespace, bound to a local
+        PersistentVolume on ``node``'s machine (what an NFS or CephFS volume is to a cluster):
+        the pods that mount the claim share its directory, which this returns; no other pod
+        sees it (it lies in the cluster's directory, hidden from pods). Gone with the Kube."""
+        pv = f"{self.ns}-{claim}"
+        path = self.cluster.root / "volumes" / pv
+        path.mkdir(parents=True)
+        path.chmod(0o777)  # pods run as their securityContext's user, as on an NFS export
+        self.volumes.append((pv, path))
+        affinity = {"key": "testcluster.rayspawner.test/pods", "operator": "In", "values": [node]}
+        self.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "local": {"path": str(path)},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [affinity]}]}},
+                    "claimRef": {"namespace": self.ns, "name": claim},
+                },
+            }
+        )
+        self.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": self.ns},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": size}},
+                },
+            }
+        )
+        self.wait_for(
+            lambda: (
+                (self.get_object("persistentvolumeclaims", self.ns, claim).get("status") or {}).get("phase") == "Bound"
+            ),
+            what=f"claim {claim} bound",
+        )
+        return path
 
     def namespace_for_hub(self, prefix: str = "jhub") -> str:
         """A new namespace (same Pod Security and node) whose Roles bind this Kube's hub account."""
@@ -172,6 +222,9 @@ def drop_kube(kube: Kube) -> None:
     kube.proxy.stop()
     for ns in [*kube.extra_namespaces, kube.ns]:
         kube.cluster.client.delete_namespace(ns)
+    for pv, path in kube.volumes:
+        kube.cluster.client.delete_object("persistentvolumes", None, pv)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ pytestmark = [
 ]
 
 NS = "k8semu-test"
+SHARED_MOUNT = {"name": "shared", "mountPath": "/opt/shared"}
 
 
 class FakeCluster:
@@ -255,20 +256,38 @@ async def test_init_containers_termination_message(kubelet: ProcessKubelet) -> N
     c = FakeCluster()
     pod = make_pod(
         "k8semu-init",
-        [{"name": "main", "image": "x", "command": ["sh", "-c", "cat /tmp/step; sleep 600"]}],
+        [
+            {
+                "name": "main",
+                "image": "x",
+                "command": ["sh", "-c", "cat /opt/shared/step; ls -A /tmp | grep -qx mine || echo own-tmp; sleep 600"],
+                "volumeMounts": [SHARED_MOUNT],
+            }
+        ],
         initContainers=[
             {
                 "name": "first",
                 "image": "x",
-                "command": ["sh", "-c", "echo one > /tmp/step; printf 'hello from init' > /dev/termination-log"],
+                "command": [
+                    "sh",
+                    "-c",
+                    "touch /tmp/mine; echo one > /opt/shared/step; printf 'hello from init' > /dev/termination-log",
+                ],
+                "volumeMounts": [SHARED_MOUNT],
             },
             {
                 "name": "second",
                 "image": "x",
                 "terminationMessagePath": "/tmp/custom-msg",
-                "command": ["sh", "-c", "test -f /tmp/step && echo two >> /tmp/step && echo done > /tmp/custom-msg"],
+                "command": [
+                    "sh",
+                    "-c",
+                    "test -f /opt/shared/step && echo two >> /opt/shared/step && echo done > /tmp/custom-msg",
+                ],
+                "volumeMounts": [SHARED_MOUNT],
             },
         ],
+        volumes=[{"name": "shared", "emptyDir": {}}],
     )
     await kubelet.run_pod(pod, c.ctx(pod))
     await wait_for(
@@ -286,7 +305,9 @@ async def test_init_containers_termination_message(kubelet: ProcessKubelet) -> N
     assert phases[0] == "Pending" and phases[-1] == "Running"
     conds = {x["type"]: x["status"] for x in status_of(c, "k8semu-init")["conditions"]}
     assert conds == {"PodScheduled": "True", "Initialized": "True", "ContainersReady": "True", "Ready": "True"}
-    await wait_for(lambda: "two" in kubelet.logs(NS, "k8semu-init", "main"), what="main sees init's /tmp")
+    # containers of a pod share their volumes, never their /tmp (each has its own writable layer)
+    await wait_for(lambda: "two" in kubelet.logs(NS, "k8semu-init", "main"), what="main sees the init's volume")
+    assert "own-tmp" in kubelet.logs(NS, "k8semu-init", "main")
 
 
 async def test_restart_policies(kubelet: ProcessKubelet) -> None:

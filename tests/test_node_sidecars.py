@@ -15,7 +15,7 @@ from tests.spawner_fixtures import RESTRICTED_TRAITS
 
 from testcluster.node.kubelet_process import ProcessKubelet
 from testcluster.node.netns import netns_available
-from tests.test_node_process_runtime import NS, FakeCluster, kubelet, make_pod, status_of, wait_for  # noqa: F401
+from tests.test_node_process_runtime import NS, SHARED_MOUNT, FakeCluster, kubelet, make_pod, status_of, wait_for  # noqa: F401
 
 
 def process_test(fn: Any) -> Any:
@@ -30,7 +30,7 @@ def process_test(fn: Any) -> Any:
     return fn
 
 
-# Writes /tmp/side-file (shared with the main container), serves readiness on 8081 and logs
+# Writes /opt/shared/side-file (shared with the main container), serves readiness on 8081 and logs
 # when it gets SIGTERM (teardown order).
 SIDECAR = r"""
 import http.server, os, signal, sys, threading, time
@@ -39,13 +39,13 @@ def term(*_):
     os._exit(0)
 signal.signal(signal.SIGTERM, term)
 srv = http.server.HTTPServer(("0.0.0.0", 8081), http.server.SimpleHTTPRequestHandler)
-with open("/tmp/side-file", "a") as f:
+with open("/opt/shared/side-file", "a") as f:
     f.write("from-sidecar\n")
 print("side-up", time.time(), flush=True)
 srv.serve_forever()
 """
 
-# Reads what the init containers left in /tmp; on SIGTERM takes 1 s to exit (the sidecar
+# Reads what the init containers left in the shared emptyDir; on SIGTERM takes 1 s to exit (the sidecar
 # must still be running meanwhile).
 MAIN = r"""
 import signal, sys, time
@@ -55,25 +55,29 @@ def term(*_):
     print("main-exit", time.time(), flush=True)
     sys.exit(0)
 signal.signal(signal.SIGTERM, term)
-print("main-sees", open("/tmp/side-file").read().strip(), "|", open("/tmp/seen-by-init").read().strip(), flush=True)
+seen = [open(f"/opt/shared/{f}").read().strip() for f in ("side-file", "seen-by-init")]
+print("main-sees", seen[0], "|", seen[1], flush=True)
 while True:
     time.sleep(0.1)
 """
 
 
 def sidecar_pod(name: str, main: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """The containers share an emptyDir at /opt/shared; /tmp is each container's own."""
     return make_pod(
         name,
-        [main],
+        [{**main, "volumeMounts": [SHARED_MOUNT]}],
+        volumes=[{"name": "shared", "emptyDir": {}}],
         initContainers=[
             {
                 "name": "side",
                 "image": "x",
                 "restartPolicy": "Always",
+                "volumeMounts": [SHARED_MOUNT],
                 "command": ["python", "-c", SIDECAR],
                 # The next init container starts only once this succeeded (the file exists).
                 "startupProbe": {
-                    "exec": {"command": ["test", "-f", "/tmp/side-file"]},
+                    "exec": {"command": ["test", "-f", "/opt/shared/side-file"]},
                     "periodSeconds": 1,
                     "failureThreshold": 100,
                 },
@@ -89,7 +93,12 @@ def sidecar_pod(name: str, main: dict[str, Any], **spec: Any) -> dict[str, Any]:
                     "failureThreshold": 1,
                 },
             },
-            {"name": "after", "image": "x", "command": ["sh", "-c", "cat /tmp/side-file > /tmp/seen-by-init"]},
+            {
+                "name": "after",
+                "image": "x",
+                "command": ["sh", "-c", "cat /opt/shared/side-file > /opt/shared/seen-by-init"],
+                "volumeMounts": [SHARED_MOUNT],
+            },
         ],
         **spec,
     )
@@ -125,7 +134,7 @@ async def test_sidecar_order_readiness_restart_and_teardown(kubelet: ProcessKube
     assert after["state"]["terminated"]["exitCode"] == 0
     assert st["phase"] == "Running"
     # Order: the sidecar had started (its startupProbe saw the file) before "after" ran, and
-    # everything shares the pod's private /tmp.
+    # every container sees the shared emptyDir.
     await wait_for(lambda: "main-sees" in kubelet.logs(NS, name, "main"), 30, "main output", diag)
     assert "main-sees from-sidecar | from-sidecar" in kubelet.logs(NS, name, "main")
     assert "side-up" in kubelet.logs(NS, name, "side")
@@ -177,7 +186,11 @@ async def test_sidecar_order_readiness_restart_and_teardown(kubelet: ProcessKube
 @process_test
 async def test_sidecar_stopped_when_main_completes(kubelet: ProcessKubelet) -> None:
     c = FakeCluster()
-    main = {"name": "main", "image": "x", "command": ["sh", "-c", "cat /tmp/side-file; echo main-exit $(date +%s.%N)"]}
+    main = {
+        "name": "main",
+        "image": "x",
+        "command": ["sh", "-c", "cat /opt/shared/side-file; echo main-exit $(date +%s.%N)"],
+    }
     pod = sidecar_pod("k8semu-sidecar-job", main, restartPolicy="Never")
     name = "k8semu-sidecar-job"
     await kubelet.run_pod(pod, c.ctx(pod))

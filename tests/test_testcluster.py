@@ -287,3 +287,9 @@ async def test_process_pods_reach_a_service_and_exec_goes_through_the_api_server
     assert rc == 0 and out.split()[0] == web_ip, out
     rc, out = await pod_exec(kube.cluster.server, ctx, kube.ns, "client", ["sh", "-c", "echo oops >&2; exit 3"])
     assert (rc, out.strip()) == (3, "oops")
+    # kubectl exec (SPDY from the API server's stream translator to the kubelet port), with stdin
+    run = [kube.cluster.kubectl, f"--kubeconfig={kube.cluster.kubeconfig_path}", "-n", kube.ns, "exec", "-i", "client"]
+    script = "read line; echo got $line; echo err >&2; exit 4"
+    done = subprocess.run([*run, "--", "sh", "-c", script], input="hello\n", capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr.splitlines()[0]) == (4, "got hello\n", "err"), done
+    assert "command terminated with exit code 4" in done.stderr, done.stderr

@@ -11,14 +11,15 @@ import asyncio
 import json
 import logging
 import signal
-import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..controlplane import free_ports
 from ..kubeconfig import ssl_context
 from ..pki import Pki
 from .agent import NodeAgent
 from .apiclient import Api
+from .kubelet_server import KubeletServer
 from .services import ServiceIndex
 
 DEFAULT_CAPACITY = {"cpu": "64", "memory": "256Gi", "pods": "5000", "ephemeral-storage": "500Gi"}
@@ -27,15 +28,22 @@ DEFAULT_CAPACITY = {"cpu": "64", "memory": "256Gi", "pods": "5000", "ephemeral-s
 SIM_CAPACITY = {"cpu": "4000", "memory": "16Ti", "pods": "10000", "ephemeral-storage": "50Ti"}
 
 
-def make_runtime(mode: str, root: Path):  # noqa: ANN201 - a Kubelet
+def make_runtime(mode: str, root: Path, cluster_dir: Path, server: str):  # noqa: ANN201 - a Kubelet
     if mode == "sim":
         from .kubelet_sim import SimKubelet  # noqa: PLC0415
 
         return SimKubelet()
     from .kubelet_process import ProcessKubelet  # noqa: PLC0415
 
-    # probe delays and periods as written (time_scale 1), as a kubelet honours them
-    return ProcessKubelet(root_dir=root / "pods", time_scale=1.0)
+    api = urlsplit(server)
+    # probe delays and periods as written (time_scale 1), as a kubelet honours them; the
+    # cluster's directory (keys, kubeconfigs, PersistentVolume paths) is the node's, not a pod's
+    return ProcessKubelet(
+        root_dir=root / "pods",
+        time_scale=1.0,
+        hide_paths=[cluster_dir],
+        api_server=(str(api.hostname), int(api.port or 443)),
+    )
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -44,20 +52,24 @@ async def main_async(args: argparse.Namespace) -> None:
     pki = Pki(root / "pki")
     client = pki.issue(f"node-{args.name}", f"system:node:{args.name}", ("system:nodes",))
     serving = pki.issue(f"kubelet-{args.name}", args.name, dns=(args.name,), ips=("127.0.0.1",), server=True)
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca.cert))
-    sctx.load_cert_chain(str(serving.cert), str(serving.key))
-    sctx.verify_mode = ssl.CERT_REQUIRED  # only the API server (its kubelet-client cert) may call in
     capacity = dict(SIM_CAPACITY if args.mode == "sim" else DEFAULT_CAPACITY)
     if args.gpus:
         capacity["nvidia.com/gpu"] = str(args.gpus)
     agent = NodeAgent(
         Api(state["server"], ssl_context(pki.ca.cert, client)),
-        make_runtime(args.mode, root / f"node-{args.name}"),
+        make_runtime(args.mode, root / f"node-{args.name}", root, state["server"]),
         args.name,
         free_ports(1)[0],
-        sctx,
         capacity,
         labels={"testcluster.rayspawner.test/pods": args.mode},
+    )
+    # only the API server (its kubelet-client certificate, signed by the cluster CA) may call in
+    agent.server = KubeletServer(
+        agent,
+        agent.kubelet_port,
+        (serving.cert, serving.key, pki.ca.cert),
+        Path(state["bin"]) / "kubelet-streams",
+        root / f"node-{args.name}.sock",
     )
     if args.mode == "process":  # its pods resolve Service names (the sim's open no connections)
         agent.hosts = ServiceIndex(agent.api)

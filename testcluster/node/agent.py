@@ -16,24 +16,22 @@ admit for a kubelet. It
   test asks by annotating it ``testcluster.rayspawner.test/evict: "<message>"``: its containers are killed, the
   pod is left ``Failed`` with reason ``Evicted`` (and a ``DisruptionTarget`` condition), and a
   Warning ``Evicted`` event is recorded; the object stays until someone deletes it;
-- serves the kubelet API that the API server proxies ``pods/log``, ``pods/exec``
-  (websockets, ``exec_ws.py``) and ``/healthz`` to.
+- serves the kubelet API that the API server proxies ``pods/log``, ``pods/exec`` (SPDY and
+  websockets) and ``/healthz`` to (``kubelet_server.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import datetime as dt
 import logging
 import time
 from typing import Any
 
-from aiohttp import web
 
 from .apiclient import Api, ApiError
-from .exec_ws import serve_kubelet_exec
+from .containers import ConfigError
 from .kubelet_api import Kubelet
 
 log = logging.getLogger("testcluster.node")
@@ -61,6 +59,7 @@ class ApiPodContext:
         self.namespace: str = md["namespace"]
         self.name: str = md["name"]
         self.uid: str = md["uid"]
+        self.service_account: str = pod.get("spec", {}).get("serviceAccountName") or "default"
         self.gone = False
 
     async def _get(self, kind: str, name: str) -> dict[str, Any] | None:
@@ -75,6 +74,35 @@ class ApiPodContext:
 
     async def get_configmap(self, name: str) -> dict[str, Any] | None:
         return await self._get("configmaps", name)
+
+    async def get_object(self, resource: str, name: str, namespaced: bool = True) -> dict[str, Any] | None:
+        if namespaced:
+            return await self._get(resource, name)
+        try:
+            return await self.agent.api.request("GET", f"/api/v1/{resource}/{name}", ok404=True)
+        except ApiError as e:
+            log.warning("reading %s %s for pod %s: %s", resource, name, self.name, e)
+            return None
+
+    async def request_token(self, audience: str | None, expiration_seconds: int) -> str:
+        """A ServiceAccount token bound to this pod, as the kubelet requests one for a
+        projected volume (the Node authorizer allows it for pods bound to this node)."""
+        sa = self.service_account
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": [audience] if audience else None,
+                "expirationSeconds": expiration_seconds,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": self.name, "uid": self.uid},
+            },
+        }
+        path = f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token"
+        try:
+            answer = await self.agent.api.request("POST", path, body)
+        except ApiError as e:
+            raise ConfigError(f"failed to fetch token: {e}") from None
+        return str(answer["status"]["token"])
 
     async def update_status(self, status: dict[str, Any]) -> None:
         if self.gone:
@@ -119,7 +147,6 @@ class NodeAgent:
         runtime: Kubelet,
         name: str,
         kubelet_port: int,
-        serving_ssl: Any,
         capacity: dict[str, str],
         labels: dict[str, str] | None = None,
         address: str = "127.0.0.1",
@@ -128,7 +155,7 @@ class NodeAgent:
         self.runtime = runtime
         self.name = name
         self.kubelet_port = kubelet_port
-        self.serving_ssl = serving_ssl
+        self.server: Any = None  # the KubeletServer on kubelet_port (kubelet_server.py)
         self.capacity = capacity
         self.labels = labels or {}
         self.address = address
@@ -138,7 +165,6 @@ class NodeAgent:
         self.evicted: set[str] = set()
         self.hosts: Any = None  # a ServiceIndex where the runtime needs names (process pods)
         self._tasks: list[asyncio.Task[Any]] = []
-        self._runner: web.AppRunner | None = None
 
     # -- Node and Lease ----------------------------------------------------------------
     def node_status(self) -> dict[str, Any]:
@@ -361,18 +387,7 @@ class NodeAgent:
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     # -- kubelet API -----------------------------------------------------------------
-    async def _logs(self, request: web.Request) -> web.StreamResponse:
-        ns, name, container = (request.match_info[k] for k in ("ns", "pod", "container"))
-        previous = request.query.get("previous") == "true"
-        text = self._read_logs(ns, name, container, previous)
-        if text is None:
-            return web.Response(status=404, text=f'pod "{name}" not found on node {self.name}')
-        tail = request.query.get("tailLines")
-        if tail:
-            text = "".join(text.splitlines(keepends=True)[-int(tail) :])
-        return web.Response(text=text)
-
-    def _read_logs(self, ns: str, name: str, container: str, previous: bool) -> str | None:
+    def read_logs(self, ns: str, name: str, container: str, previous: bool) -> str | None:
         pod = next(
             (p for p in self.pods.values() if p["metadata"]["namespace"] == ns and p["metadata"]["name"] == name), None
         )
@@ -382,22 +397,9 @@ class NodeAgent:
             return self.runtime.pod_logs(pod, container)
         return self.runtime.logs(ns, name, container, previous=previous)
 
-    async def serve(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", lambda r: web.Response(text="ok"))
-        app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self._logs)
-        start = getattr(self.runtime, "exec_stream", None)
-        for method in ("GET", "POST"):
-            app.router.add_route(method, "/exec/{ns}/{pod}/{container}", functools.partial(serve_kubelet_exec, start))
-        extra = getattr(self.runtime, "kubelet_routes", None)
-        if extra is not None:
-            extra(app)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.address, self.kubelet_port, ssl_context=self.serving_ssl).start()
-
     async def run(self) -> None:
-        await self.serve()
+        if self.server is not None:
+            await self.server.start()
         await self.register()
         if self.hosts is not None:
             self.hosts.start()
@@ -409,6 +411,6 @@ class NodeAgent:
         if self.hosts is not None:
             await self.hosts.stop()
         await self.runtime.shutdown()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self.server is not None:
+            await self.server.stop()
         await self.api.close()

@@ -1,8 +1,8 @@
-"""The contract between the loopback API server and its kubelets.
+"""The contract between the node agent (``agent.py``, the kubelet's side towards the real
+API server) and the pod runtimes it drives.
 
-The API server (``server.py``/``store.py``) owns every object. A kubelet is told
-about pods bound to it and reports back only through :class:`PodContext`; it
-never touches the store directly. Two kubelets implement it:
+The agent watches the pods bound to its Node and hands each to a runtime, which reads
+and reports only through :class:`PodContext`. Two runtimes implement it:
 
 - ``kubelet_sim.SimKubelet``: phases, conditions, container statuses and events
   after configurable delays, no processes;
@@ -31,11 +31,18 @@ class PodContext(Protocol):
     async def get_configmap(self, name: str) -> dict[str, Any] | None:
         """The ConfigMap object in the pod's namespace, or None."""
 
+    async def get_object(self, resource: str, name: str, namespaced: bool = True) -> dict[str, Any] | None:
+        """A core/v1 object (``persistentvolumeclaims`` in the pod's namespace, or a
+        cluster-scoped one such as ``persistentvolumes``), or None."""
+
+    async def request_token(self, audience: str | None, expiration_seconds: int) -> str:
+        """A token of the pod's ServiceAccount bound to the pod (TokenRequest); raises
+        ConfigError when the API server refuses it."""
+
     async def update_status(self, status: dict[str, Any]) -> None:
         """Replace ``.status`` of the pod (phase, podIP, conditions, containerStatuses, ...).
 
-        Bumps resourceVersion and emits a MODIFIED watch event. A no-op if the pod
-        is gone or its uid changed.
+        A no-op if the pod is gone or its uid changed.
         """
 
     async def emit_event(self, reason: str, message: str, type_: str = "Normal") -> None:

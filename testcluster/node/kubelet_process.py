@@ -14,10 +14,13 @@ node_name="k8semu-node", keep_dirs=False)`` implements :class:`kubelet_api.Kubel
   startupProbe, if any, succeeded). They share the pod's sandbox, restart whenever they exit
   (whatever the pod's restartPolicy), feed their readiness into the pod's Ready condition, and
   are stopped after the main containers (on deletion and on completion), in reverse order.
-- Sandbox per pod (design and measurements in ``netns.py``): own netns and IP, hostname = pod
-  name, private ``/tmp`` (= ``TMPDIR``; this interpreter's venv and the checkout stay visible
-  at their paths if they live under /tmp), ``/etc/hosts`` from ``PodContext.service_hosts()``
-  refreshed every ``hosts_refresh_interval`` s. Torn down when the pod reaches a terminal phase.
+- Sandbox per pod (design and measurements in ``netns.py``): own netns and IP, one PID
+  namespace, ``/etc/hosts`` from ``PodContext.service_hosts()`` refreshed every
+  ``hosts_refresh_interval`` s, and the `kubernetes` Service reachable (``apirelay.py``). Each
+  container gets its own mount and UTS namespace (``containerfs.py``, ``sandbox.py``): hostname =
+  pod name, a private ``/tmp``, ``$HOME`` and working directory (``/opt/app-root/src``, the
+  project's images' configuration), fresh at each (re)start, its volumes (``volumes.py``), and
+  the node's own directories hidden. Torn down when the pod reaches a terminal phase.
 - ``terminationMessagePath`` (default ``/dev/termination-log``) maps to a per-container file:
   the path is rewritten in command/args/env values (``K8SEMU_TERMINATION_MESSAGE_PATH`` is set
   too). Its content (or the log tail, with ``FallbackToLogsOnError`` and a failed exit) becomes
@@ -35,23 +38,27 @@ node_name="k8semu-node", keep_dirs=False)`` implements :class:`kubelet_api.Kubel
   ``exec_in_pod(namespace, name, argv, container=None)`` is ``kubectl exec`` (any container,
   sidecars included).
 
-Not emulated: images, volumes (mounts are ignored, paths are the host's), resource limits,
-security contexts, lifecycle hooks, ephemeral containers. The loopback
-fallback (no netns) gives every pod 127.0.0.1, so only one pod per port works.
+Not emulated: images (this machine's root filesystem stands for every image), resource limits,
+security contexts, lifecycle hooks, ephemeral containers, service-link environment variables
+(only the `kubernetes` Service's are set). The loopback fallback (no netns, no mount namespaces)
+gives every pod 127.0.0.1 and the host's filesystem, so only one pod per port works there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .containers import ConfigError, Container, expand, now, parse_quantity  # noqa: F401 - re-exported
+from ..controlplane import API_SERVICE_IP
+from .apirelay import ApiRelay, visible_needed
+from .containerfs import IMAGE_HOME, IMAGE_WORKDIR, container_pid, covered, enter_argv, fresh_dirs, sandbox_argv
 from .kubelet_api import PodContext
 from .netns import (
     BridgeNetwork,
@@ -67,8 +74,18 @@ from .netns import (
 )
 from .podenv import PodEnv
 from .probes import Probes
+from .volumes import PodVolumes, VolumeError
 
 log = logging.getLogger(__name__)
+
+
+def _read_once(fd: int) -> bytes:
+    """The sandbox's b"ok", or b"" once it exited without (nsenter, which forks to enter the
+    PID namespace, keeps the pipe open while it waits: do not wait for EOF)."""
+    try:
+        return os.read(fd, 16)
+    finally:
+        os.close(fd)
 
 
 class PodRunner(PodEnv, Probes):
@@ -80,16 +97,14 @@ class PodRunner(PodEnv, Probes):
         self.namespace, self.name, self.uid = md.get("namespace", "default"), md["name"], md.get("uid", "")
         self.spec: dict[str, Any] = pod.get("spec", {})
         self.dir = kubelet.root / f"{self.namespace}_{self.name}_{self.uid[:8] or 'nouid'}"
-        for sub in ("logs", "termination", "tmp", "home"):
+        for sub in ("logs", "termination"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir / "tmp", 0o1777)
-        for keep in kubelet.keep_paths:  # mount points for the host paths a pod must still see
-            (self.dir / "tmp" / keep.relative_to("/tmp")).mkdir(parents=True, exist_ok=True)
         self.hosts_path, self.resolv_path = self.dir / "hosts", self.dir / "resolv.conf"
         self.inits = [Container(c, self.dir, init=True) for c in self.spec.get("initContainers", [])]
         self.sidecars = [c for c in self.inits if c.sidecar]
         self.sidecar_tasks: list[asyncio.Task[None]] = []
         self.mains = [Container(c, self.dir) for c in self.spec.get("containers", [])]
+        self.volumes = PodVolumes(self)
         for c in self.mains if self.inits else []:
             c.state = {"waiting": {"reason": "PodInitializing"}}
         self.net: PodNet | None = None
@@ -163,6 +178,9 @@ class PodRunner(PodEnv, Probes):
         except Exception:  # noqa: BLE001
             log.exception("service_hosts failed")
             names = {}
+        if self.k.api_relay:  # cluster DNS's names for the `kubernetes` Service
+            suffixes = [".default.svc.cluster.local", ".default.svc", ".default"] + [""] * (self.namespace == "default")
+            names.update({f"kubernetes{sfx}": API_SERVICE_IP for sfx in suffixes})
         text = render_hosts(self.name, self.net.ip, names)
         if text != self._hosts_text:
             # In place (same inode: the bind mounts in running containers see the change), in one
@@ -181,12 +199,47 @@ class PodRunner(PodEnv, Probes):
         while not await asyncio.sleep(self.k.hosts_refresh_interval):
             self.write_hosts()
 
-    def sandbox_argv(self, argv: list[str]) -> list[str]:
+    def container_argv(self, c: Container) -> tuple[list[str], str]:
+        """The argv that starts ``c`` in its own sandbox (containerfs.py), and its host cwd
+        (without mount namespaces: the container's own dirs, and the host's paths)."""
         assert self.net is not None
+        tmp, home = fresh_dirs(self.dir, c.name, self.k.keep_paths)
+        argv = self.argv(c)
         if not self.k.use_mountns:
-            return argv
-        resolv = self.resolv_path if self.net.netns else None
-        return self.net.sandbox_argv(self.name, self.dir / "tmp", self.hosts_path, resolv, argv, self.k.keep_paths)
+            cwd = c.spec.get("workingDir") or str(home)
+            return argv, cwd if os.path.isdir(cwd) else str(home)
+        mounts = self.volumes.mounts(c)
+        home_path = c.env.get("HOME", IMAGE_HOME)
+        if not covered(home_path, mounts):
+            mounts.append({"src": str(home), "dst": home_path})
+        cfg = {
+            "hostname": self.name,
+            "hosts": str(self.hosts_path),
+            "resolv": str(self.resolv_path) if self.net.netns else "",
+            "proc": bool(self.net.pid_holder),
+            "tmp": str(tmp),
+            "keep": [str(k) for k in self.k.keep_paths],
+            "mounts": mounts,
+            "cwd": c.spec.get("workingDir") or IMAGE_WORKDIR,
+            "term": str(c.term_path),
+            "hide": [str(h) for h in self.k.hide_paths],
+            "argv": argv,
+        }
+        return sandbox_argv(self.net, cfg), "/"
+
+    async def mount_volumes(self) -> None:
+        """Make the pod's volumes, retrying (with the kubelet's FailedMount event) until every
+        referenced object exists."""
+        last = ""
+        while True:
+            try:
+                await self.volumes.setup()
+                return
+            except VolumeError as e:
+                if str(e) != last:
+                    last = str(e)
+                    await self.event("FailedMount", str(e), "Warning")
+                await asyncio.sleep(max(0.5, self.k.backoff_base))
 
     # -- containers ------------------------------------------------------------------
     async def start(self, c: Container) -> None:
@@ -209,20 +262,27 @@ class PodRunner(PodEnv, Probes):
             c.log_path.replace(c.log_path.with_suffix(".previous.log"))
         c.term_path.write_text("")
         self.write_hosts()
-        cwd = c.spec.get("workingDir") or str(self.dir / "home")
-        if not os.path.isdir(cwd):
-            log.warning("workingDir %s does not exist on this machine; using the pod home", cwd)
-            cwd = str(self.dir / "home")
-        with open(c.log_path, "ab") as logf:
-            c.proc = await asyncio.create_subprocess_exec(
-                *self.sandbox_argv(self.argv(c)),
-                env=c.env,
-                cwd=cwd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+        argv, cwd = self.container_argv(c)
+        ready_r, ready_w = os.pipe()
+        if self.k.use_mountns:
+            argv[-1] = json.dumps({**json.loads(argv[-1]), "ready_fd": ready_w})
+        try:
+            with open(c.log_path, "ab") as logf:
+                c.proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    env=c.env,
+                    cwd=cwd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=(ready_w,),
+                )
+        finally:
+            os.close(ready_w)
+        # Running only once the sandbox is built (its mounts in place), as runc reports a
+        # container started after its mounts; a failed sandbox exits 125 with its reason.
+        await asyncio.to_thread(_read_once, ready_r)
         c.container_id = f"k8semu://{self.uid[:8]}-{c.name}-{c.proc.pid}"
         await self.event("Created", f"Created container {c.name}")
         await self.event("Started", f"Started container {c.name}")
@@ -291,10 +351,24 @@ class PodRunner(PodEnv, Probes):
                 return
             await self.backoff(c)
 
-    async def exec(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str]:
-        """Run ``argv`` inside the pod's sandbox (like ``kubectl exec``); (returncode, output)."""
-        env = env or {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-        return await run_captured(self.sandbox_argv(argv), env, str(self.dir / "home"), timeout)
+    def enter(self, c: Container, argv: list[str]) -> tuple[list[str], str]:
+        """argv and cwd that run ``argv`` inside the running container ``c`` (``kubectl exec``);
+        raises LookupError if it is not running."""
+        assert self.net is not None
+        if not self.k.use_mountns:
+            return argv, c.spec.get("workingDir") if os.path.isdir(c.spec.get("workingDir") or "") else "/"
+        pid = container_pid(c, self.net)
+        if pid is None:
+            raise LookupError(f"container {c.name} is not running")
+        return enter_argv(pid, argv), "/"
+
+    async def exec(self, c: Container, argv: list[str], timeout: float) -> tuple[int, str]:
+        """Run ``argv`` inside the container (like ``kubectl exec``); (returncode, output)."""
+        try:
+            full, cwd = self.enter(c, argv)
+        except LookupError as e:
+            return 126, str(e)
+        return await run_captured(full, c.env, cwd, timeout)
 
     # -- killing -----------------------------------------------------------------------
     def grace(self) -> float:
@@ -315,6 +389,7 @@ class PodRunner(PodEnv, Probes):
             self.write_hosts()
             self.resolv_path.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
             self.hosts_task = asyncio.create_task(self._refresh_hosts())
+            await self.mount_volumes()
             for c in self.inits:
                 if c.sidecar:
                     await self.start_sidecar(c)
@@ -386,6 +461,7 @@ class PodRunner(PodEnv, Probes):
         if self.net and not self.released:
             self.released = True
             await self.k.network.remove_pod(self.net)
+            await asyncio.to_thread(self.volumes.release)
 
     async def stop(self, grace: float) -> None:
         """Pod deletion: main (and running init) containers first, then the sidecars with what
@@ -417,8 +493,9 @@ class PodRunner(PodEnv, Probes):
         if self.net and not self.released:
             self.released = True
             await self.k.network.remove_pod(self.net)
+        await asyncio.to_thread(self.volumes.release)
         if not self.k.keep_dirs:
-            shutil.rmtree(self.dir / "tmp", ignore_errors=True)
+            shutil.rmtree(self.dir / "containers", ignore_errors=True)
 
 
 class ProcessKubelet:
@@ -436,6 +513,8 @@ class ProcessKubelet:
         hosts_refresh_interval: float = 0.5,
         node_name: str = "k8semu-node",
         keep_dirs: bool = False,
+        hide_paths: list[Path] | tuple[Path, ...] = (),
+        api_server: tuple[str, int] | None = None,
     ) -> None:
         # Pods get a private /tmp, which hides everything under the host's /tmp: the pod
         # dirs (HOME, termination-message files) must live elsewhere, e.g. /var/tmp.
@@ -456,6 +535,12 @@ class ProcessKubelet:
         self.network: BridgeNetwork | LoopbackNetwork = LoopbackNetwork()
         self.use_mountns = False
         self.keep_paths: list[Path] = []
+        # the node's own directories (every pod's dir, PersistentVolume paths, the cluster's
+        # keys): hidden from every container, as a node's filesystem is from a container's
+        self.hide_paths = [Path(p) for p in (self.root, *hide_paths)]
+        #: where the API server listens on the host; pods reach it at the `kubernetes` Service
+        self.api_server = api_server
+        self.api_relay: ApiRelay | None = None
         self.pods: dict[tuple[str, str], PodRunner] = {}
         self._ready = False
         self._lock: asyncio.Lock | None = None
@@ -475,6 +560,11 @@ class ProcessKubelet:
             await self.network.setup()
             self.use_mountns = await asyncio.to_thread(mountns_available)
             self.keep_paths = host_paths_under_tmp() if self.use_mountns else []
+            self.hide_paths = visible_needed(self.hide_paths, self.keep_paths)
+            if self.api_server and isinstance(self.network, BridgeNetwork):
+                self.api_relay = ApiRelay(self.network.host_ip, self.api_server)
+                await self.api_relay.start()
+                self.network.api_relay = self.api_relay.address
             if self.keep_paths:
                 log.info("process kubelet: keeping %s visible in the pods' private /tmp", self.keep_paths)
             log.info(
@@ -511,6 +601,8 @@ class ProcessKubelet:
     async def shutdown(self) -> None:
         await asyncio.gather(*(r.stop(0) for r in self.pods.values()), return_exceptions=True)
         self.pods.clear()
+        if self.api_relay:
+            await self.api_relay.stop()
         await self.network.teardown()
         self._ready = False
         if self._own_root and not self.keep_dirs:
@@ -536,38 +628,20 @@ class ProcessKubelet:
             path = path.with_suffix(".previous.log")
         return path.read_text(errors="replace") if path and path.exists() else ""
 
-    async def exec_stream(
-        self,
-        namespace: str,
-        name: str,
-        argv: list[str],
-        container: str | None = None,
-        stdin: bool = False,
-        stdout: bool = True,
-        stderr: bool = True,
-        tty: bool = False,
-    ) -> asyncio.subprocess.Process:
-        """Start ``argv`` in the pod's sandbox with a running container's env and pipes for the
-        streams asked for (``pods/exec``); raises LookupError if there is no such container."""
+    def exec_plan(
+        self, namespace: str, name: str, argv: list[str], container: str | None = None
+    ) -> tuple[list[str], dict[str, str], str]:
+        """argv, env and cwd that run ``argv`` in a running container of the pod (``pods/exec``,
+        run by kubelet-streams); raises LookupError if there is no such container."""
         r = self.pods.get((namespace, name))
         if r is None or r.net is None:
             raise LookupError(f"pod {namespace}/{name} is not running on this node")
         c = next((x for x in r.mains + r.inits if container in (None, x.name)), None)
         if c is None or c.proc is None or c.proc.returncode is not None:
             raise LookupError(f'container not found ("{container}")')
-        pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
-        cwd = c.spec.get("workingDir") or ""
-        proc = await asyncio.create_subprocess_exec(
-            *r.sandbox_argv(argv),
-            env=c.env,
-            cwd=cwd if os.path.isdir(cwd) else str(r.dir / "home"),
-            stdin=pipe if stdin else null,
-            stdout=pipe if stdout else null,
-            stderr=(asyncio.subprocess.STDOUT if stdout else null) if tty else (pipe if stderr else null),
-            start_new_session=True,
-        )
-        log.info("%s/%s: exec in %s pid %s: %s", namespace, name, c.name, proc.pid, argv)
-        return proc
+        full, cwd = r.enter(c, argv)
+        log.info("%s/%s: exec in %s: %s", namespace, name, c.name, argv)
+        return full, c.env, cwd
 
     async def exec_in_pod(
         self, namespace: str, name: str, argv: list[str], container: str | None = None, timeout: float = 60.0
@@ -577,4 +651,4 @@ class ProcessKubelet:
         c = next((x for x in r.mains + r.inits if container in (None, x.name)), None)
         if c is None:
             raise KeyError(f"container {container} is not valid for pod {name}")
-        return await r.exec(argv, c.env, timeout)
+        return await r.exec(c, argv, timeout)

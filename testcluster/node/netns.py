@@ -14,18 +14,19 @@ Design (see also ``kubelet_process``):
   bridge. ``net.ipv4.ip_forward`` is 0 in the root namespace here, so nothing from a
   pod is ever routed off the machine; pods reach each other over the bridge and the
   root namespace (the API server, the hub) reaches them through the bridge's route.
-- Each pod's processes also run in their own UTS namespace (hostname = pod name, so
-  Ray's ``platform.node()`` names the pod) and a private mount namespace
-  (``unshare --uts --mount --propagation private``, see ``WRAP``) where
-  a per-pod hosts file is bind-mounted over ``/etc/hosts``
+- Each container's processes also run in their own UTS and mount namespace (hostname =
+  pod name, so Ray's ``platform.node()`` names the pod), built by ``sandbox.py``
+  (``containerfs.py`` has the argv): the pod's hosts file over ``/etc/hosts``
   (``<svc>.<ns>.svc.cluster.local``, ``<svc>.<ns>.svc``, ``<svc>.<ns>``, ``<svc>``, the pod
-  name), a resolv.conf with ``nameserver 127.0.0.1`` over ``/etc/resolv.conf`` (unknown
-  names fail at once instead of timing out) and a per-pod directory over ``/tmp``. The test
-  interpreter's environment and the checkout stay visible at their paths when they live
-  under /tmp (:func:`host_paths_under_tmp`, bound into the pod's tmp dir before it goes over
-  /tmp): only those paths, so pods still never see each other's (or the host's) /tmp/ray.
+  name), a resolv.conf with ``nameserver 127.0.0.1`` (unknown names fail at once instead of
+  timing out), a private ``/tmp``, ``$HOME`` and working directory, the container's volumes,
+  and the node's directories hidden. The test interpreter's environment and the checkout stay
+  visible at their paths when they live under /tmp (:func:`host_paths_under_tmp`).
   The hosts file is rewritten in place (same inode), so running containers see updates.
   No ``/etc/netns`` directories are used.
+- Pods reach the API server at the ``kubernetes`` Service (``10.96.0.1:443``): a route and a
+  DNAT rule in the pod's netns send it to the node's relay (``apirelay.py``); every other
+  ClusterIP is unreachable, as kube-proxy rejects a Service without ready endpoints.
 - *Why a private /tmp* (measured with ray 2.60 on this machine): two Ray heads in two
   netns sharing one /tmp both start (distinct session dirs), but ``session_latest``
   flips to the last one; a worker node sharing /tmp with its head writes into the
@@ -54,7 +55,7 @@ from pathlib import Path
 
 import psutil
 
-from ..controlplane import SERVICE_CIDR
+from ..controlplane import API_SERVICE_IP, SERVICE_CIDR
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +64,6 @@ NETNS_DIR = Path("/run/netns")
 MAX_NETS = 255
 
 _capability: dict[str, bool] = {}
-
-# Runs in the pod's netns: hostname, the hosts file and resolv.conf, /proc (if $5: own PID
-# namespace); then each kept host path under /tmp ($7.., $6 of them) is bound onto the same
-# path inside the pod's tmp dir ($2), and that dir with these submounts (--rbind) goes over
-# /tmp. /tmp comes last: the pod dir must still be reachable, which is why the kubelet root
-# never lies under /tmp.
-WRAP = (
-    'hostname "$1" && mount --bind "$3" /etc/hosts || exit 125; '
-    'if [ -n "$4" ]; then mount --bind "$4" /etc/resolv.conf; fi; '
-    'if [ -n "$5" ]; then mount -t proc proc /proc || exit 125; fi; t=$2; n=$6; shift 6; '
-    'while [ "$n" -gt 0 ]; do mount --bind "$1" "$t${1#/tmp}" || exit 125; shift; n=$((n-1)); done; '
-    'mount --rbind "$t" /tmp || exit 125; exec "$@"'
-)
 
 
 def host_paths_under_tmp() -> list[Path]:
@@ -262,39 +250,6 @@ class PodNet:
             argv.append(f"--pid=/proc/{self.pid_holder}/ns/pid")
         return argv
 
-    def sandbox_argv(
-        self,
-        hostname: str,
-        tmp: Path,
-        hosts: Path,
-        resolv: Path | None,
-        argv: list[str],
-        keep: list[Path] | tuple[Path, ...] = (),
-    ) -> list[str]:
-        """argv that runs ``argv`` in this netns with its own hostname, /tmp, hosts and resolv.conf,
-        and (with a PID namespace) a /proc that shows only the pod's own processes. ``keep``:
-        host paths under /tmp that stay visible (their mount points already made under ``tmp``)."""
-        return [
-            *self.enter_argv(),
-            "unshare",
-            "--uts",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            WRAP,
-            "k8semu-sandbox",
-            hostname,
-            str(tmp),
-            str(hosts),
-            str(resolv or ""),
-            "1" if self.pid_holder else "",
-            str(len(keep)),
-            *map(str, keep),
-            *argv,
-        ]
-
 
 def render_hosts(pod_name: str, pod_ip: str, names: dict[str, str]) -> str:
     """A hosts file: localhost, the pod's own name, then ``names`` (DNS name -> IP) by IP."""
@@ -372,6 +327,8 @@ class BridgeNetwork:
         self.n: int | None = None
         self.bridge = ""
         self.host_ip = ""
+        #: (host, port) of the `kubernetes` Service relay, set by the kubelet before pods start
+        self.api_relay: tuple[str, int] | None = None
         self._lock_fd: int | None = None
         self._free = list(range(2, 255))
         self._pods: dict[str, PodNet] = {}
@@ -489,9 +446,17 @@ class BridgeNetwork:
                     # a ClusterIP whose Service has no ready endpoint: kube-proxy rejects the
                     # connection at once; without one, a SYN to nowhere would hang for minutes
                     f"route add unreachable {SERVICE_CIDR}",
+                    *([f"route add {API_SERVICE_IP}/32 via {self.host_ip}"] if self.api_relay else []),
                 ],
                 netns=ns,
             )
+            if self.api_relay:  # kube-proxy's rule for the `kubernetes` Service (apirelay.py)
+                host, port = self.api_relay
+                _run(
+                    ["nsenter", f"--net={NETNS_DIR / str(ns)}", "iptables", "-w", "-t", "nat", "-A", "OUTPUT"]
+                    + ["-d", f"{API_SERVICE_IP}/32", "-p", "tcp", "--dport", "443"]
+                    + ["-j", "DNAT", "--to-destination", f"{host}:{port}"]
+                )
             _start_pid_holder(net)
         except Exception:
             kill_netns_processes(str(ns))

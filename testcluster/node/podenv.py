@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from ..controlplane import API_SERVICE_IP
+from .containerfs import IMAGE_HOME
 from .containers import ConfigError, Container, expand, parse_quantity
 
 if TYPE_CHECKING:
@@ -87,18 +89,36 @@ class PodEnv:
         divisor = parse_quantity(ref.get("divisor", "1"))
         return str(max(1, math.ceil(parse_quantity(val) / divisor - 1e-9)))
 
+    def _service_env(self) -> dict[str, str]:
+        """The `kubernetes` Service's variables, which the kubelet gives every container."""
+        if not getattr(self.k.network, "api_relay", None):
+            return {}
+        ip, port = API_SERVICE_IP, "443"
+        return {
+            "KUBERNETES_SERVICE_HOST": ip,
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+            "KUBERNETES_PORT": f"tcp://{ip}:{port}",
+            "KUBERNETES_PORT_443_TCP": f"tcp://{ip}:{port}",
+            "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
+            "KUBERNETES_PORT_443_TCP_PORT": port,
+            "KUBERNETES_PORT_443_TCP_ADDR": ip,
+        }
+
     async def resolve_env(self, c: Container) -> dict[str, str]:
         tpath = c.spec.get("terminationMessagePath", "/dev/termination-log")
         venv_bin = os.path.dirname(sys.executable)
         env: dict[str, str] = {
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
             "VIRTUAL_ENV": os.path.dirname(venv_bin),
-            "HOME": str(self.dir / "home"),
+            "HOME": IMAGE_HOME if self.k.use_mountns else str(self.dir / "containers" / c.name / "home"),
             "HOSTNAME": self.name,
             "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "TMPDIR": "/tmp" if self.k.use_mountns else str(self.dir / "tmp"),
             "K8SEMU_TERMINATION_MESSAGE_PATH": str(c.term_path),
+            **self._service_env(),
         }
+        if not self.k.use_mountns:
+            env["TMPDIR"] = str(self.dir / "containers" / c.name / "tmp")
         defined: dict[str, str] = {}
         for ef in c.spec.get("envFrom") or []:
             ref = ef.get("secretRef") or ef.get("configMapRef") or {}

@@ -29,7 +29,7 @@ class Probes:
         async def event(self, reason: str, message: str, type_: str = "Normal") -> None: ...
         async def kill_tree(self, c: Container, grace: float) -> None: ...
         def grace(self) -> float: ...
-        async def exec(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str]: ...
+        async def exec(self, c: Container, argv: list[str], timeout: float) -> tuple[int, str]: ...
 
     async def probe_loop(self, c: Container, kind: str, spec: dict[str, Any]) -> None:
         scale = self.k.time_scale
@@ -74,7 +74,7 @@ class Probes:
         assert self.net is not None
         try:
             if "exec" in spec:
-                rc, out = await self.exec(spec["exec"].get("command", []), c.env, timeout)
+                rc, out = await self.exec(c, spec["exec"].get("command", []), timeout)
                 return rc == 0, out.strip()[-500:]
             if "httpGet" in spec or "tcpSocket" in spec:
                 h = spec.get("httpGet") or spec["tcpSocket"]
