@@ -30,6 +30,8 @@ import yaml
 
 from testcluster.fixtures import Kube
 
+from .schemas import KUBERAY_CRD, Z2JH_VALUES, load_schema
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "jupyterhub_config"
 VALUES = CONFIG / "z2jh" / "values.yaml"
@@ -84,7 +86,7 @@ def _without_required(schema: Any) -> Any:
 def test_z2jh_values_validate_against_the_chart_schema() -> None:
     """Helm validates the *merged* values (chart defaults + ours); ours alone lack only the
     chart-default keys the schema marks required. Everything else must pass unchanged."""
-    schema = yaml.safe_load(_shared_schema("z2jh-values.schema.yaml").read_text())
+    schema = load_schema(Z2JH_VALUES)
     values = _values()
     errors = list(jsonschema.Draft7Validator(schema).iter_errors(values))
     not_required = [e for e in errors if e.validator != "required"]
@@ -345,7 +347,7 @@ def _validate_object(obj: dict[str, Any]) -> None:
     if kind == "ImageStream":
         jsonschema.validate(obj, IMAGESTREAM_SCHEMA)
     elif api.startswith("ray.io/"):
-        crd = yaml.safe_load(_shared_schema("kuberay-v1.7.0-rayclusters.crd.yaml").read_text())
+        crd = load_schema(KUBERAY_CRD)
         version = next(v for v in crd["spec"]["versions"] if v["name"] == api.split("/")[1])
         jsonschema.validate(obj, version["schema"]["openAPIV3Schema"])
     else:

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import copy
 import dataclasses
 import inspect
@@ -32,6 +34,7 @@ from rayspawner.manifests import common, kuberay, pods
 from rayspawner.options import resolve_spec
 from rayspawner.spec import RayClusterSpec
 
+from .schemas import KUBERAY_CRD, load_schema
 from .test_options import apply_profile, initialized
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,18 +93,23 @@ def _format_checker():
     return checker
 
 
-@pytest.fixture(scope="module")
-def crd_validator():
-    if not CRD.exists():
-        pytest.skip(f"KubeRay CRD schema not found at {CRD} (../shared/schemas absent)")
+@functools.cache
+def _crd_validator() -> Any:
     from jsonschema import Draft7Validator
 
-    doc = yaml.safe_load(CRD.read_text())
+    doc = load_schema(KUBERAY_CRD)
     assert doc["kind"] == "CustomResourceDefinition" and doc["spec"]["names"]["kind"] == "RayCluster"
     v1 = next(v for v in doc["spec"]["versions"] if v["name"] == "v1")
     schema = _strict(v1["schema"]["openAPIV3Schema"])
     Draft7Validator.check_schema(schema)
     return Draft7Validator(schema, format_checker=_format_checker())
+
+
+@pytest.fixture(scope="module")
+def crd_validator():
+    if not CRD.exists():
+        pytest.skip(f"KubeRay CRD schema not found at {CRD} (../shared/schemas absent)")
+    return _crd_validator()
 
 
 def crd_errors(validator, obj: dict) -> list[str]:

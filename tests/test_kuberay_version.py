@@ -33,16 +33,12 @@ from rayspawner.backends import detect
 from rayspawner.registry import hub_process
 from rayspawner.errors import ClusterStartError
 
-CRD = Path("/work/shared/schemas/kuberay-v1.7.0-rayclusters.crd.yaml")
-if not CRD.is_file():
-    CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / CRD.name
+from .schemas import KUBERAY_CRD, load_schema
 
 
 @pytest.fixture(scope="module")
 def crd_17() -> dict:
-    if not CRD.is_file():
-        pytest.skip(f"{CRD} not available")
-    return yaml.safe_load(CRD.read_text())
+    return load_schema(KUBERAY_CRD)
 
 
 def as_15(crd: dict) -> dict:
