@@ -21,15 +21,10 @@ import pytest
 from testcluster.execclient import pod_exec
 from testcluster.kubeconfig import ssl_context
 
+from .test_testcluster import RESTRICTED
+
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-RESTRICTED = {
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 MI = {"divisor": "1Mi"}
 

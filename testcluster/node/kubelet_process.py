@@ -56,9 +56,8 @@ from pathlib import Path
 from typing import Any
 
 from .containers import ConfigError, Container, expand, now, parse_quantity  # noqa: F401 - re-exported
-from ..controlplane import API_SERVICE_IP
 from .apirelay import ApiRelay, visible_needed
-from .containerfs import IMAGE_HOME, IMAGE_WORKDIR, container_pid, covered, enter_argv, fresh_dirs, sandbox_argv
+from .containerfs import ContainerSandbox
 from .kubelet_api import PodContext
 from .netns import (
     BridgeNetwork,
@@ -68,8 +67,6 @@ from .netns import (
     kill_netns_processes,
     make_network,
     mountns_available,
-    render_hosts,
-    run_captured,
     terminate_tree,
 )
 from .podenv import PodEnv
@@ -88,7 +85,7 @@ def _read_once(fd: int) -> bytes:
         os.close(fd)
 
 
-class PodRunner(PodEnv, Probes):
+class PodRunner(PodEnv, Probes, ContainerSandbox):
     """Drives one pod: sandbox, init containers, containers, probes, status."""
 
     def __init__(self, kubelet: ProcessKubelet, pod: dict[str, Any], ctx: PodContext) -> None:
@@ -169,63 +166,6 @@ class PodRunner(PodEnv, Probes):
             await self.ctx.emit_event(reason, message, type_)
         except Exception:  # noqa: BLE001
             log.exception("emit_event failed for %s/%s", self.namespace, self.name)
-
-    # -- sandbox -------------------------------------------------------------------
-    def write_hosts(self) -> None:
-        assert self.net is not None
-        try:
-            names = self.ctx.service_hosts()
-        except Exception:  # noqa: BLE001
-            log.exception("service_hosts failed")
-            names = {}
-        if self.k.api_relay:  # cluster DNS's names for the `kubernetes` Service
-            suffixes = [".default.svc.cluster.local", ".default.svc", ".default"] + [""] * (self.namespace == "default")
-            names.update({f"kubernetes{sfx}": API_SERVICE_IP for sfx in suffixes})
-        text = render_hosts(self.name, self.net.ip, names)
-        if text != self._hosts_text:
-            # In place (same inode: the bind mounts in running containers see the change), in one
-            # write and never truncated: a resolver reading between a truncate and a write saw an
-            # empty file. A shorter text is padded with blank lines to the old length instead.
-            data = text.encode()
-            fd = os.open(self.hosts_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                data += b"\n" * max(0, os.fstat(fd).st_size - len(data))
-                os.pwrite(fd, data, 0)
-            finally:
-                os.close(fd)
-            self._hosts_text = text
-
-    async def _refresh_hosts(self) -> None:
-        while not await asyncio.sleep(self.k.hosts_refresh_interval):
-            self.write_hosts()
-
-    def container_argv(self, c: Container) -> tuple[list[str], str]:
-        """The argv that starts ``c`` in its own sandbox (containerfs.py), and its host cwd
-        (without mount namespaces: the container's own dirs, and the host's paths)."""
-        assert self.net is not None
-        tmp, home = fresh_dirs(self.dir, c.name, self.k.keep_paths)
-        argv = self.argv(c)
-        if not self.k.use_mountns:
-            cwd = c.spec.get("workingDir") or str(home)
-            return argv, cwd if os.path.isdir(cwd) else str(home)
-        mounts = self.volumes.mounts(c)
-        home_path = c.env.get("HOME", IMAGE_HOME)
-        if not covered(home_path, mounts):
-            mounts.append({"src": str(home), "dst": home_path})
-        cfg = {
-            "hostname": self.name,
-            "hosts": str(self.hosts_path),
-            "resolv": str(self.resolv_path) if self.net.netns else "",
-            "proc": bool(self.net.pid_holder),
-            "tmp": str(tmp),
-            "keep": [str(k) for k in self.k.keep_paths],
-            "mounts": mounts,
-            "cwd": c.spec.get("workingDir") or IMAGE_WORKDIR,
-            "term": str(c.term_path),
-            "hide": [str(h) for h in self.k.hide_paths],
-            "argv": argv,
-        }
-        return sandbox_argv(self.net, cfg), "/"
 
     async def mount_volumes(self) -> None:
         """Make the pod's volumes, retrying (with the kubelet's FailedMount event) until every
@@ -350,25 +290,6 @@ class PodRunner(PodEnv, Probes):
                 await self.push()
                 return
             await self.backoff(c)
-
-    def enter(self, c: Container, argv: list[str]) -> tuple[list[str], str]:
-        """argv and cwd that run ``argv`` inside the running container ``c`` (``kubectl exec``);
-        raises LookupError if it is not running."""
-        assert self.net is not None
-        if not self.k.use_mountns:
-            return argv, c.spec.get("workingDir") if os.path.isdir(c.spec.get("workingDir") or "") else "/"
-        pid = container_pid(c, self.net)
-        if pid is None:
-            raise LookupError(f"container {c.name} is not running")
-        return enter_argv(pid, argv), "/"
-
-    async def exec(self, c: Container, argv: list[str], timeout: float) -> tuple[int, str]:
-        """Run ``argv`` inside the container (like ``kubectl exec``); (returncode, output)."""
-        try:
-            full, cwd = self.enter(c, argv)
-        except LookupError as e:
-            return 126, str(e)
-        return await run_captured(full, c.env, cwd, timeout)
 
     # -- killing -----------------------------------------------------------------------
     def grace(self) -> float:

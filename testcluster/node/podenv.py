@@ -91,7 +91,7 @@ class PodEnv:
 
     def _service_env(self) -> dict[str, str]:
         """The `kubernetes` Service's variables, which the kubelet gives every container."""
-        if not getattr(self.k.network, "api_relay", None):
+        if not self.k.api_relay:
             return {}
         ip, port = API_SERVICE_IP, "443"
         return {
